@@ -1,0 +1,83 @@
+"""Where a family keeps its layers, attention projections, heads and FFN: the views passes use."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from torch import nn
+
+
+@dataclasses.dataclass
+class AttentionView:
+    """One attention block. ``q/k/v`` are None when the projections are fused into ``qkv`` (GPT-2)."""
+
+    module: nn.Module
+    q: nn.Module | None
+    k: nn.Module | None
+    v: nn.Module | None
+    o: nn.Module
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    qkv: nn.Module | None = None
+
+
+@dataclasses.dataclass
+class FFNView:
+    """One feed-forward block: ``up`` (and ``gate`` for gated FFNs) into ``down``.
+
+    ``gate_up`` is set instead of ``up``/``gate`` when both are fused in one matrix (GLM).
+    """
+
+    module: nn.Module
+    up: nn.Module | None
+    down: nn.Module
+    gate: nn.Module | None = None
+    gate_up: nn.Module | None = None
+
+
+@dataclasses.dataclass
+class LayerView:
+    """One transformer layer of a stack ("encoder" or "decoder")."""
+
+    index: int
+    stack: str
+    module: nn.Module
+    attention: AttentionView
+    ffn: FFNView
+    cross_attention: AttentionView | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """A model family: its kind, the HF model types it covers, and how to find its layers.
+
+    ``config_keys`` names the HF config fields a structural pass must keep true
+    (``layers``, ``heads``, ``kv_heads``, ``intermediate``, ``hidden``).
+    """
+
+    name: str
+    kind: str  # "encoder" | "decoder" | "seq2seq"
+    model_types: tuple[str, ...]
+    find_layers: Callable[[nn.Module], list[LayerView]]
+    config_keys: dict[str, str]
+    members: str = ""
+
+    def layers(self, model: nn.Module) -> list[LayerView]:
+        """Every layer of ``model`` (a bare model or one with a task head)."""
+        return self.find_layers(base_model(model))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The HF base model under a task head (``BertForSequenceClassification`` -> ``BertModel``)."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) else model
+
+
+def config_value(config, key: str, default=None):
+    """Read an int config field by its family-specific name."""
+    value = getattr(config, key, default)
+    return default if value is None else value

@@ -1,0 +1,43 @@
+"""``autolite bench``: FP32 eager baseline vs the recipe's model, interleaved in one process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from autolite.cli.common import DATA_OPT, MODEL_ARG, RECIPE_OPT, progress_bar, rows_table, write_json_atomic
+
+
+def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
+          batch: int = typer.Option(8, help="Sequences per forward."),
+          seq: int = typer.Option(128, help="Tokens per sequence."),
+          threads: int = typer.Option(None, help="Intra-op threads (default: torch's choice)."),
+          runs: int = typer.Option(10, help="Timed runs per model (>= 5), after warm-up."),
+          warmup: int = typer.Option(2, help="Untimed warm-up runs per model."),
+          data: Path = DATA_OPT,
+          json_out: Path = typer.Option(None, "--json", help="Write the full result as JSON.")) -> None:
+    """Measure latency, throughput, memory, size and fidelity of MODEL+recipe against FP32 eager."""
+    from autolite.cli import console
+    from autolite.errors import AutoliteError
+    from autolite.eval.compare import bench_model
+    from autolite.report.tables import comparison_rows
+
+    if runs < 5:
+        raise AutoliteError("--runs must be at least 5 for a meaningful median")
+    if batch < 1 or seq < 2:
+        raise AutoliteError("--batch must be >= 1 and --seq >= 2")
+    with progress_bar(f"bench {model} [{recipe}] (load, compress, warm-up, {runs} interleaved runs)",
+                      total=runs) as advance:
+        result = bench_model(model, recipe, batch=batch, seq=seq, runs=runs, warmup=warmup,
+                             threads=threads, data=data, progress=advance)
+    console.print(rows_table(f"{model}: FP32 eager vs recipe '{result['recipe']['name']}'",
+                             ("metric", "FP32 eager", result["recipe"]["name"]), comparison_rows(result)))
+    for note in result["notes"]:
+        console.print(f"  note: {note}")
+    if json_out:
+        write_json_atomic(json_out, result)
+        console.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)

@@ -1,0 +1,73 @@
+"""``autolite compress``: apply a recipe, save the model, write report.md with the before/after table."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import typer
+
+from autolite.cli.common import DATA_OPT, MODEL_ARG, RECIPE_OPT, progress_bar, rows_table
+
+
+def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA_OPT,
+             out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
+             force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+             batch: int = typer.Option(8, help="Batch size of the before/after measurement."),
+             seq: int = typer.Option(128, help="Sequence length of the before/after measurement."),
+             runs: int = typer.Option(10, help="Timed runs per model (after warm-up)."),
+             bench: bool = typer.Option(True, "--bench/--no-bench", help="Measure before/after for report.md.")
+             ) -> None:
+    """Compress MODEL with a recipe and save it (safetensors + recipe + report.md) to --out."""
+    import autolite
+    from autolite.cli import console
+    from autolite.config import load_recipe
+    from autolite.data import load_texts
+    from autolite.export.hf import write_model_files
+    from autolite.io import atomic_dir
+    from autolite.passes import PassContext
+    from autolite.report.markdown import write_report
+    from autolite.report.tables import comparison_rows
+
+    if out.exists() and not force:
+        raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    recipe_obj = load_recipe(recipe)
+    calib = load_texts(data, split="calib")
+    with progress_bar(f"loading {model}"):
+        original, tokenizer, family = autolite.load(model)
+    baseline = copy.deepcopy(original) if bench else None
+    ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels)
+    with progress_bar(f"applying recipe {recipe_obj.name}"):
+        small = autolite.compress(original, recipe_obj, tokenizer=tokenizer, family=family, ctx=ctx)
+    small.config.autolite["source"] = model
+    result = _measure(baseline, small, tokenizer, family, model, recipe_obj, ctx, batch, seq, runs, data) if bench else None
+    with atomic_dir(out, overwrite=force) as tmp:
+        write_model_files(small, tokenizer, tmp)
+        if result is not None:
+            write_report(result, tmp)
+    if result is not None:
+        console.print(rows_table(f"{model} with recipe '{recipe_obj.name}'", ("metric", "before (FP32 eager)", "after"),
+                                 comparison_rows(result)))
+        for note in ctx.notes:
+            console.print(f"  note: {note}")
+    console.print(f"saved to {out}/ (load with autolite.load('{out}'); report: {out}/report.md)")
+
+
+def _measure(baseline, small, tokenizer, family, model, recipe, ctx, batch, seq, runs, data):
+    import datetime
+
+    import autolite
+    from autolite.data import load_texts
+    from autolite.eval.compare import compare
+    from autolite.runtime.hardware import probe
+
+    with progress_bar("measuring before/after (interleaved)", total=runs) as advance:
+        result = compare(baseline, small, tokenizer, family, batch=batch, seq=seq, runs=runs,
+                         data=load_texts(data, split="heldout" if data is None else "all"), progress=advance)
+    result.update(model=model, family=family.name, recipe=recipe.to_dict(), notes=ctx.notes,
+                  machine=probe().to_dict(), autolite_version=autolite.__version__,
+                  timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(compress)

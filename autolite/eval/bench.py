@@ -1,0 +1,136 @@
+"""Benchmark harness: the FP32 eager baseline and the candidate timed interleaved in one process.
+
+Each timed call is one forward of a ``batch x seq`` batch of real corpus tokens. After warm-up
+(which also triggers compilation), the two models alternate A B A B ... so that drift in machine
+state (frequency, caches, other load) hits both equally; ``speedup = baseline median / candidate
+median``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import threading
+import time
+from typing import Any, Callable
+
+import psutil
+import torch
+
+from autolite.arch import ArchSpec
+from autolite.data import corpus
+from autolite.eval.forward import ensure_pad_token, model_device, model_inputs
+
+
+@dataclasses.dataclass
+class Timing:
+    """Latency statistics of one model, in milliseconds per batch."""
+
+    samples_ms: list[float]
+    batch: int
+    first_call_s: float = 0.0
+    peak_mem_mb: float | None = None
+    size_mb: float | None = None
+    params: int | None = None
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_ms": self.median_ms, "min_ms": min(self.samples_ms), "max_ms": max(self.samples_ms),
+                "runs": len(self.samples_ms), "throughput_per_s": self.batch * 1000.0 / self.median_ms,
+                "first_call_s": self.first_call_s, "peak_mem_mb": self.peak_mem_mb,
+                "size_mb": self.size_mb, "params": self.params, "samples_ms": self.samples_ms}
+
+
+def bench_inputs(tokenizer: Any, family: ArchSpec, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    """``batch x seq`` token ids cut from the tokenized corpus (no padding), attention mask all ones."""
+    ensure_pad_token(tokenizer)
+    ids: list[int] = []
+    for text in corpus().texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(ids) >= batch * seq:
+            break
+    while len(ids) < batch * seq:
+        ids.extend(ids)
+    input_ids = torch.tensor(ids[: batch * seq]).view(batch, seq)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def forward_fn(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    """A zero-argument callable running one inference forward (inputs already on the model's device)."""
+    inputs = model_inputs(family, batch, model_device(model))
+    sync = torch.cuda.synchronize if model_device(model).type == "cuda" else (lambda: None)
+
+    def run() -> Any:
+        with torch.no_grad():
+            out = model(**inputs, use_cache=False) if family.kind != "encoder" else model(**inputs)
+        sync()
+        return out
+    return run
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int,
+                progress: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Time each function ``runs`` times, alternating between them, after ``warmup`` calls each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1000.0)
+        if progress:
+            progress()
+    return samples
+
+
+def first_call_seconds(fn: Callable[[], Any]) -> float:
+    """Wall time of the first call (includes compilation for compiled models)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
+    """Peak extra memory of one call: CUDA allocator peak, or the process RSS rise sampled every 1 ms."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    process = psutil.Process()
+    start = process.memory_info().rss
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.001)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0] - start, 0) / 2**20
+
+
+def model_size(model: torch.nn.Module) -> tuple[float, int]:
+    """(MiB of unique weight storage, number of parameter elements) from the state dict."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in model.state_dict().values():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        key = tensor.untyped_storage().data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor.untyped_storage().nbytes()
+    params = sum(p.numel() for p in model.parameters())
+    return total / 2**20, params

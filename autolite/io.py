@@ -1,0 +1,65 @@
+"""File helpers: atomic output directories and safe weight-file checks."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from autolite.errors import AutoliteError, CorruptWeightsError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; rename it to ``target`` only on success.
+
+    On any error the temporary directory is removed, so ``target`` is never half-written.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise AutoliteError(f"output directory {target} already exists; choose another --out or pass --force")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_safetensors(directory: Path) -> list[Path]:
+    """Return the directory's safetensors files after checking each header and size.
+
+    Raises :class:`CorruptWeightsError` for a truncated/corrupt file, or when only pickle
+    checkpoints (which autolite never unpickles) are present.
+    """
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise CorruptWeightsError(
+                f"{directory} has only pickle weights ({', '.join(pickles)}); autolite loads safetensors only "
+                "(pickle can run code): convert them with transformers' save_pretrained(safe_serialization=True)")
+        raise CorruptWeightsError(f"{directory} has no *.safetensors weights; is it a complete model directory?")
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:  # validates header and data length
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise CorruptWeightsError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]}); "
+                                      "re-download or re-export the model") from exc
+    return files

@@ -1,0 +1,112 @@
+"""The pass registry and ``compress``: config class -> handler(model, config, ctx) -> model."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from typing import Any, Callable
+
+import torch
+
+from autolite.config import PassConfig, Recipe, load_recipe
+from autolite.errors import RecipeError
+
+log = logging.getLogger(__name__)
+
+# Modules whose import registers passes. Each capability folder adds its own module here.
+BUILTIN_PASS_MODULES = [
+    "autolite.runtime.precision",
+    "autolite.runtime.compile",
+]
+
+Handler = Callable[[torch.nn.Module, PassConfig, "PassContext"], torch.nn.Module]
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What a pass may need besides the model: family, tokenizer, calibration data, notes to report."""
+
+    family: Any = None
+    tokenizer: Any = None
+    calib: list[str] | None = None
+    labels: list[int] | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        """Record something the user should read in the report (a fallback, a skipped layer)."""
+        log.info(message)
+        self.notes.append(message)
+
+
+@dataclasses.dataclass
+class PassHandler:
+    """How a pass runs: ``apply`` once; on load, ``restore`` rebuilds its modules before the weights
+    are read (quantized layers), ``after_load`` re-applies what is not stored in weights (compilation)."""
+
+    apply: Handler
+    restore: Handler | None = None
+    after_load: Handler | None = None
+
+
+_HANDLERS: dict[type[PassConfig], PassHandler] = {}
+
+
+def register_pass(config_cls: type[PassConfig], *, restore: Handler | None = None,
+                  after_load: Handler | None = None) -> Callable[[Handler], Handler]:
+    """Decorator: register ``fn`` as the handler that applies ``config_cls``."""
+    def decorator(fn: Handler) -> Handler:
+        _HANDLERS[config_cls] = PassHandler(apply=fn, restore=restore, after_load=after_load)
+        return fn
+    return decorator
+
+
+def import_builtin_passes() -> None:
+    """Import every module that registers a built-in pass (idempotent)."""
+    for name in BUILTIN_PASS_MODULES:
+        importlib.import_module(name)
+
+
+def handler_for(config: PassConfig) -> PassHandler:
+    import_builtin_passes()
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        raise RecipeError(f"no handler registered for pass '{config.name}'")
+    return handler
+
+
+def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None, *,
+             tokenizer: Any = None, family: Any = None, ctx: PassContext | None = None) -> torch.nn.Module:
+    """Apply every pass of ``recipe`` (a Recipe, list of configs, file or preset name) in order.
+
+    The applied recipe is recorded in ``model.config.autolite`` so that a saved model can be rebuilt
+    by ``autolite.load``. Returns the (possibly new) model object.
+    """
+    import_builtin_passes()
+    recipe = load_recipe(recipe)
+    if family is None:
+        from autolite.arch import family_of
+        family = family_of(model)
+    ctx = ctx or PassContext(family=family, tokenizer=tokenizer, calib=calib)
+    for config in recipe.passes:
+        log.info("applying pass %s", config.to_dict())
+        model = handler_for(config).apply(model, config, ctx)
+    record_recipe(model, recipe, ctx.notes)
+    return model
+
+
+def record_recipe(model: torch.nn.Module, recipe: Recipe, notes: list[str] | None = None) -> None:
+    """Append ``recipe`` to the recipe history stored in the model's HF config."""
+    history = applied_recipe(model)
+    merged = Recipe(passes=history.passes + recipe.passes,
+                    name=recipe.name if not history.passes else f"{history.name}+{recipe.name}")
+    state = {"format_version": 1, "recipe": merged.to_dict(), "notes": list(notes or [])}
+    model.config.autolite = state
+
+
+def applied_recipe(model: torch.nn.Module) -> Recipe:
+    """The recipe recorded on a model (empty for an uncompressed model)."""
+    state = getattr(model.config, "autolite", None)
+    if not state:
+        return Recipe(passes=[], name="none")
+    import_builtin_passes()
+    return Recipe.from_dict(state["recipe"])

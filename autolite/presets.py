@@ -1,0 +1,29 @@
+"""Named recipes usable as ``--recipe NAME``."""
+from __future__ import annotations
+
+from autolite.config import Recipe
+from autolite.errors import RecipeError
+
+PRESETS: dict[str, list[dict]] = {
+    "fp32": [],
+    "bf16": [{"pass": "precision", "dtype": "bf16"}],
+    "fp16": [{"pass": "precision", "dtype": "fp16"}],
+    "compile": [{"pass": "compile", "backend": "inductor", "freeze": True}],
+    "bf16-compile": [{"pass": "precision", "dtype": "bf16"},
+                     {"pass": "compile", "backend": "inductor", "freeze": True}],
+    # The default: the fastest float recipe this machine runs natively (BF16 falls back to FP32 where
+    # the CPU has no native BF16), compiled with freezing.
+    "default": [{"pass": "precision", "dtype": "auto"},
+                {"pass": "compile", "backend": "inductor", "freeze": True}],
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Recipe:
+    """The preset recipe called ``name``; a clear error lists the known ones."""
+    if name not in PRESETS:
+        raise RecipeError(f"unknown recipe '{name}': not a file and not a preset; presets: {', '.join(preset_names())}")
+    return Recipe.from_dict({"passes": PRESETS[name]}, name=name)

@@ -1,0 +1,1 @@
+"""Reports: before/after tables (markdown and terminal) and plots."""

@@ -1,0 +1,59 @@
+"""The ``compile`` pass: torch.compile (Inductor) with weight freezing, applied in place.
+
+Freezing lets Inductor constant-fold the weights and pre-pack them for oneDNN; the compiled graph is
+built lazily on the first forward (expect tens of seconds for a base-size model). Compilation is not
+stored in the weights: ``autolite.load`` re-applies it (``after_load``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from autolite.config import PassConfig
+from autolite.errors import RecipeError
+from autolite.passes import PassContext, register_pass
+
+log = logging.getLogger(__name__)
+BACKENDS = ("inductor", "eager", "aot_eager")
+
+
+@dataclasses.dataclass
+class Compile(PassConfig):
+    """Compile the model's forward with ``torch.compile``.
+
+    ``freeze``: treat weights as constants (inference only), ``dynamic``: allow shape changes without
+    recompiling (None lets torch decide after the first change).
+    """
+
+    name = "compile"
+    backend: str = "inductor"
+    freeze: bool = True
+    dynamic: bool | None = None
+    mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise RecipeError(f"compile backend must be one of {BACKENDS}, got '{self.backend}'")
+        if self.mode not in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            raise RecipeError(f"unknown torch.compile mode '{self.mode}'")
+
+
+def apply_compile(model: torch.nn.Module, config: Compile, ctx: PassContext) -> torch.nn.Module:
+    if config.freeze:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+    model.eval()
+    model.compile(backend=config.backend, dynamic=config.dynamic, mode=config.mode)
+    ctx.note(f"torch.compile(backend={config.backend}, freeze={config.freeze}): compiled on first call")
+    return model
+
+
+register_pass(Compile, after_load=apply_compile)(apply_compile)
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """True when ``model.compile()`` was applied."""
+    return getattr(model, "_compiled_call_impl", None) is not None

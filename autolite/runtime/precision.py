@@ -1,0 +1,84 @@
+"""The ``precision`` pass: run the whole model in BF16/FP16/FP32.
+
+On CPU, BF16/FP16 matmuls go to oneDNN (AMX/AVX512-BF16 when the CPU has them); LayerNorm and
+softmax in PyTorch's CPU kernels accumulate in FP32 for reduced-precision inputs. A dtype the
+hardware does not run natively falls back to FP32 (and says so) unless told otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from autolite.config import PassConfig
+from autolite.errors import BackendUnavailableError, RecipeError
+from autolite.passes import PassContext, register_pass
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ON_UNSUPPORTED = ("fallback", "error", "emulate")
+
+
+@dataclasses.dataclass
+class Precision(PassConfig):
+    """Cast weights and compute to ``dtype`` ("bf16", "fp16", "fp32" or "auto" = the probe's choice).
+
+    ``on_unsupported``: what to do when the device has no native support for ``dtype``:
+    "fallback" (keep FP32, note it), "error", or "emulate" (cast anyway; usually slower).
+    """
+
+    name = "precision"
+    dtype: str = "bf16"
+    on_unsupported: str = "fallback"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in (*DTYPES, "auto"):
+            raise RecipeError(f"precision dtype must be one of {[*DTYPES, 'auto']}, got '{self.dtype}'")
+        if self.on_unsupported not in ON_UNSUPPORTED:
+            raise RecipeError(f"on_unsupported must be one of {ON_UNSUPPORTED}, got '{self.on_unsupported}'")
+
+
+def native_dtypes(device: torch.device) -> set[str]:
+    """Float dtypes this device computes natively (read from the hardware probe)."""
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return {"fp32", "fp16", "bf16"} if major >= 8 else {"fp32", "fp16"}
+    from autolite.runtime.hardware import probe
+
+    isa = probe().isa
+    native = {"fp32"}
+    if isa.get("amx_bf16") or isa.get("avx512_bf16"):
+        native.add("bf16")
+    if isa.get("avx512_fp16") or isa.get("amx_fp16"):
+        native.add("fp16")
+    return native
+
+
+def resolve_dtype(config: Precision, device: torch.device, ctx: PassContext) -> str:
+    """The dtype to use, after 'auto' and the unsupported-hardware policy."""
+    if config.dtype == "auto":
+        from autolite.runtime.hardware import choose_backend, probe
+
+        choice = choose_backend(probe()).float_dtype
+        ctx.note(f"precision auto -> {choice} (hardware probe)")
+        return choice
+    if config.dtype in native_dtypes(device) or config.on_unsupported == "emulate":
+        return config.dtype
+    message = (f"{config.dtype.upper()} is not native on this {device.type} "
+               f"(no AMX/AVX512 {config.dtype.upper()} or tensor cores)")
+    if config.on_unsupported == "error":
+        raise BackendUnavailableError(f"{message}; use on_unsupported: fallback or emulate")
+    ctx.note(f"{message}: fell back to FP32")
+    return "fp32"
+
+
+@register_pass(Precision)
+def apply_precision(model: torch.nn.Module, config: Precision, ctx: PassContext) -> torch.nn.Module:
+    device = next(model.parameters()).device
+    dtype = resolve_dtype(config, device, ctx)
+    model = model.to(DTYPES[dtype])
+    model.config.dtype = dtype_name(DTYPES[dtype])
+    return model
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
