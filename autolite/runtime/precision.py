@@ -75,9 +75,24 @@ def resolve_dtype(config: Precision, device: torch.device, ctx: PassContext) -> 
 def apply_precision(model: torch.nn.Module, config: Precision, ctx: PassContext) -> torch.nn.Module:
     device = next(model.parameters()).device
     dtype = resolve_dtype(config, device, ctx)
+    kept = _non_persistent_float_buffers(model)
     model = model.to(DTYPES[dtype])
+    for module, name, buffer in kept:
+        module._buffers[name] = buffer
     model.config.dtype = dtype_name(DTYPES[dtype])
     return model
+
+
+def _non_persistent_float_buffers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """Non-persistent float buffers (rotary frequencies): they stay FP32, as ``from_pretrained`` builds
+    them, so a saved and reloaded model computes exactly what the in-memory one does."""
+    kept = []
+    for module in model.modules():
+        for name in getattr(module, "_non_persistent_buffers_set", ()):
+            buffer = module._buffers.get(name)
+            if buffer is not None and buffer.is_floating_point():
+                kept.append((module, name, buffer))
+    return kept
 
 
 def dtype_name(dtype: torch.dtype) -> str:

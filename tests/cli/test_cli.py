@@ -1,0 +1,109 @@
+import json
+import sys
+
+import pytest
+
+from autolite import cli
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """Run ``autolite ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["autolite", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, fragment):
+    assert code != 0
+    assert "Traceback" not in err
+    text = " ".join(err.split())
+    assert fragment in text, text
+
+
+def test_help_lists_verbs(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    for verb in ("info", "compress", "eval", "bench"):
+        assert verb in out
+
+
+def test_info_json(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "info", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["logical_cores"] >= 1 and "avx512f" in data["isa"]
+    assert data["choice"]["float_dtype"] in ("fp32", "bf16", "fp16")
+
+
+def test_bench_json_schema(monkeypatch, capsys, tmp_path):
+    out_file = tmp_path / "bench.json"
+    code, out, err = run_cli(monkeypatch, capsys, "bench", "random:tiny-bert", "--recipe", "fp32", "--batch", "2",
+                             "--seq", "16", "--runs", "5", "--warmup", "1", "--json", str(out_file))
+    assert code == 0, err
+    data = json.loads(out_file.read_text())
+    for key in ("model", "batch", "seq", "speedup", "fidelity", "machine", "recipe"):
+        assert key in data
+    assert data["batch"] == 2 and data["seq"] == 16
+    for side in ("baseline", "candidate"):
+        timing = data[side]
+        assert timing["runs"] == 5 and timing["min_ms"] <= timing["median_ms"] <= timing["max_ms"]
+    assert data["speedup"] == pytest.approx(data["baseline"]["median_ms"] / data["candidate"]["median_ms"])
+    assert data["fidelity"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert "cpu_model" in data["machine"]
+
+
+def test_compress_writes_model_and_report(monkeypatch, capsys, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(monkeypatch, capsys, "compress", "random:tiny-llama", "--recipe", "fp32",
+                             "--out", str(out_dir), "--runs", "5", "--batch", "2", "--seq", "16")
+    assert code == 0, err
+    assert (out_dir / "model.safetensors").is_file() and (out_dir / "report.md").is_file()
+    assert "speed-up" in (out_dir / "report.md").read_text()
+    code, out, err = run_cli(monkeypatch, capsys, "eval", str(out_dir), "--max-texts", "4")
+    assert code == 0, err
+    assert "perplexity_rel_change" in out
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("eval", "/no/such/dir"), "no model at"),
+    (("bench", "random:nope"), "unknown random preset"),
+    (("bench", "random:tiny-bert", "--recipe", "nope"), "unknown recipe 'nope'"),
+    (("bench", "random:tiny-bert", "--runs", "2"), "at least 5"),
+])
+def test_bad_input_is_one_line(monkeypatch, capsys, args, fragment):
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_bad_data_files_via_cli(monkeypatch, capsys, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "random:tiny-bert", "--data", str(empty))
+    assert_one_line_error(code, err, "holds no text")
+    no_text = tmp_path / "x.csv"
+    no_text.write_text("sentence\nhello\n")
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli(monkeypatch, capsys, "compress", "random:tiny-bert", "--data", str(no_text),
+                           "--out", str(out_dir))
+    assert_one_line_error(code, err, "needs a 'text' column")
+    assert not out_dir.exists()
+
+
+def test_corrupt_model_dir_via_cli(monkeypatch, capsys, tmp_path, load_model):
+    model, tok, _ = load_model("tiny-bert")
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run_cli(monkeypatch, capsys, "eval", str(tmp_path))
+    assert_one_line_error(code, err, "corrupt or truncated")
+
+
+def test_existing_out_dir_is_not_touched(monkeypatch, capsys, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    code, _, err = run_cli(monkeypatch, capsys, "compress", "random:tiny-bert", "--out", str(tmp_path))
+    assert_one_line_error(code, err, "already exists")
+    assert (tmp_path / "keep.txt").read_text() == "mine"
