@@ -15,6 +15,7 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
           runs: int = typer.Option(10, help="Timed runs per model (>= 5), after warm-up."),
           warmup: int = typer.Option(2, help="Untimed warm-up runs per model."),
           data: Path = DATA_OPT,
+          device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA when present)."),
           json_out: Path = typer.Option(None, "--json", help="Write the full result as JSON.")) -> None:
     """Measure latency, throughput, memory, size and fidelity of MODEL+recipe against FP32 eager."""
     from autolite.cli import console
@@ -29,7 +30,8 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
     with progress_bar(f"bench {model} [{recipe}] (load, compress, warm-up, {runs} interleaved runs)",
                       total=runs) as advance:
         result = bench_model(model, recipe, batch=batch, seq=seq, runs=runs, warmup=warmup,
-                             threads=threads, data=data, progress=advance)
+                             threads=threads, data=data, device=device,
+                             progress=advance)
     console.print(rows_table(f"{model}: FP32 eager vs recipe '{result['recipe']['name']}'",
                              ("metric", "FP32 eager", result["recipe"]["name"]), comparison_rows(result)))
     for note in result["notes"]:

@@ -44,8 +44,8 @@ def compare(baseline: torch.nn.Module, candidate: torch.nn.Module, tokenizer: An
 
 
 def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs: int = 10, warmup: int = 2,
-                threads: int | None = None, data: Any = None, progress: Callable[[], None] | None = None
-                ) -> dict[str, Any]:
+                threads: int | None = None, data: Any = None, device: str = "cpu",
+                progress: Callable[[], None] | None = None) -> dict[str, Any]:
     """``autolite bench``: load ``spec``, compress a copy with ``recipe``, compare it with FP32 eager."""
     from autolite.config import load_recipe
     from autolite.data import load_texts
@@ -56,6 +56,7 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
         torch.set_num_threads(threads)
     recipe = load_recipe(recipe)
     baseline, tokenizer, family = autolite.load(spec)
+    baseline = baseline.to(resolve_device(device))
     calib = load_texts(data, split="calib")
     ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels)
     candidate = compress(copy.deepcopy(baseline), recipe, tokenizer=tokenizer, family=family, ctx=ctx)
@@ -65,3 +66,16 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
                   machine=probe().to_dict(), autolite_version=autolite.__version__,
                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     return result
+
+
+def resolve_device(name: str) -> torch.device:
+    """"cpu", "cuda" or "auto" (CUDA when present); a clear error when CUDA is asked for but absent."""
+    from autolite.errors import BackendUnavailableError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailableError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise BackendUnavailableError(f"unknown device '{name}'; use cpu, cuda or auto")
+    return torch.device(name)

@@ -107,3 +107,12 @@ def test_existing_out_dir_is_not_touched(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "compress", "random:tiny-bert", "--out", str(tmp_path))
     assert_one_line_error(code, err, "already exists")
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_cuda_request_without_gpu_is_clear(monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "random:tiny-bert", "--device", "cuda")
+    assert_one_line_error(code, err, "no CUDA GPU")

@@ -1,0 +1,4 @@
+"""``python -m autolite.cli``."""
+from autolite.cli import main
+
+main()
