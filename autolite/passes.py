@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 BUILTIN_PASS_MODULES = [
     "autolite.runtime.precision",
     "autolite.runtime.compile",
+    "autolite.prune",
+    "autolite.quant.mixed",
+    "autolite.quant.int8",
+    "autolite.quant.weight_only",
+    "autolite.quant.int8_static",
+    "autolite.runtime.fast_dense",
 ]
 
 Handler = Callable[[torch.nn.Module, PassConfig, "PassContext"], torch.nn.Module]
@@ -30,6 +36,7 @@ class PassContext:
     tokenizer: Any = None
     calib: list[str] | None = None
     labels: list[int] | None = None
+    shape: tuple[int, int] | None = None  # (batch, seq) the model will be measured at, when known
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def note(self, message: str) -> None:

@@ -16,7 +16,7 @@ app = typer.Typer(
          "MODEL is a built-in name (minilm, smollm2), random:<preset>, an HF model directory or a .gguf file.")
 console = Console()
 err_console = Console(stderr=True)
-_state = {"debug": False}
+_state = {"debug": False, "registered": False}
 
 
 @app.callback()
@@ -28,9 +28,13 @@ def _global(debug: bool = typer.Option(False, "--debug", help="Show full traceba
 
 
 def _register_verbs() -> None:
-    from autolite.cli import bench, compress, evaluate, info
+    if _state["registered"]:
+        return
+    _state["registered"] = True
+    from autolite.cli import (bench, compress, distill, evaluate, export, info, loadtest, prune, sensitivity,
+                              serve)
 
-    for module in (info, compress, evaluate, bench):
+    for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity):
         module.register(app)
 
 

@@ -35,7 +35,8 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
     with progress_bar(f"loading {model}"):
         original, tokenizer, family = autolite.load(model)
     baseline = copy.deepcopy(original) if bench else None
-    ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels)
+    ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels,
+                      shape=(batch, seq))
     with progress_bar(f"applying recipe {recipe_obj.name}"):
         small = autolite.compress(original, recipe_obj, tokenizer=tokenizer, family=family, ctx=ctx)
     small.config.autolite["source"] = model

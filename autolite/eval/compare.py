@@ -58,7 +58,8 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
     baseline, tokenizer, family = autolite.load(spec)
     baseline = baseline.to(resolve_device(device))
     calib = load_texts(data, split="calib")
-    ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels)
+    ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels,
+                      shape=(batch, seq))
     candidate = compress(copy.deepcopy(baseline), recipe, tokenizer=tokenizer, family=family, ctx=ctx)
     result = compare(baseline, candidate, tokenizer, family, batch=batch, seq=seq, runs=runs, warmup=warmup,
                      data=load_texts(data, split="heldout") if data is None else calib, progress=progress)

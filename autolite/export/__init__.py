@@ -1,1 +1,65 @@
-"""Exports: HF directories (``hf.py``); ONNX and MLX are added as their own modules."""
+"""Exports, each validated against its source model on the embedded corpus.
+
+    autolite.export(model, tok, "out/", format="hf")                  # transformers directory
+    autolite.export(model, tok, "out/", format="st")                  # sentence-transformers (encoders)
+    autolite.export(model, tok, "out/", format="onnx", precision="int8", optimize=True)
+    autolite.export(model, tok, "out/", format="mlx", bits=4, group_size=64)
+
+Modules: ``hf.py`` (also ``save_model``), ``st.py``, ``onnx.py``, ``mlx.py`` + ``mlx_bert.py``;
+``validate.py`` measures the differences; ``common.py`` holds the result and error types.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autolite.export.common import FORMATS, ExportResult, UnsupportedExportError
+
+__all__ = ["FORMATS", "ExportResult", "UnsupportedExportError", "export"]
+
+_OPTIONS = {
+    "hf": {"family", "overwrite", "max_texts"},
+    "st": {"family", "overwrite", "max_texts", "source_dir", "normalize", "min_cosine"},
+    "onnx": {"family", "overwrite", "max_texts", "precision", "optimize", "opset"},
+    "mlx": {"family", "overwrite", "max_texts", "bits", "group_size"},
+}
+
+
+def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, format: str = "hf", validate: bool = True,
+           **opts: Any) -> ExportResult:
+    """Export ``model`` (+ tokenizer) to ``out`` in ``format`` and, unless ``validate=False``, prove it:
+    the export is run and compared with the in-memory model; a failure raises ``NumericsError`` with
+    the measured difference and leaves nothing at ``out``.
+
+    Options: hf: ``overwrite``, ``max_texts``; st: + ``source_dir``, ``normalize``; onnx: ``precision``
+    (fp32|int8), ``optimize``, ``opset``; mlx: ``bits`` (4|8), ``group_size`` (32|64).
+    """
+    if format not in FORMATS:
+        raise UnsupportedExportError(f"unknown export format '{format}'; supported: {', '.join(FORMATS)}")
+    unknown = sorted(set(opts) - _OPTIONS[format])
+    if unknown:
+        raise UnsupportedExportError(f"format '{format}' has no option(s) {unknown}; allowed: "
+                                     f"{sorted(_OPTIONS[format])}")
+    if format == "hf":
+        from autolite.export.hf import export_hf as writer
+    elif format == "st":
+        from autolite.export.st import export_st as writer
+    elif format == "onnx":
+        from autolite.export.onnx import export_onnx as writer
+    else:
+        from autolite.export.mlx import export_mlx as writer
+    return writer(model, tokenizer, out, validate=validate, **opts)
+
+
+class _CallablePackage(types.ModuleType):
+    """``autolite.export(...)`` calls :func:`export` while ``autolite.export.onnx`` stays importable."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

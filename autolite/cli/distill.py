@@ -1,0 +1,165 @@
+"""``autolite distill``: build a shallower student from TEACHER, distil it, save it with a report."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
+
+
+def distill(teacher: str = MODEL_ARG,
+            student_layers: int = typer.Option(None, "--student-layers", "-k",
+                                               help="Layers in the student, spread evenly over the teacher's."),
+            layers: str = typer.Option(None, "--layers", help="Explicit teacher layer indices to keep, e.g. 0,2,5."),
+            data: Path = DATA_OPT,
+            minutes: float = typer.Option(None, "--minutes", help="Training time budget (minutes)."),
+            steps: int = typer.Option(None, "--steps", help="Training step budget."),
+            out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
+            batch_size: int = typer.Option(16, "--batch-size", help="Texts per training step."),
+            lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW)."),
+            attention: float = typer.Option(0.0, "--attention", help="Weight of MiniLM relation alignment."),
+            seed: int = typer.Option(0, "--seed"),
+            eval_every: int = typer.Option(50, "--eval-every", help="Evaluate on held-out texts every N steps."),
+            force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+            bench: bool = typer.Option(True, "--bench/--no-bench", help="Time the student against the teacher.")
+            ) -> None:
+    """Distil TEACHER into a student keeping --student-layers of its layers; resumes if interrupted."""
+    import autolite
+    from autolite.cli import console
+    from autolite.distill import TrainConfig, build_student
+    from autolite.distill import distill as run_distill
+    from autolite.distill.student import select_layers
+
+    if out.exists() and not force:
+        raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    if (student_layers is None) == (layers is None):
+        raise autolite.AutoliteError("give exactly one of --student-layers K or --layers 0,2,5")
+    config = TrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, attention=attention, seed=seed,
+                         eval_every=eval_every, checkpoint_every=eval_every,
+                         **({} if minutes is not None or steps is not None else {"minutes": 5.0}))
+    train, heldout = _data(data)
+    with progress_bar(f"loading {teacher}"):
+        model, tokenizer, family = autolite.load(teacher)
+    total = len(family.layers(model))
+    keep = select_layers(total, student_layers) if layers is None else _parse_layers(layers)
+    student = build_student(model, family, keep)
+    ckpt = out.with_name(out.name + ".checkpoint")
+    if ckpt.exists():
+        console.print(f"resuming from checkpoint {ckpt}")
+    key = "cosine" if family.kind == "encoder" else "perplexity"
+    with _train_progress(config) as progress:
+        result = run_distill(model, student, tokenizer, family, config, train, heldout, ckpt, progress=progress)
+    speed = _speed(model, result.student, tokenizer, family, heldout) if bench else None
+    summary = _summary(teacher, keep, result, config, train, heldout, key, speed)
+    _save(result.student, tokenizer, out, summary, result.history, key, force)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    console.print(rows_table(f"{teacher} -> {len(keep)}-layer student", ("metric", "value"), _rows(summary, key)))
+    console.print(f"saved to {out}/ (loads with autolite.load or transformers; report: {out}/report.md)")
+
+
+def _parse_layers(text: str) -> list[int]:
+    from autolite.errors import RecipeError
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise RecipeError(f"--layers must be comma-separated integers, got '{text}'") from exc
+
+
+def _data(path: Path | None):
+    from autolite.data import load_texts
+    from autolite.distill.report import split_heldout
+    from autolite.errors import DataError
+
+    if path is None:
+        return load_texts(None, split="calib"), load_texts(None, split="heldout")
+    try:
+        return split_heldout(load_texts(path))
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+
+
+class _train_progress:
+    """A rich bar over steps (or seconds of the time budget) showing the latest loss and metric."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    def __enter__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from autolite.cli import err_console
+
+        self.by_steps = self.config.steps is not None
+        total = self.config.steps if self.by_steps else self.config.minutes * 60
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console)
+        self.bar.__enter__()
+        self.task = self.bar.add_task("distilling", total=total)
+        self.started = None
+        self.metric = ""
+        return self.update
+
+    def update(self, step: int, record: dict[str, Any]) -> None:
+        import time
+
+        self.started = self.started or time.perf_counter()
+        for key in ("cosine", "perplexity"):
+            if key in record.get("eval", {}):
+                self.metric = f" {key} {record['eval'][key]:.4f}"
+        done = step if self.by_steps else time.perf_counter() - self.started
+        self.bar.update(self.task, completed=done, description=f"step {step} loss {record['loss']:.4f}{self.metric}")
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+
+def _speed(teacher, student, tokenizer, family, heldout) -> dict[str, Any]:
+    from autolite.eval.compare import compare
+
+    with progress_bar("timing student vs teacher (interleaved)", total=10) as advance:
+        result = compare(teacher, student, tokenizer, family, batch=8, seq=128, runs=10, data=heldout,
+                         fidelity_texts=None, progress=advance)
+    return {"batch": 8, "seq": 128, "speedup": result["speedup"], "teacher_ms": result["baseline"]["median_ms"],
+            "student_ms": result["candidate"]["median_ms"], "teacher_mb": result["baseline"]["size_mb"],
+            "student_mb": result["candidate"]["size_mb"], "fidelity": result["fidelity"]}
+
+
+def _summary(teacher, keep, result, config, train, heldout, key, speed) -> dict[str, Any]:
+    from autolite.distill.train import final_metric
+
+    before = result.history[0].get("eval", {}).get(key) if result.history else None
+    return {"teacher": teacher, "student_layers": len(keep), "kept_layers": keep, "steps": result.step,
+            "elapsed_s": result.elapsed_s, "stopped": result.stopped, "data": train.source, "seed": config.seed,
+            "heldout": len(heldout), "before": before, "after": final_metric(result.history, key), "speed": speed}
+
+
+def _save(student, tokenizer, out: Path, summary, history, key, force) -> None:
+    from autolite.distill.report import curve_plot, curve_rows, distill_markdown
+    from autolite.export.hf import write_model_files
+    from autolite.io import atomic_dir
+
+    rows = curve_rows(history, key)
+    with atomic_dir(out, overwrite=force) as tmp:
+        write_model_files(student, tokenizer, tmp)
+        if curve_plot(rows, key, tmp / "curve.png"):
+            summary["plot"] = "curve.png"
+        (tmp / "report.md").write_text(distill_markdown(summary, rows, key), encoding="utf-8")
+        (tmp / "distill.json").write_text(json.dumps({"summary": summary, "history": history}, indent=1,
+                                                     default=str), encoding="utf-8")
+
+
+def _rows(summary, key) -> list[tuple[str, str]]:
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = [(f"held-out {key} before distillation", fmt(summary["before"])),
+            (f"held-out {key} after ({summary['steps']} steps, {summary['elapsed_s']:.0f} s)", fmt(summary["after"]))]
+    if summary["speed"]:
+        rows.append(("speed-up vs teacher (batch 8 x seq 128)", f"{summary['speed']['speedup']:.2f}x"))
+    return rows
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(distill)

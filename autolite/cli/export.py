@@ -1,0 +1,68 @@
+"""``autolite export``: write a model as HF / sentence-transformers / ONNX / MLX and validate it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from autolite.cli.common import MODEL_ARG, progress_bar, rows_table
+
+
+def export(model: str = MODEL_ARG,
+           format: str = typer.Option("hf", "--format", "-f", help="hf | st | onnx | mlx"),
+           out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
+           precision: str = typer.Option("fp32", help="onnx: fp32 | int8 (ONNX Runtime dynamic quantization)."),
+           optimize: bool = typer.Option(False, "--optimize", help="onnx: ONNX Runtime transformer optimizer "
+                                                                    "(fused attention where it matches)."),
+           bits: Optional[int] = typer.Option(None, "--bits", help="mlx: quantize to 4 or 8 bits (MLX group-wise)."),
+           group_size: int = typer.Option(64, "--group-size", help="mlx: quantization group size, 32 or 64."),
+           validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the export against the "
+                                                                                "source on the corpus."),
+           max_texts: Optional[int] = typer.Option(None, "--max-texts", help="Validate on at most N corpus texts."),
+           force: bool = typer.Option(False, "--force", help="Replace --out if it exists.")) -> None:
+    """Export MODEL to --out in --format; the export is validated against the source and the difference printed."""
+    import autolite
+    from autolite.cli import console
+    from autolite.export import FORMATS, UnsupportedExportError
+
+    if format not in FORMATS:
+        raise UnsupportedExportError(f"unknown --format '{format}'; supported: {', '.join(FORMATS)}")
+    if out.exists() and not force:
+        raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    opts = _format_options(format, precision, optimize, bits, group_size)
+    with progress_bar(f"loading {model}"):
+        source, tokenizer, family = autolite.load(model)
+    with progress_bar(f"exporting to {format}{' and validating' if validate else ''}"):
+        result = autolite.export(source, tokenizer, out, format=format, validate=validate, family=family,
+                                 overwrite=force, max_texts=max_texts, **opts)
+    rows = [("format", f"{result.format} ({result.precision})")]
+    if result.validation is not None:
+        v = result.validation
+        rows += [("max abs difference", f"{v.max_abs:.3g}"), ("relative L2", f"{v.rel_l2:.3g}"),
+                 ("cosine", f"{v.cosine:.7f}"), *((k, f"{val:.6g}") for k, val in v.extra.items()),
+                 ("required", v.tolerance), ("compared with", f"{v.against}, {v.texts} texts")]
+    else:
+        rows.append(("validation", "skipped (--no-validate)"))
+    console.print(rows_table(f"{model} -> {format}", ("", "value"), rows))
+    for note in result.notes:
+        console.print(f"  note: {note}")
+    console.print(f"saved to {out}/")
+
+
+def _format_options(format: str, precision: str, optimize: bool, bits: Optional[int], group_size: int) -> dict:
+    from autolite.export import UnsupportedExportError
+
+    if format != "mlx" and bits is not None:
+        raise UnsupportedExportError("--bits/--group-size apply to --format mlx only (ONNX: --precision int8)")
+    if format != "onnx" and (precision != "fp32" or optimize):
+        raise UnsupportedExportError("--precision/--optimize apply to --format onnx only (MLX: --bits 4|8)")
+    if format == "onnx":
+        return {"precision": precision, "optimize": optimize}
+    if format == "mlx":
+        return {"bits": bits, "group_size": group_size}
+    return {}
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(export)

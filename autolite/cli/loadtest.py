@@ -1,0 +1,42 @@
+"""``autolite loadtest``: closed-loop load against a loopback server; throughput, percentiles, errors."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+from autolite.cli.common import DATA_OPT, rows_table, write_json_atomic
+
+
+def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL (loopback only); "
+                                       "default path /v1/embeddings."),
+             concurrency: int = typer.Option(64, help="Concurrent clients."),
+             requests: int = typer.Option(2000, help="Requests to send (upper bound)."),
+             duration: float = typer.Option(60.0, help="Seconds to run (upper bound)."),
+             warmup: int = typer.Option(64, help="Untimed requests first."),
+             api_key: str = typer.Option(None, envvar="AUTOLITE_API_KEY", help="Bearer key, if the server needs one."),
+             client: str = typer.Option("raw", help="raw (asyncio streams, least CPU) or httpx."),
+             max_words: int = typer.Option(16, help="Use texts of at most this many words."),
+             data: Path = DATA_OPT,
+             json_out: Path = typer.Option(None, "--json", help="Write the summary as JSON.")) -> None:
+    """Send REQUESTS from CONCURRENCY clients (or for DURATION seconds) and report req/s, p50/p90/p99, errors."""
+    from autolite.cli import console
+    from autolite.data import load_texts
+    from autolite.serve.loadgen import check_loopback_url, default_bodies, run_load, short_sentences
+
+    target = check_loopback_url(url)
+    texts = short_sentences(load_texts(data).texts, max_words)
+    bodies = default_bodies(target, texts)
+    result = asyncio.run(run_load(target, bodies, concurrency=concurrency, requests=requests, duration=duration,
+                                  api_key=api_key, warmup=warmup, client=client))
+    summary = result.summary()
+    rows = [(key, str(value)) for key, value in summary.items() if key != "url"]
+    console.print(rows_table(f"loadtest {target}", ("metric", "value"), rows))
+    if json_out:
+        write_json_atomic(json_out, summary)
+        console.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(loadtest)

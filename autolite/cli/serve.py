@@ -1,0 +1,47 @@
+"""``autolite serve``: an OpenAI-compatible HTTP server with dynamic batching (uvicorn)."""
+from __future__ import annotations
+
+import typer
+
+from autolite.cli.common import MODEL_ARG
+
+
+def serve(model: str = MODEL_ARG,
+          host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
+          port: int = typer.Option(8000, help="TCP port."),
+          max_batch_size: int = typer.Option(32, help="Texts per forward; 1 = no batching."),
+          max_wait_ms: float = typer.Option(5.0, help="How long the oldest text may wait for a fuller batch."),
+          workers: int = typer.Option(1, help="Model workers (threads sharing the weights), cores split between them."),
+          threads: int = typer.Option(None, help="Intra-op threads per worker (default: its CPU count)."),
+          pin: bool = typer.Option(True, "--pin/--no-pin", help="Pin each worker to its CPUs."),
+          api_key: str = typer.Option(None, envvar="AUTOLITE_API_KEY",
+                                      help="Require 'Authorization: Bearer KEY' (or set AUTOLITE_API_KEY)."),
+          max_tokens: int = typer.Option(None, help="Tokens per text (default: the model's context, <= 512)."),
+          truncate: bool = typer.Option(False, "--truncate/--no-truncate",
+                                        help="Cut texts over --max-tokens instead of answering 413."),
+          max_texts: int = typer.Option(256, help="Texts per request."),
+          max_body_bytes: int = typer.Option(1024 * 1024, help="Request body limit in bytes."),
+          max_queue: int = typer.Option(1024, help="Queued texts before answering 429."),
+          max_new_tokens: int = typer.Option(256, help="Largest max_tokens a completion may ask for."),
+          timeout: float = typer.Option(30.0, help="Seconds a request may wait for its answer (then 504)."),
+          normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise embeddings."),
+          device: str = typer.Option("auto", help="auto (the hardware probe's choice), cpu or cuda.")) -> None:
+    """Serve MODEL over HTTP: /v1/embeddings, /v1/classify, /v1/completions, /health, /metrics."""
+    from autolite.cli import err_console
+    from autolite.serve.app import ServeConfig
+    from autolite.serve.server import check_host, load_engine, run_server
+
+    config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         timeout_s=timeout, workers=workers, threads=threads, pin=pin, max_body_bytes=max_body_bytes,
+                         max_texts=max_texts, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
+                         truncate=truncate, normalize=normalize, api_key=api_key)
+    check_host(host, api_key)
+    engine = load_engine(model, config, device)
+    err_console.print(f"serving {engine.name} ({', '.join(sorted(engine.tasks))}) on http://{host}:{port} "
+                      f"(batch <= {max_batch_size}, wait <= {max_wait_ms:g} ms); SIGTERM or Ctrl-C drains and exits",
+                      highlight=False)
+    run_server(engine, config, host, port)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)

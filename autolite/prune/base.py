@@ -1,0 +1,123 @@
+"""What the structural prune passes share: validation, the score -> plan -> cut -> recover loop, notes."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import torch
+
+from autolite.errors import RecipeError
+from autolite.eval.forward import ensure_pad_token
+from autolite.prune.calib import calib_batches
+from autolite.prune.importance import get_importance
+from autolite.prune.recover import recover
+from autolite.prune.surgery import record_layout, why_not_plain
+
+log = logging.getLogger(__name__)
+SCOPES = ("per_layer", "global")
+RECOVER_SAMPLES = 1024  # recovery cycles through up to this many calibration texts
+
+
+@dataclasses.dataclass
+class StructuredPrune:
+    """Fields shared by PruneHeads and PruneFFN (mixed into their PassConfig dataclasses)."""
+
+    ratio: float = 0.3
+    importance: str = "taylor"
+    scope: str = "per_layer"
+    round_to: int = 1
+    skip_layers: list = dataclasses.field(default_factory=list)
+    calib_samples: int = 64
+    iterations: int = 1
+    recover_steps: int = 0
+    recover_lr: float = 1e-4
+
+    def validate(self) -> None:
+        if not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
+            raise RecipeError(f"{self.name}: ratio must be in [0, 1) (the fraction removed), got {self.ratio!r}")
+        get_importance(self.importance)
+        if self.scope not in SCOPES:
+            raise RecipeError(f"{self.name}: scope must be one of {SCOPES}, got '{self.scope}'")
+        for field in ("round_to", "calib_samples", "iterations"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                raise RecipeError(f"{self.name}: {field} must be an integer >= 1, got {getattr(self, field)!r}")
+        if not isinstance(self.recover_steps, int) or self.recover_steps < 0:
+            raise RecipeError(f"{self.name}: recover_steps must be an integer >= 0, got {self.recover_steps!r}")
+        if not isinstance(self.skip_layers, (list, tuple)):
+            raise RecipeError(f"{self.name}: skip_layers must be a list of layer indices or 'stack.index' keys")
+
+    def skips(self, key: str) -> bool:
+        """Whether the group ``key`` ("encoder.3", "decoder.1.cross") is in ``skip_layers``."""
+        stack, index = key.split(".")[:2]
+        return any(str(s) in (index, f"{stack}.{index}") for s in self.skip_layers)
+
+
+
+def run_structured(model: torch.nn.Module, config: Any, ctx: Any, target: str, groups_fn: Callable,
+                   plan_fn: Callable, cut_fn: Callable) -> torch.nn.Module:
+    """Score, plan and cut ``iterations`` times (cumulative ratio), recovering after each cut if asked."""
+    from autolite.arch import family_of
+
+    family = ctx.family or family_of(model)
+    if ctx.tokenizer is not None:
+        ensure_pad_token(ctx.tokenizer)
+    batches = calib_batches(model, family, ctx, samples=config.calib_samples)
+    teacher = _teacher(model, config, ctx)
+    original = {g.key: _units(g, target) for g in groups_fn(family, model)}
+    before = _count(model)
+    recover_batches = None
+    for step in range(config.iterations):
+        ratio = config.ratio * (step + 1) / config.iterations
+        scores = get_importance(config.importance)(model, family, batches, target)
+        groups = groups_fn(family, model)
+        plan = plan_fn(groups, scores, ratio, original, config, family)
+        for group in groups:
+            if group.key in plan:
+                cut_fn(group, plan[group.key])
+        _remember_scores(ctx, target, scores)
+        if teacher is not None:
+            recover_batches = recover_batches or calib_batches(model, family, ctx, samples=RECOVER_SAMPLES)
+            recover(model, teacher, family, recover_batches, config.recover_steps, lr=config.recover_lr)
+    record_layout(family, model)
+    _note(ctx, config, family, model, target, original, groups_fn, before)
+    return model
+
+
+def _teacher(model: torch.nn.Module, config: Any, ctx: Any) -> torch.nn.Module | None:
+    if not config.recover_steps:
+        return None
+    teacher = getattr(ctx, "teacher", None)
+    return teacher if teacher is not None else copy.deepcopy(model).eval()
+
+
+def _units(group: Any, target: str) -> int:
+    return group.num_heads if target == "heads" else group.size
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _remember_scores(ctx: Any, target: str, scores: dict) -> None:
+    """Keep the last scores on the context (the CLI plots them)."""
+    store = getattr(ctx, "prune_scores", None) or {}
+    store[target] = {k: [float(x) for x in v] for k, v in scores.items()}
+    ctx.prune_scores = store
+
+
+def _note(ctx, config, family, model, target, original, groups_fn, before) -> None:
+    now = {g.key: _units(g, target) for g in groups_fn(family, model)}
+    what = "heads" if target == "heads" else "FFN neurons"
+    total, kept = sum(original.values()), sum(now.values())
+    sizes = sorted(set(now.values()))
+    message = (f"{config.name}: removed {total - kept} of {total} {what} ({config.importance}, {config.scope}; "
+               f"per layer now {sizes[0] if len(sizes) == 1 else f'{sizes[0]}-{sizes[-1]}'}); "
+               f"parameters {before:,} -> {_count(model):,}")
+    reason = why_not_plain(family, model)
+    if reason is None:
+        message += "; HF config updated: the saved model loads with plain transformers"
+    else:
+        message += f"; {reason}: the saved model reloads with autolite.load (it replays the recorded layout)"
+    ctx.note(message)

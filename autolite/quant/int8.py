@@ -1,0 +1,230 @@
+"""INT8 dynamic quantization: INT8 per-channel weights, activations quantized at run time.
+
+Kernels (measured per layer shape at apply time, the fastest kept; ``kernel`` forces one):
+
+* ``onednn`` / ``x86`` / ``fbgemm``: ``torch.ops.quantized.linear_dynamic`` on a weight prepacked for
+  that engine (activations quantized per tensor inside the kernel; VNNI/AMX when the CPU has them).
+* ``int_mm``: activations quantized per token, ``torch._int_mm`` (INT8 x INT8 -> INT32), rescaled by
+  token scale x channel scale.
+
+A layer whose best INT8 kernel is slower than FP32 at the measured shape stays FP32 (noted), unless
+``fallback=False``. Saved state: ``weight_int8`` (out, in) int8, ``weight_scale`` (out,) fp32, ``bias``
+and ``kernel`` (the chosen kernel's code), so ``autolite.load`` rebuilds the same layers bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autolite.config import PassConfig
+from autolite.errors import BackendUnavailableError, RecipeError
+from autolite.passes import PassContext, register_pass
+from autolite.quant import common
+
+log = logging.getLogger(__name__)
+KERNELS = ("onednn", "x86", "fbgemm", "int_mm")
+ENGINE_KERNELS = KERNELS[:3]
+
+
+def available_kernels() -> list[str]:
+    """INT8 dynamic kernels this torch build offers."""
+    engines = set(torch.backends.quantized.supported_engines)
+    found = [k for k in ENGINE_KERNELS if k in engines]
+    if hasattr(torch, "_int_mm"):
+        found.append("int_mm")
+    return found
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 per output channel: ``(q (out, in) int8, scale (out,) fp32)``."""
+    scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale.float()
+
+
+def _reduce_range(kernel: str) -> bool:
+    """fbgemm/x86 need 7-bit activations on CPUs without VNNI (16-bit accumulation overflow)."""
+    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
+    return kernel != "onednn" and not vnni
+
+
+class DynamicInt8Linear(nn.Module):
+    """A linear layer with INT8 weights whose forward runs an INT8 kernel (see module docstring)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel: str = "onednn") -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("kernel", torch.tensor([KERNELS.index(kernel)], dtype=torch.int8))
+        self._packed = None
+
+    @classmethod
+    def from_float(cls, module: nn.Module, kernel: str) -> "DynamicInt8Linear":
+        weight, bias = common.linear_weight(module), common.linear_bias(module)
+        layer = cls(weight.shape[1], weight.shape[0], bias is not None, kernel)
+        layer.weight_int8, layer.weight_scale = quantize_per_channel(weight)
+        if bias is not None:
+            layer.bias = bias
+        return layer
+
+    @property
+    def kernel_name(self) -> str:
+        return KERNELS[int(self.kernel[0])]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_packed"] = None  # engine-specific packed weight: rebuilt on first use
+        return state
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._packed = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def prepack(self) -> None:
+        """Pack the weight for the chosen engine (done lazily on the first forward otherwise)."""
+        kernel = self.kernel_name
+        if kernel not in ENGINE_KERNELS:
+            return
+        previous = torch.backends.quantized.engine
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch marks quantized tensors deprecated; the kernels are current
+            qweight = torch._make_per_channel_quantized_tensor(
+                self.weight_int8, self.weight_scale.double(), torch.zeros(self.out_features, dtype=torch.long), 0)
+            try:
+                torch.backends.quantized.engine = kernel
+                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+            finally:
+                torch.backends.quantized.engine = previous
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" and self.kernel_name != "int_mm":
+            raise BackendUnavailableError(f"INT8 kernel '{self.kernel_name}' runs on CPU only; use kernel: int_mm "
+                                          "or weight-only quantization on this device")
+        rows, lead = common.flatten_rows(x)
+        dtype = rows.dtype
+        rows = rows.float()
+        if self.kernel_name == "int_mm":
+            y = self._int_mm(rows)
+        else:
+            if self._packed is None:
+                self.prepack()
+            y = torch.ops.quantized.linear_dynamic(rows, self._packed, _reduce_range(self.kernel_name))
+        return y.to(dtype).reshape(*lead, self.out_features)
+
+    def _int_mm(self, rows: torch.Tensor) -> torch.Tensor:
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # (M, 1) per token
+        q = torch.round(rows / scale).to(torch.int8)
+        y = torch._int_mm(q, self.weight_int8.t()).float()  # (M, N) int32 accumulators
+        y.mul_(scale).mul_(self.weight_scale)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel_name}"
+
+
+@dataclasses.dataclass
+class Int8Dynamic(PassConfig):
+    """INT8 dynamic quantization of every linear (output heads only with ``include_head``).
+
+    ``kernel``: "auto" (measure each layer shape at ``rows`` tokens, keep the fastest) or one of
+    :data:`KERNELS`; ``fallback``: keep a layer FP32 when INT8 is slower there; ``skip``: regexes of
+    layer names to leave alone; ``layers``: filled in with the layers actually quantized.
+    """
+
+    name = "int8-dynamic"
+    kernel: str = "auto"
+    include_head: bool = False
+    fallback: bool = True
+    rows: int = 256
+    skip: list[str] = dataclasses.field(default_factory=list)
+    layers: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel not in ("auto", *KERNELS):
+            raise RecipeError(f"int8-dynamic kernel must be 'auto' or one of {KERNELS}, got '{self.kernel}'")
+        if not isinstance(self.rows, int) or self.rows < 1:
+            raise RecipeError(f"int8-dynamic rows must be a positive integer, got {self.rows!r}")
+        common.validate_skip(self.skip)
+
+
+def _candidates(config: Int8Dynamic) -> list[str]:
+    available = available_kernels()
+    if config.kernel == "auto":
+        if not available:
+            raise BackendUnavailableError("this torch build has no INT8 kernel (no quantized engine, no _int_mm)")
+        return available
+    if config.kernel not in available:
+        raise BackendUnavailableError(f"INT8 kernel '{config.kernel}' is not available in this torch build "
+                                      f"(available: {available}); use kernel: auto")
+    return [config.kernel]
+
+
+def choose_kernel(module: nn.Module, candidates: list[str], rows: int) -> tuple[str | None, dict[str, float]]:
+    """Time each candidate (and FP32) on ``rows`` random tokens; returns (fastest INT8, all timings)."""
+    in_features, _ = common.linear_shape(module)
+    x = torch.randn(rows, in_features)
+    weight, bias = common.linear_weight(module), common.linear_bias(module)
+    timings = {"fp32": common.time_ms(lambda: F.linear(x, weight, bias))}
+    for kernel in candidates:
+        layer = DynamicInt8Linear.from_float(module, kernel)
+        layer.prepack()
+        timings[kernel] = common.time_ms(lambda: layer(x))
+    best = min(candidates, key=timings.__getitem__) if candidates else None
+    return best, timings
+
+
+def _plan(model: nn.Module, config: Int8Dynamic, ctx: PassContext) -> dict[str, str]:
+    """fqn -> kernel for every layer to quantize (measured once per distinct shape)."""
+    candidates = _candidates(config)
+    by_shape: dict[tuple, str | None] = {}
+    plan: dict[str, str] = {}
+    for name, module in common.target_linears(model, include_head=config.include_head, skip=config.skip,
+                                              layers=config.layers):
+        shape = (*common.linear_shape(module), module.bias is not None)
+        if shape not in by_shape:
+            best, timings = choose_kernel(module, candidates, config.rows)
+            slower = timings[best] > timings["fp32"]
+            shown = ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items())
+            if slower and config.fallback:
+                ctx.note(f"int8-dynamic: {shape[0]}x{shape[1]} layers stay FP32 (INT8 slower at {config.rows} "
+                         f"tokens: {shown})")
+                best = None
+            else:
+                ctx.note(f"int8-dynamic: {shape[0]}x{shape[1]} layers use kernel {best} ({shown})")
+            by_shape[shape] = best
+        if by_shape[shape] is not None:
+            plan[name] = by_shape[shape]
+    return plan
+
+
+def apply_int8_dynamic(model: nn.Module, config: Int8Dynamic, ctx: PassContext) -> nn.Module:
+    if config.layers is not None:
+        common.check_layers_exist(model, config.layers)
+    plan = _plan(model, config, ctx)
+    for name, kernel in plan.items():
+        common.set_module(model, name, DynamicInt8Linear.from_float(model.get_submodule(name), kernel))
+    config.layers = sorted(plan)  # recorded with the recipe: load rebuilds exactly these layers
+    ctx.note(f"int8-dynamic: {len(plan)} linear layers quantized to INT8")
+    return model
+
+
+def restore_int8_dynamic(model: nn.Module, config: Int8Dynamic, ctx: PassContext) -> nn.Module:
+    """Swap in empty INT8 layers (weights, scales and kernel choice come from the state dict)."""
+    common.check_layers_exist(model, config.layers or [])
+    for name in config.layers or []:
+        module = model.get_submodule(name)
+        in_features, out_features = common.linear_shape(module)
+        common.set_module(model, name, DynamicInt8Linear(in_features, out_features, module.bias is not None))
+    return model
+
+
+register_pass(Int8Dynamic, restore=restore_int8_dynamic)(apply_int8_dynamic)

@@ -1,0 +1,308 @@
+"""Fake quantization for sensitivity analysis and quantization-aware training (QAT).
+
+* ``fake_quantize_weight``: group-wise (or per-channel) symmetric/asymmetric quantize -> dequantize of a
+  weight matrix ``(out, in)``; symmetric uses ``scale = max|w| / (2^(b-1) - 1)``,
+  ``q = clamp(round(w/s), -2^(b-1), 2^(b-1) - 1)``; scales are rounded to BF16 as the engine stores them.
+* ``FakeQuantLinear``: a Linear whose weight (and optionally its input activations, per token) pass through
+  fake quantization with a straight-through estimator (STE). Weight ranges are recomputed each forward
+  ("minmax"), tracked by an exponential moving average ("ema"), or learned (LSQ, "lsq").
+* ``prepare_qat`` swaps a model's transformer linears for ``FakeQuantLinear``; ``convert_qat`` turns them
+  back into plain modules holding the quantized weights (see :func:`convert_qat`).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from autolite.errors import RecipeError
+
+log = logging.getLogger(__name__)
+SCALE_DTYPE = torch.bfloat16  # scales are stored in BF16 by the engine's weight-only modules
+WEIGHT_MODES = ("minmax", "ema", "lsq")
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round() in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def effective_group(in_features: int, group_size: int | None) -> int:
+    """The group size used for a row of ``in_features``: per-channel when None/0 or it does not divide."""
+    if not group_size or group_size >= in_features or in_features % group_size:
+        return in_features
+    return group_size
+
+
+def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def group_params(w: torch.Tensor, bits: int, group: int, symmetric: bool,
+                 lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) per group, ``(out, in/group)``; ``lo/hi`` override the observed min/max (EMA)."""
+    wg = w.reshape(w.shape[0], -1, group)
+    lo = wg.amin(-1) if lo is None else lo
+    hi = wg.amax(-1) if hi is None else hi
+    qmin, qmax = quant_range(bits, symmetric)
+    if symmetric:
+        scale = torch.maximum(lo.abs(), hi.abs()) / qmax
+        zero = torch.zeros_like(scale)
+    else:
+        lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+        scale = (hi - lo) / (qmax - qmin)
+        zero = torch.round(-lo / scale.clamp(min=1e-12)).clamp(qmin, qmax)
+    return to_scale_dtype(scale.clamp(min=1e-8)), zero
+
+
+def to_scale_dtype(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales to BF16 (as stored by the weight-only kernels), straight-through for gradients."""
+    return scale + (scale.to(SCALE_DTYPE).float() - scale).detach()
+
+
+def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool,
+                    ste: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integer codes, dequantized weight) of ``w`` ``(out, in)`` with per-group ``scale``/``zero``."""
+    out_f, in_f = w.shape
+    wg = w.reshape(out_f, scale.shape[1], -1)
+    qmin, qmax = quant_range(bits, symmetric)
+    rounder = round_ste if ste else torch.round
+    q = torch.clamp(rounder(wg / scale.unsqueeze(-1)) + zero.unsqueeze(-1), qmin, qmax)
+    deq = (q - zero.unsqueeze(-1)) * scale.unsqueeze(-1)
+    return q.reshape(out_f, in_f), deq.reshape(out_f, in_f)
+
+
+def fake_quantize_weight(w: torch.Tensor, bits: int, group_size: int | None = 64,
+                         symmetric: bool = True) -> torch.Tensor:
+    """Quantize-dequantize a ``(out, in)`` weight (no gradient tricks); returns a tensor like ``w``."""
+    if bits >= 16:
+        return w
+    group = effective_group(w.shape[1], group_size)
+    scale, zero = group_params(w.float(), bits, group, symmetric)
+    return quantize_groups(w.float(), scale, zero, bits, symmetric)[1].to(w.dtype)
+
+
+def fake_quantize_tokens(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-token (last dim) dynamic fake quantization with STE."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.detach().abs().amax(-1, keepdim=True).clamp(min=1e-8) / qmax
+    return torch.clamp(round_ste(x / scale), -qmax - 1, qmax) * scale
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The ``(out, in)`` weight of a Linear, or of a GPT-2 Conv1D (stored ``(in, out)``)."""
+    w = module.weight
+    return w.t() if type(module).__name__ == "Conv1D" else w
+
+
+def set_weight_matrix(module: nn.Module, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        module.weight.copy_(value.t() if type(module).__name__ == "Conv1D" else value)
+
+
+class WeightFakeQuant(nn.Module):
+    """Fake-quantizes an ``(out, in)`` weight; ``mode``: minmax, ema (moving-average ranges) or lsq (learned scale)."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True,
+                 mode: str = "minmax", momentum: float = 0.9) -> None:
+        super().__init__()
+        if mode not in WEIGHT_MODES:
+            raise RecipeError(f"weight fake-quant mode must be one of {WEIGHT_MODES}, got '{mode}'")
+        if not 2 <= bits <= 8:
+            raise RecipeError(f"QAT bits must be 2..8, got {bits}")
+        self.bits, self.symmetric, self.mode, self.momentum = bits, symmetric, mode, momentum
+        self.group = effective_group(weight.shape[1], group_size)
+        wg = weight.detach().float().reshape(weight.shape[0], -1, self.group)
+        self.register_buffer("range_lo", wg.amin(-1).clone())
+        self.register_buffer("range_hi", wg.amax(-1).clone())
+        scale, _ = group_params(weight.detach().float(), bits, self.group, symmetric)
+        self.scale = nn.Parameter(scale) if mode == "lsq" else None
+
+    def params(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero) to use now (updating the EMA ranges in training)."""
+        if self.mode == "lsq":
+            qmax = quant_range(self.bits, self.symmetric)[1]
+            grad_scale = 1.0 / (self.group * qmax) ** 0.5  # LSQ gradient scaling
+            scale = (self.scale - self.scale * grad_scale).detach() + self.scale * grad_scale
+            return to_scale_dtype(scale.abs().clamp(min=1e-8)), torch.zeros_like(scale)
+        if self.mode == "ema":
+            if self.training:
+                wg = w.detach().reshape(w.shape[0], -1, self.group)
+                self.range_lo.mul_(self.momentum).add_(wg.amin(-1), alpha=1 - self.momentum)
+                self.range_hi.mul_(self.momentum).add_(wg.amax(-1), alpha=1 - self.momentum)
+            return group_params(w.detach(), self.bits, self.group, self.symmetric, self.range_lo, self.range_hi)
+        return group_params(w.detach(), self.bits, self.group, self.symmetric)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale, zero = self.params(w)
+        return quantize_groups(w, scale, zero, self.bits, self.symmetric, ste=True)[1]
+
+    @torch.no_grad()
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(integer codes, scale, zero) of ``w`` as the forward pass would quantize it in eval mode."""
+        scale, zero = self.params(w)
+        q, _ = quantize_groups(w, scale.detach(), zero, self.bits, self.symmetric)
+        return q, scale.detach(), zero
+
+
+class FakeQuantLinear(nn.Module):
+    """A Linear (or Conv1D, as ``(out, in)``) with fake-quantized weights and optional per-token activations."""
+
+    def __init__(self, module: nn.Module, bits: int, group_size: int | None = 64, symmetric: bool = True,
+                 mode: str = "minmax", act_bits: int | None = None) -> None:
+        super().__init__()
+        w = weight_matrix(module).detach().clone()
+        self.weight = nn.Parameter(w, requires_grad=module.weight.requires_grad)
+        bias = getattr(module, "bias", None)
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.weight_quant = WeightFakeQuant(w, bits, group_size, symmetric, mode)
+        self.act_bits = act_bits
+        self.source_type = type(module).__name__
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_bits:
+            x = fake_quantize_tokens(x, self.act_bits)
+        return nn.functional.linear(x, self.weight_quant(self.weight), self.bias)
+
+    def extra_repr(self) -> str:
+        q = self.weight_quant
+        return (f"in={self.in_features}, out={self.out_features}, w{q.bits}g{q.group}, mode={q.mode}, "
+                f"act={'a' + str(self.act_bits) if self.act_bits else 'fp'}")
+
+
+def transformer_linears(model: nn.Module, family) -> dict[str, nn.Module]:
+    """Fully qualified name -> linear (q, k, v, o / qkv, up, gate, down / gate_up) of every transformer layer."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found: dict[str, nn.Module] = {}
+    for view in family.layers(model):
+        blocks = [view.attention] + ([view.cross_attention] if view.cross_attention else [])
+        modules = [getattr(b, k) for b in blocks for k in ("q", "k", "v", "qkv", "o")]
+        modules += [getattr(view.ffn, k) for k in ("gate_up", "gate", "up", "down")]
+        for module in modules:
+            if module is not None and hasattr(module, "weight") and id(module) in names:
+                found[names[id(module)]] = module
+    return found
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def prepare_qat(model: nn.Module, family, bits: int | dict[str, int], group_size: int | None = 64,
+                symmetric: bool = True, mode: str = "minmax", act_bits: int | None = None) -> nn.Module:
+    """Swap the transformer linears of ``model`` (in place) for FakeQuantLinear; ``bits`` maps fqn -> bits
+    (linears missing from the map stay float) or is one width for all."""
+    linears = transformer_linears(model, family)
+    plan = {name: bits for name in linears} if isinstance(bits, int) else dict(bits)
+    unknown = sorted(set(plan) - set(linears))
+    if unknown:
+        raise RecipeError(f"bits map names unknown layers {unknown[:3]}; use names from `autolite sensitivity`")
+    for name, width in plan.items():
+        if width < 16:
+            _set_module(model, name, FakeQuantLinear(linears[name], width, group_size, symmetric, mode, act_bits))
+    log.info("prepared %d linears for QAT", sum(1 for w in plan.values() if w < 16))
+    return model
+
+
+@torch.no_grad()
+def convert_qat(model: nn.Module, engine: bool = True) -> nn.Module:
+    """Replace every FakeQuantLinear by a real module holding its quantized weights.
+
+    With ``engine`` (default), 4-bit layers (group 32..256) become the engine's packed
+    ``WeightOnlyInt4Linear`` and per-channel symmetric 8-bit layers ``WeightOnlyInt8Linear``, and the model's
+    recipe records them so ``autolite.load`` rebuilds them. Other widths (and ``engine=False``) become a
+    plain float module whose weight is the dequantized quantized weight. Either way the outputs equal the
+    fake-quant model's for calls above the kernels' row threshold (the packed kernels take BF16 activations).
+    """
+    real: dict[tuple[int, int | None], list[str]] = {}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, FakeQuantLinear):
+            continue
+        module.eval()
+        layer = _engine_layer(module) if engine else None
+        if layer is not None:
+            key = (module.weight_quant.bits, layer.group if module.weight_quant.bits == 4 else None)
+            real.setdefault(key, []).append(name)
+        else:
+            layer = _float_layer(module)
+        _set_module(model, name, layer.to(module.weight.device))
+    if real:
+        _record_engine_layers(model, real)
+    return model
+
+
+def _float_layer(module: FakeQuantLinear) -> nn.Module:
+    deq = module.weight_quant(module.weight)
+    if module.source_type == "Conv1D":  # GPT-2 keeps its (in, out) layout so transformers reloads it
+        from transformers.pytorch_utils import Conv1D
+
+        layer, deq = Conv1D(module.out_features, module.in_features), deq.t()
+    else:
+        layer = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    layer.weight.copy_(deq)
+    if module.bias is not None:
+        layer.bias.copy_(module.bias)
+    return layer
+
+
+def _engine_layer(module: FakeQuantLinear) -> nn.Module | None:
+    """The engine's packed module for this layer's codes, or None when the engine cannot hold them."""
+    try:
+        from autolite.quant import weight_only as wo
+    except ImportError:
+        return None
+    quant = module.weight_quant
+    q, scale, zero = quant.codes(module.weight)
+    bias = module.bias is not None
+    if quant.bits == 4 and quant.group in wo.GROUP_SIZES:
+        layer = wo.WeightOnlyInt4Linear(module.in_features, module.out_features, bias, quant.group)
+        offset = 8 if quant.symmetric else 0  # engine codes are unsigned: w = (q - zero) * scale
+        layer.weight_packed = wo.pack_int4((q + offset).to(torch.uint8))
+        layer.weight_zero = (zero + offset).to(torch.uint8)
+    elif quant.bits == 8 and quant.symmetric and quant.group == module.in_features and int(q.min()) >= -127:
+        layer = wo.WeightOnlyInt8Linear(module.in_features, module.out_features, bias)
+        layer.weight_int8 = q.to(torch.int8)
+        scale = scale[:, 0]
+    else:
+        return None
+    layer.weight_scale = scale.to(wo.SCALE_DTYPE)
+    if bias:
+        layer.bias = module.bias.detach().float().clone()
+    return layer
+
+
+def _record_engine_layers(model: nn.Module, real: dict[tuple[int, int | None], list[str]]) -> None:
+    """Record one ``weight-only`` pass per (bits, group) so that a saved model reloads its packed layers."""
+    from autolite.config import Recipe
+    from autolite.passes import record_recipe
+    from autolite.quant.weight_only import WeightOnly
+
+    configs = [WeightOnly(bits=bits, group_size=group, layers=sorted(names)) for (bits, group), names in real.items()]
+    record_recipe(model, Recipe(passes=configs, name="qat"))
+
+
+@torch.no_grad()
+def qat_codes(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """fqn -> (integer codes, scale, zero) of every FakeQuantLinear, for packing into real kernels."""
+    return {name: m.weight_quant.codes(m.weight) for name, m in model.named_modules()
+            if isinstance(m, FakeQuantLinear)}
+
+
+def run_qat(model: nn.Module, tokenizer, family, bits: int | dict[str, int], data, config, *,
+            heldout=None, group_size: int | None = 64, mode: str = "ema", act_bits: int | None = None,
+            checkpoint_dir=None, progress=None):
+    """Short, bounded QAT: ``model`` (FP32) is the teacher of a fake-quantized copy trained with the
+    distillation trainer (``config``: a ``TrainConfig``). Returns the TrainResult whose ``student`` still
+    holds FakeQuantLinear modules; pass it to :func:`convert_qat` to fold the quantized weights."""
+    import copy
+
+    from autolite.distill.train import distill
+
+    student = prepare_qat(copy.deepcopy(model), family, bits, group_size, mode=mode, act_bits=act_bits)
+    return distill(model, student, tokenizer, family, config, data, heldout, checkpoint_dir=checkpoint_dir,
+                   progress=progress)

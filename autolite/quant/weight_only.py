@@ -1,0 +1,275 @@
+"""Weight-only quantization: INT8 per channel or INT4 group-wise, stored packed, run by low-bit kernels.
+
+Storage (safetensors, portable): INT8 ``weight_int8`` (out, in) + ``weight_scale`` (out,); INT4
+``weight_packed`` (out, in/2) uint8 holding two 4-bit codes per byte (low nibble = even column) +
+``weight_scale`` and integer ``weight_zero`` per (out, group): ``w = (q - zero) * scale``.
+
+Execution: for calls of at most ``kernel_max_rows`` tokens (decoding) the weights stay packed and
+torch's CPU kernels run (``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` on BF16
+activations; the INT4 kernel's tile layout is built from the portable form on first use). Larger calls
+(prefill, batched encoders) dequantize the layer to the activation dtype and run a dense GEMM, which
+the measured kernels beat only at a few rows; so do calls on non-CPU devices (the kernels are CPU ones).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autolite.config import PassConfig
+from autolite.errors import RecipeError
+from autolite.passes import PassContext, register_pass
+from autolite.quant import common
+
+log = logging.getLogger(__name__)
+GROUP_SIZES = (32, 64, 128, 256)
+SCALE_DTYPE = torch.bfloat16  # the CPU kernels read BF16 scales with BF16 activations
+
+
+def effective_group(in_features: int, group_size: int) -> int | None:
+    """The largest supported group <= ``group_size`` dividing ``in_features`` (None when none does)."""
+    group = group_size
+    while group >= GROUP_SIZES[0]:
+        if in_features % group == 0:
+            return group
+        group //= 2
+    return None
+
+
+def _group_params(groups: torch.Tensor, symmetric: bool, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (BF16-rounded) and integer zero of each group for a range shrunk by ``shrink``."""
+    if symmetric:
+        scale = groups.abs().amax(-1) * shrink / 7.0
+        zero = torch.full_like(scale, 8.0)
+    else:
+        low, high = groups.amin(-1).clamp(max=0) * shrink, groups.amax(-1).clamp(min=0) * shrink
+        scale = (high - low) / 15.0
+        zero = torch.round(-low / scale.clamp(min=1e-12)).clamp(0, 15)
+    return scale.clamp(min=1e-8).to(SCALE_DTYPE).float(), zero
+
+
+def _codes(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return (torch.round(groups / scale[..., None]) + zero[..., None]).clamp(0, 15)
+
+
+def quantize_int4(weight: torch.Tensor, group: int, symmetric: bool, search: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group-wise 4-bit codes ``q`` in [0, 15] (out, in) uint8, ``scale`` and ``zero`` (out, in/group).
+
+    ``search``: per group, try ranges shrunk to 70-100% of min/max and keep the one with the least
+    squared weight error (outliers clipped when that lowers the error), as round-to-nearest refinements do.
+    """
+    out_features, in_features = weight.shape
+    groups = weight.reshape(out_features, in_features // group, group)
+    scale, zero = _group_params(groups, symmetric, 1.0)
+    if search:
+        best = ((_codes(groups, scale, zero) - zero[..., None]) * scale[..., None] - groups).pow(2).sum(-1)
+        for shrink in torch.linspace(0.70, 0.98, 15).tolist():
+            s, z = _group_params(groups, symmetric, shrink)
+            err = ((_codes(groups, s, z) - z[..., None]) * s[..., None] - groups).pow(2).sum(-1)
+            better = err < best
+            best = torch.where(better, err, best)
+            scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
+    q = _codes(groups, scale, zero).to(torch.uint8).reshape(out_features, in_features)
+    return q, scale.to(SCALE_DTYPE), zero.to(torch.uint8)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """(out, in) codes in [0, 15] -> (out, in/2) uint8, even column in the low nibble."""
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`."""
+    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
+
+
+class WeightOnlyInt8Linear(nn.Module):
+    """INT8 per-channel weights; ``aten._weight_int8pack_mm`` for small calls, dequantized GEMM above."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel_max_rows: int = 8) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.kernel_max_rows = in_features, out_features, kernel_max_rows
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=SCALE_DTYPE))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, kernel_max_rows: int) -> "WeightOnlyInt8Linear":
+        weight, bias = common.linear_weight(module), common.linear_bias(module)
+        layer = cls(weight.shape[1], weight.shape[0], bias is not None, kernel_max_rows)
+        scale = (weight.abs().amax(1).clamp(min=1e-8) / 127.0).to(SCALE_DTYPE)
+        layer.weight_int8 = torch.round(weight / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        layer.weight_scale = scale
+        if bias is not None:
+            layer.bias = bias
+        return layer
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, lead = common.flatten_rows(x)
+        if rows.shape[0] <= self.kernel_max_rows and rows.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(rows.to(SCALE_DTYPE), self.weight_int8, self.weight_scale)
+            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype) + self.bias.to(x.dtype)
+        else:
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            y = F.linear(rows, self.dequantize(x.dtype), bias)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bits=8, kernel_max_rows={self.kernel_max_rows}"
+
+
+class WeightOnlyInt4Linear(nn.Module):
+    """Packed INT4 group-wise weights; ``aten._weight_int4pack_mm_for_cpu`` for small calls."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group: int = 64,
+                 kernel_max_rows: int = 8) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group, self.kernel_max_rows = group, kernel_max_rows
+        groups = in_features // group
+        self.register_buffer("weight_packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=SCALE_DTYPE))
+        self.register_buffer("weight_zero", torch.full((out_features, groups), 8, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._kernel_weight: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_float(cls, module: nn.Module, group: int, symmetric: bool, kernel_max_rows: int
+                   ) -> "WeightOnlyInt4Linear":
+        weight, bias = common.linear_weight(module), common.linear_bias(module)
+        layer = cls(weight.shape[1], weight.shape[0], bias is not None, group, kernel_max_rows)
+        q, layer.weight_scale, layer.weight_zero = quantize_int4(weight, group, symmetric)
+        layer.weight_packed = pack_int4(q)
+        if bias is not None:
+            layer.bias = bias
+        return layer
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_kernel_weight"] = None
+        return state
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._kernel_weight = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        q = unpack_int4(self.weight_packed).view(self.out_features, -1, self.group).to(dtype)
+        w = (q - self.weight_zero.to(dtype)[..., None]) * self.weight_scale.to(dtype)[..., None]
+        return w.reshape(self.out_features, self.in_features)
+
+    def kernel_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CPU kernel's tile-packed weight and its (groups, out, 2) scale/zero table (cached)."""
+        if self._kernel_weight is None:
+            q = unpack_int4(self.weight_packed).to(torch.int32)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            scale = self.weight_scale.float()
+            # kernel: w = (q - 8) * scale + zero_k, so zero_k = (8 - zero) * scale
+            zero_k = (8.0 - self.weight_zero.float()) * scale
+            table = torch.stack((scale, zero_k), dim=-1).transpose(0, 1).contiguous().to(SCALE_DTYPE)
+            self._kernel_weight = (packed, table)
+        return self._kernel_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, lead = common.flatten_rows(x)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if rows.shape[0] <= self.kernel_max_rows and rows.device.type == "cpu":
+            packed, table = self.kernel_weight()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(SCALE_DTYPE), packed, self.group, table)
+            y = y.to(x.dtype) if bias is None else y.to(x.dtype) + bias
+        else:
+            y = F.linear(rows, self.dequantize(x.dtype), bias)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, bits=4, group={self.group}, "
+                f"kernel_max_rows={self.kernel_max_rows}")
+
+
+@dataclasses.dataclass
+class WeightOnly(PassConfig):
+    """Weight-only quantization of every linear (output heads only with ``include_head``).
+
+    ``bits`` 8 (per output channel, symmetric) or 4 (group-wise, ``group_size`` 32/64/128/256;
+    a layer whose width the group does not divide uses the largest smaller group that does).
+    ``kernel_max_rows``: calls with at most this many tokens run the packed low-bit kernel.
+    """
+
+    name = "weight-only"
+    bits: int = 4
+    group_size: int | None = 64
+    symmetric: bool = True
+    include_head: bool = False
+    kernel_max_rows: int = 8
+    skip: list[str] = dataclasses.field(default_factory=list)
+    layers: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise RecipeError(f"weight-only bits must be 4 or 8, got {self.bits!r}")
+        if self.bits == 8 and (self.group_size is not None or not self.symmetric):
+            raise RecipeError("weight-only 8-bit is symmetric per output channel (the INT8 kernel takes one "
+                              "scale per channel); set group_size: null and symmetric: true")
+        if self.bits == 4 and self.group_size not in GROUP_SIZES:
+            raise RecipeError(f"weight-only 4-bit group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
+        if not isinstance(self.kernel_max_rows, int) or self.kernel_max_rows < 0:
+            raise RecipeError(f"kernel_max_rows must be an integer >= 0, got {self.kernel_max_rows!r}")
+        common.validate_skip(self.skip)
+
+
+def _quantized_layer(module: nn.Module, config: WeightOnly, ctx: PassContext, name: str) -> nn.Module | None:
+    if config.bits == 8:
+        return WeightOnlyInt8Linear.from_float(module, config.kernel_max_rows)
+    in_features, _ = common.linear_shape(module)
+    group = effective_group(in_features, config.group_size)
+    if group is None:
+        ctx.note(f"weight-only: {name} kept in float (width {in_features} is not a multiple of "
+                 f"{GROUP_SIZES[0]})")
+        return None
+    if group != config.group_size:
+        ctx.note(f"weight-only: {name} uses group {group} (width {in_features} is not a multiple of "
+                 f"{config.group_size})")
+    return WeightOnlyInt4Linear.from_float(module, group, config.symmetric, config.kernel_max_rows)
+
+
+def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: PassContext) -> nn.Module:
+    if config.layers is not None:
+        common.check_layers_exist(model, config.layers)
+    done = []
+    for name, module in common.target_linears(model, include_head=config.include_head, skip=config.skip,
+                                              layers=config.layers):
+        layer = _quantized_layer(module, config, ctx, name)
+        if layer is not None:
+            common.set_module(model, name, layer)
+            done.append(name)
+    config.layers = sorted(done)  # recorded with the recipe: load rebuilds exactly these layers
+    kernel = "_weight_int8pack_mm" if config.bits == 8 else "_weight_int4pack_mm_for_cpu"
+    ctx.note(f"weight-only: {len(done)} linear layers stored as INT{config.bits} "
+             f"(aten.{kernel} for <= {config.kernel_max_rows} tokens per call, dequantized GEMM above)")
+    return model
+
+
+def restore_weight_only(model: nn.Module, config: WeightOnly, ctx: PassContext) -> nn.Module:
+    """Swap in empty packed layers of the recorded shapes (contents come from the state dict)."""
+    common.check_layers_exist(model, config.layers or [])
+    for name in config.layers or []:
+        module = model.get_submodule(name)
+        in_features, out_features = common.linear_shape(module)
+        has_bias = module.bias is not None
+        if config.bits == 8:
+            layer = WeightOnlyInt8Linear(in_features, out_features, has_bias, config.kernel_max_rows)
+        else:
+            group = effective_group(in_features, config.group_size)
+            layer = WeightOnlyInt4Linear(in_features, out_features, has_bias, group, config.kernel_max_rows)
+        common.set_module(model, name, layer)
+    return model
+
+
+register_pass(WeightOnly, restore=restore_weight_only)(apply_weight_only)

@@ -1,0 +1,79 @@
+"""Load a model into an :class:`Engine` and run the app under uvicorn, with a graceful SIGTERM.
+
+On SIGTERM (or Ctrl-C) uvicorn stops listening, lets every request already received finish (the
+batcher keeps running until the last connection closes), then runs the app's shutdown, which drains the
+batcher and stops the worker threads. A second signal forces the exit.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from autolite.errors import AutoliteError
+from autolite.serve.app import ServeConfig, create_app
+from autolite.serve.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def load_engine(spec: str, config: ServeConfig, device: str = "auto") -> Engine:
+    """Load ``spec`` (anything :func:`autolite.load` takes) onto ``device`` (auto = the probe's choice)."""
+    import autolite
+    from autolite.runtime.hardware import choose_backend, probe
+
+    model, tokenizer, family = autolite.load(spec)
+    if device == "auto":
+        device = choose_backend(probe()).device
+    if device not in ("cpu", "cuda"):
+        raise AutoliteError(f"--device must be auto, cpu or cuda, not '{device}'")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AutoliteError("--device cuda but torch sees no CUDA GPU; use --device cpu")
+        model = model.to("cuda")
+    name = Path(spec).name if Path(spec).exists() else spec
+    return Engine(model, tokenizer, family, name=name, max_tokens=config.max_tokens, truncate=config.truncate,
+                  normalize=config.normalize)
+
+
+def check_host(host: str, api_key: str | None) -> None:
+    """Warn when the server is exposed beyond loopback without an API key."""
+    if not is_loopback(host) and api_key is None:
+        log.warning("serving on %s (not loopback) without --api-key: anyone who can reach it may use it", host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (names are resolved)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return False
+        return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def run_server(engine: Engine, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
+               log_level: str = "warning", **uvicorn_options: Any) -> None:
+    """Serve ``engine`` until SIGTERM/SIGINT; returns after a graceful drain."""
+    import uvicorn
+
+    app = create_app(engine, config)
+    uv_config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                               timeout_graceful_shutdown=int(config.timeout_s) + 5, lifespan="on",
+                               server_header=False, **uvicorn_options)
+    uvicorn.Server(uv_config).run()
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", **options: Any) -> None:
+    """Load ``model`` and serve it over HTTP (see :class:`ServeConfig` for ``options``)."""
+    config = ServeConfig(**options)
+    check_host(host, config.api_key)
+    run_server(load_engine(model, config, device), config, host, port)

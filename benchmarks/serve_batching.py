@@ -1,0 +1,192 @@
+"""Dynamic batching on vs off: `autolite serve` in a subprocess, 64 closed-loop clients, short sentences.
+
+    python benchmarks/serve_batching.py                       # minilm, writes docs/SERVING.md
+    python benchmarks/serve_batching.py --configs 1:0,32:0,32:5 --requests 1000
+
+Each config is ``max_batch_size:max_wait_ms[:threads]``; ``1:0`` is batch-size-1 serving (no batching).
+The server, the load generator and anything else running share this machine's cores: the load average
+is recorded next to the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from autolite.data import load_texts
+from autolite.runtime.hardware import probe
+from autolite.serve.loadgen import default_bodies, run_load, short_sentences
+
+log = logging.getLogger("serve_batching")
+CLI = "from autolite.cli import main; main()"
+BEGIN, END = "<!-- serve_batching:begin -->", "<!-- serve_batching:end -->"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: str, batch: int, wait_ms: float, threads: int | None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-c", CLI, "serve", model, "--port", str(port), "--max-batch-size", str(batch),
+           "--max-wait-ms", str(wait_ms), "--max-queue", "4096"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start within 180 s")
+
+
+def mean_batch(url: str) -> float:
+    values = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(("autolite_batch_size_sum", "autolite_batch_size_count")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values.get("autolite_batch_size_sum", 0) / max(1.0, values.get("autolite_batch_size_count", 0))
+
+
+def measured_threads(url: str) -> str:
+    """The intra-op thread count the server measured and kept (from /health), e.g. ``"1 (measured)"``."""
+    workers = httpx.get(f"{url}/health").json().get("workers", [""])
+    match = re.search(r"; (\d+) threads", workers[0])
+    return f"{match.group(1)} (measured)" if match else "auto"
+
+
+def parse_spec(spec: str) -> tuple[int, float, int | None]:
+    parts = spec.split(":")
+    return int(parts[0]), float(parts[1]), int(parts[2]) if len(parts) > 2 else None
+
+
+def measure(args: argparse.Namespace, specs: list[str], bodies: list[dict]) -> list[dict]:
+    """Start one server per config, then run the configs in rounds (rotating order); median per config.
+
+    Interleaving matters on a shared machine: contention drifts over minutes, and a config measured
+    only at a busy moment would look worse than it is.
+    """
+    servers = {}
+    try:
+        for spec in specs:
+            servers[spec] = start_server(args.model, *parse_spec(spec))
+        runs: dict[str, list[dict]] = {spec: [] for spec in specs}
+        for round_index in range(args.rounds):
+            order = specs[round_index % len(specs):] + specs[:round_index % len(specs)]
+            for spec in order:
+                url = servers[spec][1]
+                result = asyncio.run(run_load(f"{url}/v1/embeddings", bodies, concurrency=args.concurrency,
+                                              requests=args.requests, duration=args.duration,
+                                              warmup=args.concurrency, client=args.client))
+                runs[spec].append(result.summary())
+                log.info("round %d %s: %.1f req/s, p99 %.1f ms, errors %d", round_index + 1, spec,
+                         runs[spec][-1]["throughput_rps"], runs[spec][-1]["p99_ms"], runs[spec][-1]["errors"])
+        return [aggregate(spec, runs[spec], servers[spec][1]) for spec in specs]
+    finally:
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in servers.values():
+            proc.wait(timeout=60)
+
+
+def aggregate(spec: str, runs: list[dict], url: str) -> dict:
+    """The run with the median throughput for ``spec`` (its latencies belong to that run), all errors summed."""
+    batch, wait_ms, threads = parse_spec(spec)
+    ranked = sorted(runs, key=lambda r: r["throughput_rps"])
+    row = dict(ranked[len(ranked) // 2])
+    row.update(max_batch_size=batch, max_wait_ms=wait_ms, threads=threads or measured_threads(url),
+               mean_batch=round(mean_batch(url), 1), errors=sum(r["errors"] for r in runs),
+               rounds_rps=[r["throughput_rps"] for r in runs])
+    return row
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, loads: tuple[str, str]) -> str:
+    base = next((r["throughput_rps"] for r in rows if r["max_batch_size"] == 1), None)
+    machine = probe()
+    lines = [
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `benchmarks/serve_batching.py` "
+        f"(model `{args.model}`, `/v1/embeddings`, one short corpus sentence per request, "
+        f"{args.concurrency} closed-loop clients ({args.client} client), loopback HTTP). Each row is the median "
+        f"of {args.rounds} rounds of up to {args.duration:g} s, the configs interleaved; "
+        "`rounds req/s` shows every round.",
+        f"Machine: {machine.cpu_model}, {machine.usable_cores} usable cores. Server, load generator and other "
+        f"work share these cores (load average before/after: {loads[0]} / {loads[1]}), so the numbers are "
+        "indicative.", "",
+        "| max batch | max wait ms | threads | req/s | speed-up vs batch 1 | p50 ms | p90 ms | p99 ms | errors |"
+        " mean batch | rounds req/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        speedup = f"{r['throughput_rps'] / base:.2f}x" if base else "-"
+        lines.append(f"| {r['max_batch_size']} | {r['max_wait_ms']:g} | {r['threads']} | {r['throughput_rps']} | "
+                     f"{speedup} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['errors']} | "
+                     f"{r['mean_batch']} | {', '.join(str(x) for x in r['rounds_rps'])} |")
+    lines += ["", "Rerun: `python benchmarks/serve_batching.py` (add `--configs 1:0,32:0,32:5` to choose rows)."]
+    return "\n".join(lines)
+
+
+def splice(path: Path, table: str) -> str:
+    """``path``'s text with the part between the benchmark markers replaced (the rest is kept)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else f"# Serving\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in old or END not in old:
+        old = old.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = old.split(BEGIN, 1)
+    return f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--configs", default="1:0,8:0,32:0,32:2,32:5,32:10,64:5")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=2000, help="per round and config (upper bound)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per round and config (upper bound)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--client", default="raw", choices=["raw", "httpx"])
+    parser.add_argument("--out", type=Path, default=Path("docs/SERVING.md"))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    bodies = default_bodies("/v1/embeddings", short_sentences(load_texts(None).texts, 12))
+    before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    rows = measure(args, args.configs.split(","), bodies)
+    after = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    write_atomic(args.out, splice(args.out, markdown(rows, args, (before, after))))
+    if args.json:
+        write_atomic(args.json, json.dumps(rows, indent=2))
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
