@@ -21,11 +21,15 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 
 # name -> (model, recipe, batch, seq, runs)
 CASES = {
-    "minilm-bf16-b32": ("minilm", "bf16", 32, 128, 10),
     "minilm-default-b32": ("minilm", "default", 32, 128, 10),
-    "minilm-default-b1": ("minilm", "default", 1, 128, 20),
-    "bert-base-bf16-b32": ("random:bert-base", "bf16", 32, 128, 5),
+    "minilm-bf16-b32": ("minilm", "bf16", 32, 128, 10),
+    "minilm-int8-dynamic-b32": ("minilm", "int8-dynamic", 32, 128, 10),
+    "minilm-int8-dynamic-b1": ("minilm", "int8-dynamic", 1, 128, 20),
+    "bert-base-int8-dynamic-b32": ("random:bert-base", "int8-dynamic", 32, 128, 5),
+    "bert-base-int8-dynamic-b1": ("random:bert-base", "int8-dynamic", 1, 128, 10),
     "bert-base-default-b32": ("random:bert-base", "default", 32, 128, 5),
+    "bert-base-prune-h40-f50-b32": ("random:bert-base", "recipes/bert-prune-h40-f50.yaml", 32, 128, 5),
+    "bert-base-fast-dense-b32": ("random:bert-base", "fast-dense", 32, 128, 5),
 }
 
 

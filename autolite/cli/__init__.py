@@ -45,6 +45,8 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    for noisy in ("torchao", "torch.utils._pytree"):  # import-time chatter of optional kernels
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def main() -> None:

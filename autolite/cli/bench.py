@@ -16,6 +16,8 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
           warmup: int = typer.Option(2, help="Untimed warm-up runs per model."),
           data: Path = DATA_OPT,
           device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA when present)."),
+          roofline: bool = typer.Option(False, "--roofline", help="Also report GFLOP/s and GB/s per layer kind "
+                                        "of the candidate against this machine's measured peaks."),
           json_out: Path = typer.Option(None, "--json", help="Write the full result as JSON.")) -> None:
     """Measure latency, throughput, memory, size and fidelity of MODEL+recipe against FP32 eager."""
     from autolite.cli import console
@@ -30,15 +32,28 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
     with progress_bar(f"bench {model} [{recipe}] (load, compress, warm-up, {runs} interleaved runs)",
                       total=runs) as advance:
         result = bench_model(model, recipe, batch=batch, seq=seq, runs=runs, warmup=warmup,
-                             threads=threads, data=data, device=device,
+                             threads=threads, data=data, device=device, roofline=roofline,
                              progress=advance)
     console.print(rows_table(f"{model}: FP32 eager vs recipe '{result['recipe']['name']}'",
                              ("metric", "FP32 eager", result["recipe"]["name"]), comparison_rows(result)))
+    if roofline:
+        _print_roofline(result["roofline"])
     for note in result["notes"]:
         console.print(f"  note: {note}")
     if json_out:
         write_json_atomic(json_out, result)
         console.print(f"wrote {json_out}")
+
+
+def _print_roofline(roofline: dict) -> None:
+    from autolite.cli import console
+    from autolite.cli.common import rows_table
+
+    peaks = roofline["peaks"]
+    headers = ("layer kind", "ms/forward", "share", "GFLOP/s", "% GEMM peak", "weight GB/s", "% bandwidth")
+    title = (f"roofline (measured peaks: FP32 GEMM {peaks['gemm_gflops']:.0f} GFLOP/s, "
+             f"copy {peaks['bandwidth_gbs']:.1f} GB/s)")
+    console.print(rows_table(title, headers, [tuple(row) for row in roofline["rows"]]))
 
 
 def register(app: typer.Typer) -> None:

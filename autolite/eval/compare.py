@@ -44,7 +44,7 @@ def compare(baseline: torch.nn.Module, candidate: torch.nn.Module, tokenizer: An
 
 
 def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs: int = 10, warmup: int = 2,
-                threads: int | None = None, data: Any = None, device: str = "cpu",
+                threads: int | None = None, data: Any = None, device: str = "cpu", roofline: bool = False,
                 progress: Callable[[], None] | None = None) -> dict[str, Any]:
     """``autolite bench``: load ``spec``, compress a copy with ``recipe``, compare it with FP32 eager."""
     from autolite.config import load_recipe
@@ -63,6 +63,8 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
     candidate = compress(copy.deepcopy(baseline), recipe, tokenizer=tokenizer, family=family, ctx=ctx)
     result = compare(baseline, candidate, tokenizer, family, batch=batch, seq=seq, runs=runs, warmup=warmup,
                      data=load_texts(data, split="heldout") if data is None else calib, progress=progress)
+    if roofline:
+        result["roofline"] = roofline_of(candidate, tokenizer, family, batch, seq)
     result.update(model=spec, family=family.name, recipe=recipe.to_dict(), notes=ctx.notes,
                   machine=probe().to_dict(), autolite_version=autolite.__version__,
                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -80,3 +82,12 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise BackendUnavailableError(f"unknown device '{name}'; use cpu, cuda or auto")
     return torch.device(name)
+
+
+def roofline_of(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, batch: int, seq: int) -> dict[str, Any]:
+    """Achieved GFLOP/s and weight GB/s per layer kind of ``model`` against this machine's measured peaks."""
+    from autolite.runtime.roofline import measure_peaks, profile, roofline_rows
+
+    peaks = measure_peaks()
+    run = forward_fn(model, family, bench_inputs(tokenizer, family, batch, seq))
+    return {"peaks": peaks, "rows": [list(row) for row in roofline_rows(profile(model, run), peaks)]}

@@ -116,3 +116,13 @@ def test_cuda_request_without_gpu_is_clear(monkeypatch, capsys):
         pytest.skip("a CUDA GPU is present")
     code, _, err = run_cli(monkeypatch, capsys, "bench", "random:tiny-bert", "--device", "cuda")
     assert_one_line_error(code, err, "no CUDA GPU")
+
+
+def test_bench_roofline_reports_layer_kinds(monkeypatch, capsys, tmp_path):
+    out_file = tmp_path / "bench.json"
+    code, out, err = run_cli(monkeypatch, capsys, "bench", "random:tiny-bert", "--recipe", "fp32", "--batch", "2",
+                             "--seq", "16", "--runs", "5", "--warmup", "1", "--roofline", "--json", str(out_file))
+    assert code == 0, err
+    roofline = json.loads(out_file.read_text())["roofline"]
+    assert roofline["peaks"]["gemm_gflops"] > 0 and roofline["peaks"]["bandwidth_gbs"] > 0
+    assert len(roofline["rows"]) >= 2 and "roofline" in out
