@@ -43,4 +43,4 @@ def test_recipe_files_parse():
     fast = autolite.load_recipe(str(root / "bert-prune-h40-f50-fast.yaml"))
     assert [p.name for p in plain.passes] == ["prune-heads", "prune-ffn"]
     assert plain.passes[0].ratio == 0.4 and plain.passes[1].ratio == 0.5 and plain.passes[0].importance == "taylor"
-    assert [p.name for p in fast.passes] == ["prune-heads", "prune-ffn", "precision", "compile"]
+    assert [p.name for p in fast.passes] == ["prune-heads", "prune-ffn", "fast-dense"]

@@ -74,9 +74,11 @@ def test_concurrent_requests_form_batches_visible_in_metrics(srv):
 def test_full_queue_answers_429_with_retry_after_and_others_still_succeed(srv):
     async def body():
         async with srv.client(srv.engine(delay=0.3), max_batch_size=1, max_wait_ms=0, max_queue=2) as client:
-            replies = await asyncio.gather(*(client.post("/v1/embeddings", json={"input": "x"}) for _ in range(6)))
+            first = asyncio.create_task(client.post("/v1/embeddings", json={"input": "x"}))
+            await asyncio.sleep(0.15)  # let the worker take the first request into its 0.3 s forward
+            rest = await asyncio.gather(*(client.post("/v1/embeddings", json={"input": "x"}) for _ in range(5)))
             after = await client.post("/v1/embeddings", json={"input": "y"})
-            return replies, after
+            return [await first, *rest], after
 
     replies, after = srv.run(body())
     codes = sorted(r.status_code for r in replies)
