@@ -28,14 +28,16 @@ def test_fast_dense_measures_caches_and_reloads(load_model, cache_dir, tmp_path,
     chosen_model = autolite.compress(model, [config], tokenizer=tok, family=family, ctx=ctx)
     decision = json.loads(cache_path(key).read_text())
     assert set(decision["measured"]) == {"fp32", "int8-dynamic"}
-    assert decision["chosen"] in ("fp32", "int8-dynamic") and "fast-dense at batch 2 x seq 16 chose" in ctx.notes[-1]
+    assert decision["chosen"] in ("fp32", "int8-dynamic")
+    # the chosen candidate's own notes may follow the decision note
+    assert any("fast-dense at batch 2 x seq 16 chose" in note for note in ctx.notes)
     assert decision["measured"]["int8-dynamic"]["cosine"] > 0.99
     # A second run with the same model/shape reads the cache instead of measuring.
     model2, _, _ = load_model("tiny-bert")
     ctx2 = PassContext(family=family, tokenizer=tok, calib=texts)
     autolite.compress(model2, [FastDense(batch=2, seq=16, runs=1, candidates=["fp32", "int8-dynamic"])],
                       tokenizer=tok, family=family, ctx=ctx2)
-    assert "[cached" in ctx2.notes[-1]
+    assert any("[cached" in note for note in ctx2.notes)
     batch = tok(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         before = chosen_model(**batch).logits
