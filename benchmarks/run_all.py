@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
+TABLE_END = "<!-- end of the generated table: sections below are kept on re-render -->"
 
 # name -> (model, recipe, batch, seq, runs)
 CASES = {
@@ -30,6 +31,10 @@ CASES = {
     "bert-base-default-b32": ("random:bert-base", "default", 32, 128, 5),
     "bert-base-prune-h40-f50-b32": ("random:bert-base", "recipes/bert-prune-h40-f50.yaml", 32, 128, 5),
     "bert-base-fast-dense-b32": ("random:bert-base", "fast-dense", 32, 128, 5),
+    "bert-base-fast-dense-b1": ("random:bert-base", "fast-dense", 1, 128, 10),
+    "bert-base-prune-h40-f50-fast-b32": ("random:bert-base", "recipes/bert-prune-h40-f50-fast.yaml", 32, 128, 5),
+    "minilm-int8-dynamic-b8": ("minilm", "int8-dynamic", 8, 128, 10),
+    "minilm-fast-dense-b32": ("minilm", "fast-dense", 32, 128, 10),
 }
 
 
@@ -64,8 +69,14 @@ def render() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text("\n".join(header + rows) + "\n")
+    DOC.write_text("\n".join(header + rows + ["", TABLE_END]) + _hand_written_tail())
     print(f"wrote {DOC}")
+
+
+def _hand_written_tail() -> str:
+    """Sections written by the other benchmark scripts below the generated table are kept."""
+    old = DOC.read_text() if DOC.exists() else ""
+    return old.split(TABLE_END, 1)[1] if TABLE_END in old else "\n"
 
 
 def _machine_line(machine: dict | None) -> str:
