@@ -22,6 +22,7 @@ BUILTIN_PASS_MODULES = [
     "autolite.quant.int8",
     "autolite.quant.weight_only",
     "autolite.quant.int8_static",
+    "autolite.runtime.ort",
     "autolite.runtime.fast_dense",
 ]
 

@@ -17,10 +17,16 @@ PRESETS: dict[str, list[dict]] = {
                 {"pass": "compile", "backend": "inductor", "freeze": True}],
     # Quantization engine (autolite.quant): INT8 dynamic on the fastest measured kernel; weight-only INT8/INT4.
     "int8-dynamic": [{"pass": "int8-dynamic"}],
-    "w8": [{"pass": "weight-only", "bits": 8, "group_size": None}],
-    "w4g32": [{"pass": "weight-only", "bits": 4, "group_size": 32, "symmetric": False}],
-    "w4g64": [{"pass": "weight-only", "bits": 4, "group_size": 64, "symmetric": False}],
-    "w4g128": [{"pass": "weight-only", "bits": 4, "group_size": 128, "symmetric": False}],
+    # ONNX Runtime backend (encoders): fused attention/LayerNorm/GELU, FP32 or dynamic INT8 (MLAS u8s8).
+    "ort-fp32": [{"pass": "onnxruntime", "precision": "fp32"}],
+    "ort-int8": [{"pass": "onnxruntime", "precision": "int8"}],
+    "w8": [{"pass": "weight-only", "bits": 8, "group_size": None, "embedding": True}],
+    "w4g32": [{"pass": "weight-only", "bits": 4, "group_size": 32, "symmetric": False, "method": "gptq",
+               "embedding": True}],
+    "w4g64": [{"pass": "weight-only", "bits": 4, "group_size": 64, "symmetric": False, "method": "gptq",
+               "embedding": True}],
+    "w4g128": [{"pass": "weight-only", "bits": 4, "group_size": 128, "symmetric": False, "method": "gptq",
+                "embedding": True}],
     "int8-static": [{"pass": "int8-static", "observer": "auto", "min_sqnr": 25.0}],
     # The engine's choice, measured per model and machine (cached): fastest dense recipe within fidelity bounds.
     "fast-dense": [{"pass": "fast-dense"}],

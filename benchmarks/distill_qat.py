@@ -1,11 +1,13 @@
-"""Short, bounded QAT of a uniform low-bit model, distilled from its FP32 self, then converted to real modules.
+"""Short, bounded QAT vs post-training quantization (PTQ) at the same format, both as real packed modules.
 
-    python benchmarks/distill_qat.py minilm --bits 4 --steps 40
-    python benchmarks/distill_qat.py smollm2 --bits 4 --steps 20 --batch-size 4
+    python benchmarks/distill_qat.py smollm2 --format w4g64 --minutes 8 --json qat.json   # ~15 min on 2 cores
+    python benchmarks/distill_qat.py minilm --format w4g64 --steps 40
 
-Prints held-out fidelity (encoders: embedding cosine vs FP32; decoders: perplexity) of post-training
-fake-quantization (PTQ, the QAT starting point), after QAT, and after converting the QAT model to the
-engine's packed weight-only modules (which must match the fake-quant model).
+PTQ: the engine's weight-only quantizer (round-to-nearest with a clipping search) on every transformer
+linear. QAT: the same starting point (LSQ scales initialised by the same search), trained by distillation
+from the FP32 model (logit KL for decoders, embedding/hidden losses for encoders) on the calibration split
+of the embedded corpus, then converted to the same packed modules. Scored on the held-out split
+(decoders: perplexity; encoders: embedding cosine vs FP32); sizes are the saved state dicts.
 """
 from __future__ import annotations
 
@@ -19,53 +21,65 @@ import torch
 import autolite
 from autolite.data import load_texts
 from autolite.distill import TrainConfig
-from autolite.eval.bench import model_size
-from autolite.quant.qat import convert_qat, prepare_qat, run_qat
+from autolite.quant.mixed import MixedPrecision, format_bits, parse_format
+from autolite.quant.qat import convert_qat, run_qat
+
+
+def state_mib(model: torch.nn.Module) -> float:
+    seen, total = set(), 0
+    for tensor in model.state_dict().values():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total / 2**20
 
 
 def score(model, reference, tok, family, heldout) -> dict:
-    result = autolite.evaluate(model, tok, reference=reference, data=heldout, family=family, max_length=64)
-    return {k: result[k] for k in ("cosine", "perplexity", "perplexity_ref") if k in result}
+    ref = reference if family.kind == "encoder" else None
+    result = autolite.evaluate(model, tok, reference=ref, data=heldout, family=family, max_length=128)
+    return {k: result[k] for k in ("cosine", "perplexity") if k in result}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("model", nargs="?", default="minilm")
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--mode", default="minmax", choices=["minmax", "ema", "lsq"])
-    parser.add_argument("--texts", type=int, default=64)
+    parser.add_argument("model", nargs="?", default="smollm2")
+    parser.add_argument("--format", default="w4g64")
+    parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--mode", default="lsq", choices=["minmax", "ema", "lsq"])
+    parser.add_argument("--texts", type=int, default=None, help="held-out texts for scoring (default all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.minutes is None and args.steps is None:
+        args.minutes = 8.0
     base, tok, family = autolite.load(args.model)
     heldout = load_texts(None, split="heldout").head(args.texts)
-    rows = {}
-    ptq = prepare_qat(copy.deepcopy(base), family, args.bits, args.group_size, mode=args.mode).eval()
-    rows["ptq"] = score(ptq, base, tok, family, heldout)
-    print("PTQ", json.dumps(rows["ptq"]), flush=True)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, max_length=64, lr=args.lr, warmup_steps=2,
-                         eval_every=max(args.steps // 4, 1), eval_texts=32)
+    bits, group = parse_format(args.format, 64)
+    rows = [{"config": "fp32", "bits": 32.0, "file_mib": state_mib(base), **score(base, base, tok, family, heldout)}]
+    print(json.dumps(rows[-1]), flush=True)
+    ptq = autolite.compress(copy.deepcopy(base), [MixedPrecision(bits={".*": args.format})], tokenizer=tok,
+                            family=family)
+    stored = format_bits(args.format, 576 if args.model == "smollm2" else 384)
+    rows.append({"config": f"PTQ {args.format}", "bits": stored, "file_mib": state_mib(ptq),
+                 **score(ptq, base, tok, family, heldout)})
+    print(json.dumps(rows[-1]), flush=True)
+    config = TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                         warmup_steps=5, eval_every=10**9, checkpoint_every=10**9, alpha=1.0, temperature=1.0,
+                         augment=0.0)
     start = time.perf_counter()
-    result = run_qat(base, tok, family, args.bits, load_texts(None, split="calib"), config, heldout=heldout,
-                     group_size=args.group_size, mode=args.mode)
-    rows["train_s"] = time.perf_counter() - start
-    rows["curve"] = [(r["step"], r["eval"]) for r in result.history if "eval" in r]
-    qat = result.student.eval()
-    rows["qat"] = score(qat, base, tok, family, heldout)
-    print("QAT", json.dumps(rows["qat"]), flush=True)
-    ids = tok(heldout.texts[:4], return_tensors="pt", padding=True, truncation=True, max_length=64)
-    inputs = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"]}
-    with torch.no_grad():
-        fake_out = qat(**inputs)[0]
-        real = convert_qat(qat)
-        real_out = real(**inputs)[0]
-    rows["convert_max_abs_diff"] = float((fake_out - real_out).abs().max())
-    rows["size_mb"] = {"fp32": model_size(base)[0], "converted": model_size(real)[0]}
-    rows["converted"] = score(real, base, tok, family, heldout)
-    print(json.dumps(rows, indent=1))
+    result = run_qat(base, tok, family, bits, load_texts(None, split="calib"), config, group_size=group,
+                     mode=args.mode, init="search")
+    real = convert_qat(result.student.eval())
+    rows.append({"config": f"QAT {args.format} ({result.step} steps, {result.elapsed_s:.0f} s)", "bits": stored,
+                 "file_mib": state_mib(real), "wall_s": time.perf_counter() - start,
+                 **score(real, base, tok, family, heldout)})
+    print(json.dumps(rows[-1]), flush=True)
+    metric = "cosine" if family.kind == "encoder" else "perplexity"
+    print(f"| config | stored bits/weight (linears) | file MiB | held-out {metric} |\n|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['config']} | {row['bits']:.4f} | {row['file_mib']:.1f} | {row[metric]:.4f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=1)

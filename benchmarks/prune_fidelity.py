@@ -1,10 +1,12 @@
 """Pruning fidelity curves: what heads/FFN pruning costs, with and without recovery.
 
-    python benchmarks/prune_fidelity.py minilm     # cosine vs ratio; magnitude / taylor / head_mask; +- recovery
-    python benchmarks/prune_fidelity.py smollm2    # 20% FFN with Wanda (+ recovery): perplexity change, generation
+    python benchmarks/prune_fidelity.py minilm            # cosine vs ratio; magnitude / taylor / head_mask; +- recovery
+    python benchmarks/prune_fidelity.py minilm --quick    # only 30% heads + 40% FFN, longer recovery (the issue's target)
+    python benchmarks/prune_fidelity.py smollm2           # 20% FFN with Wanda (+ recovery): perplexity change, generation
 
-Results go to benchmarks/results/prune/prune_<case>.json and a markdown table on stdout. Timings are not the
-point here (see `autolite bench` for speed); numbers depend on the embedded corpus split.
+Each point is pruned once (scores -> cut -> least-squares refit of the output projections), evaluated, then recovered
+(distillation from the unpruned model) and evaluated again. Results: benchmarks/results/prune/prune_<case>.json, a
+markdown table (.md) and, for the curve, a PNG. Timings are not the point here (see `autolite bench` for speed).
 """
 from __future__ import annotations
 
@@ -21,84 +23,174 @@ import autolite
 from autolite.data import load_texts
 from autolite.passes import PassContext
 from autolite.prune import PruneFFN, PruneHeads
+from autolite.prune.base import RECOVER_SAMPLES, _samples
+from autolite.prune.recover import recover
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prune"  # not *.json beside the bench results
+CURVE = [(0.1, 0.1), (0.2, 0.25), (0.3, 0.4), (0.4, 0.5)]
+TABLE: list[str] = []
 
 
-def _prune(model, tok, family, recipe, calib):
-    ctx = PassContext(family=family, tokenizer=tok, calib=calib.texts, labels=calib.labels)
-    ctx.teacher = model
+def emit(line: str) -> None:
+    """Print a markdown table line and keep it for the .md file."""
+    print(line, flush=True)
+    TABLE.append(line)
+
+
+class CachedReference(torch.nn.Module):
+    """The unpruned model, run once per evaluation batch (every point is compared with the same outputs)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.cache = model, {}
+
+    def forward(self, **inputs):
+        key = (inputs["input_ids"].numpy().tobytes(), tuple(inputs["input_ids"].shape), tuple(sorted(inputs)))
+        if key not in self.cache:
+            with torch.no_grad():
+                self.cache[key] = self.model(**inputs)
+        return self.cache[key]
+
+
+def _point(model, tok, family, ctx, recipe, steps, lr, evaluate) -> list[dict]:
+    """Prune with ``recipe``; evaluate; recover ``steps`` steps; evaluate again."""
     start = time.perf_counter()
     small = autolite.compress(copy.deepcopy(model), recipe, tokenizer=tok, family=family, ctx=ctx)
-    return small, time.perf_counter() - start
+    pruned_s = time.perf_counter() - start
+    rows = [dict(recover_steps=0, seconds=pruned_s, **evaluate(small))]
+    if steps:
+        start = time.perf_counter()
+        recover(small, model, family, _samples(small, family, ctx, RECOVER_SAMPLES), steps, lr=lr)
+        rows.append(dict(recover_steps=steps, seconds=pruned_s + time.perf_counter() - start, **evaluate(small)))
+    return rows
 
 
-def minilm(recover_steps: int, ratios: list[tuple[float, float]], methods: list[str], lr: float,
-           no_baseline: bool) -> list[dict]:
+def minilm(args, save) -> list[dict]:
     model, tok, family = autolite.load("minilm")
-    calib, held = load_texts(None, split="calib"), load_texts(None, split="heldout")
+    calib, held = load_texts(None, split="calib"), load_texts(None, split="heldout").head(args.max_texts)
+    reference = CachedReference(model)
     before = sum(p.numel() for p in model.parameters())
+    ratios = [(0.3, 0.4)] if args.quick else [CURVE[i] for i in args.order]
     rows = []
+    emit("| heads | ffn | importance | recover steps | cosine vs original | params fewer | s |\n|---|---|---|---|---|---|---|")
     for heads, ffn in ratios:
-        for method in methods:
-            for steps in ((recover_steps,) if no_baseline else (0, recover_steps)):
-                recipe = [PruneHeads(ratio=heads, importance=method),
-                          PruneFFN(ratio=ffn, importance=method, recover_steps=steps, recover_lr=lr)]
-                small, seconds = _prune(model, tok, family, recipe, calib)
-                fid = autolite.evaluate(small, tok, reference=model, data=held, family=family)
-                after = sum(p.numel() for p in small.parameters())
-                rows.append(dict(heads=heads, ffn=ffn, importance=method, recover_steps=steps,
-                                 cosine=fid["cosine"], params_fewer=1 - after / before, seconds=seconds))
-                print(f"| {heads:.2f} | {ffn:.2f} | {method} | {steps} | {fid['cosine']:.4f} | "
-                      f"{100 * (1 - after / before):.1f}% | {seconds:.0f} |", flush=True)
+        for method in args.methods.split(","):
+            ctx = PassContext(family=family, tokenizer=tok, calib=calib.texts)
+            common = dict(importance=method, calib_samples=args.calib_samples,
+                          reconstruct_samples=args.reconstruct_samples, reconstruct=not args.no_reconstruct)
+            recipe = [PruneHeads(ratio=heads, **common), PruneFFN(ratio=ffn, **common)]
+
+            def evaluate(small):
+                fid = autolite.evaluate(small, tok, reference=reference, data=held, family=family)
+                return dict(cosine=fid["cosine"], params_fewer=1 - sum(p.numel() for p in small.parameters()) / before)
+            for row in _point(model, tok, family, ctx, recipe, args.recover_steps, args.recover_lr, evaluate):
+                row.update(heads=heads, ffn=ffn, importance=method, reconstruct=not args.no_reconstruct)
+                rows.append(row)
+                emit(f"| {heads:.2f} | {ffn:.2f} | {method} | {row['recover_steps']} | {row['cosine']:.4f} | "
+                     f"{100 * row['params_fewer']:.1f}% | {row['seconds']:.0f} |")
+            save(rows)  # after every point: an interrupted run keeps what it measured
     return rows
 
 
-def smollm2(recover_steps: int, ratio: float, lr: float, no_baseline: bool) -> list[dict]:
+def smollm2(args) -> list[dict]:
     model, tok, family = autolite.load("smollm2")
-    calib, held = load_texts(None, split="calib"), load_texts(None, split="heldout")
-    rows = []
-    for steps in ((recover_steps,) if no_baseline else (0, recover_steps)):
-        recipe = [PruneFFN(ratio=ratio, importance="wanda", round_to=64, recover_steps=steps, recover_lr=lr)]
-        small, seconds = _prune(model, tok, family, recipe, calib)
-        fid = autolite.evaluate(small, tok, reference=model, data=held, family=family, max_texts=96)
-        prompt = tok("The capital of France is", return_tensors="pt")
-        with torch.no_grad():
-            ids = small.generate(**prompt, max_new_tokens=16, do_sample=False)
-        text = tok.decode(ids[0], skip_special_tokens=True)
-        rows.append(dict(ratio=ratio, importance="wanda", recover_steps=steps, perplexity=fid["perplexity"],
-                         perplexity_ref=fid["perplexity_ref"], rel_change=fid["perplexity_rel_change"],
-                         next_token_agreement=fid.get("next_token_agreement"), seconds=seconds, sample=text))
-        print(f"| {ratio:.2f} | wanda | {steps} | {fid['perplexity_ref']:.2f} | {fid['perplexity']:.2f} | "
-              f"{100 * fid['perplexity_rel_change']:+.1f}% | {seconds:.0f} | {text!r} |", flush=True)
+    calib, held = load_texts(None, split="calib"), load_texts(None, split="heldout").head(args.max_texts)
+    ctx = PassContext(family=family, tokenizer=tok, calib=calib.texts)
+    recipe = [PruneFFN(ratio=0.2, importance="wanda", round_to=64, calib_samples=args.calib_samples,
+                       reconstruct_samples=args.reconstruct_samples, reconstruct=not args.no_reconstruct)]
+
+    def evaluate(small):
+        fid = autolite.evaluate(small, tok, reference=model, data=held, family=family)
+        return dict(perplexity=fid["perplexity"], perplexity_ref=fid["perplexity_ref"],
+                    rel_change=fid["perplexity_rel_change"], next_token_agreement=fid.get("next_token_agreement"),
+                    sample=_generate(small, tok))
+    rows = _point(model, tok, family, ctx, recipe, args.recover_steps, args.recover_lr, evaluate)
+    emit("| ffn | importance | recover steps | ppl original | ppl pruned | change | next-token agreement | s | "
+         "greedy sample |\n|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        row.update(ratio=0.2, importance="wanda", reconstruct=not args.no_reconstruct)
+        emit(f"| 0.20 | wanda | {row['recover_steps']} | {row['perplexity_ref']:.2f} | {row['perplexity']:.2f} | "
+             f"{100 * row['rel_change']:+.1f}% | {row['next_token_agreement']:.3f} | {row['seconds']:.0f} | "
+             f"{row['sample']!r} |")
     return rows
+
+
+def _generate(model, tok) -> str:
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) \
+        if getattr(tok, "chat_template", None) else "The capital of France is"
+    inputs = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=24, do_sample=False, repetition_penalty=1.1)
+    return tok.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def write(case: str, rows: list[dict], args) -> Path:
+    """JSON rows and the markdown table (with the settings it was run with), each written atomically."""
+    out = RESULTS / f"prune_{case}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "case"}
+    table = f"Settings: `{json.dumps(settings)}`\n\n" + "\n".join(TABLE) + "\n"
+    for path, text in ((out, json.dumps(rows, indent=2)), (out.with_suffix(".md"), table)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Cosine vs fraction of parameters removed, one line per importance, solid with recovery, dashed without."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, method in enumerate(sorted({r["importance"] for r in rows})):
+        for steps, style in sorted({(r["recover_steps"], "-" if r["recover_steps"] else "--") for r in rows}):
+            points = sorted((r["params_fewer"], r["cosine"]) for r in rows
+                            if r["importance"] == method and r["recover_steps"] == steps)
+            label = f"{method}, {'recovery ' + str(steps) + ' steps' if steps else 'no recovery'}"
+            ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=label)
+    ax.axhline(0.95, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("parameters removed (heads, FFN ratios: 0.1/0.1 ... 0.4/0.5)")
+    ax.set_ylabel("embedding cosine vs original (held-out)")
+    ax.set_title("all-MiniLM-L6-v2: structured pruning fidelity")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("case", choices=["minilm", "smollm2"])
-    parser.add_argument("--recover-steps", type=int, default=100)
-    parser.add_argument("--methods", default="magnitude,taylor,head_mask")
+    parser.add_argument("--recover-steps", type=int, default=None, help="default: 24 curve, 200 quick, 32 smollm2")
     parser.add_argument("--recover-lr", type=float, default=None, help="default: 3e-4 minilm, 2e-5 smollm2")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the runs without recovery")
-    parser.add_argument("--quick", action="store_true", help="only the 30% heads + 40% FFN point")
+    parser.add_argument("--methods", default="magnitude,taylor,head_mask")
+    parser.add_argument("--calib-samples", type=int, default=32, help="texts scored for importance")
+    parser.add_argument("--reconstruct-samples", type=int, default=128, help="texts for the least-squares refit")
+    parser.add_argument("--no-reconstruct", action="store_true", help="plain cut, no least-squares refit")
+    parser.add_argument("--max-texts", type=int, default=None, help="held-out texts evaluated (default all 92)")
+    parser.add_argument("--quick", action="store_true", help="minilm: only the 30%% heads + 40%% FFN point")
+    parser.add_argument("--order", type=lambda v: [int(i) for i in v.split(",")], default=[2, 0, 3, 1],
+                        help="curve points to run, in this order (indices into 0.1/0.1, 0.2/0.25, 0.3/0.4, 0.4/0.5)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.case == "minilm":
-        ratios = [(0.3, 0.4)] if args.quick else [(0.15, 0.2), (0.3, 0.4), (0.45, 0.6)]
-        print("| heads | ffn | importance | recover steps | cosine vs original | params fewer | s |")
-        print("|---|---|---|---|---|---|---|")
-        rows = minilm(args.recover_steps, ratios, args.methods.split(","), args.recover_lr or 3e-4, args.no_baseline)
-    else:
-        print("| ffn | importance | recover steps | ppl original | ppl pruned | change | s | greedy sample |")
-        print("|---|---|---|---|---|---|---|---|")
-        rows = smollm2(args.recover_steps, 0.2, args.recover_lr or 2e-5, args.no_baseline)
-    out = RESULTS / f"prune_{args.case}{'_quick' if args.quick else ''}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    torch.manual_seed(0)
+    minilm_case = args.case == "minilm"
+    if args.recover_steps is None:
+        args.recover_steps = (200 if args.quick else 24) if minilm_case else 32
+    args.recover_lr = args.recover_lr or (3e-4 if minilm_case else 2e-5)
+    case = args.case + ("_quick" if args.quick else "")
+
+    def save(rows: list[dict]) -> None:
+        out = write(case, rows, args)
+        if minilm_case and not args.quick:
+            plot(rows, RESULTS / "prune_minilm_curve.png")
+        print(f"wrote {out}", flush=True)
+    save(minilm(args, save) if minilm_case else smollm2(args))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,26 @@ def tiny_llama():
 @pytest.fixture
 def texts():
     return list(TEXTS)
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run ``autolite ARGS`` in-process: ``run_cli("info", "--json") -> (exit code, stdout, stderr)``.
+
+    stderr has its whitespace collapsed (rich wraps long messages to the terminal width).
+    """
+    import sys
+
+    from autolite import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["autolite", *args])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code or 0
+        out, err = capsys.readouterr()
+        return code, out, " ".join(err.split())
+
+    return run

@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from autolite.errors import AutoliteError
 
@@ -31,10 +32,10 @@ def _register_verbs() -> None:
     if _state["registered"]:
         return
     _state["registered"] = True
-    from autolite.cli import (bench, compress, distill, evaluate, export, info, loadtest, prune, sensitivity,
+    from autolite.cli import (bench, compress, distill, evaluate, export, info, loadtest, prune, qat, sensitivity,
                               serve)
 
-    for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity):
+    for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity, qat):
         module.register(app)
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     except AutoliteError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

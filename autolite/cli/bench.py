@@ -38,6 +38,9 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
                              ("metric", "FP32 eager", result["recipe"]["name"]), comparison_rows(result)))
     if roofline:
         _print_roofline(result["roofline"])
+        from autolite.runtime.roofline import floor_line
+
+        console.print(f"  {floor_line(result['roofline'].get('floor') or {}, result['baseline']['median_ms'])}")
     for note in result["notes"]:
         console.print(f"  note: {note}")
     if json_out:
@@ -52,6 +55,7 @@ def _print_roofline(roofline: dict) -> None:
     peaks = roofline["peaks"]
     headers = ("layer kind", "ms/forward", "share", "GFLOP/s", "% GEMM peak", "weight GB/s", "% bandwidth")
     title = (f"roofline (measured peaks: FP32 GEMM {peaks['gemm_gflops']:.0f} GFLOP/s, "
+             f"INT8 GEMM {peaks.get('int8_gemm_gops', 0):.0f} GOP/s, "
              f"copy {peaks['bandwidth_gbs']:.1f} GB/s)")
     console.print(rows_table(title, headers, [tuple(row) for row in roofline["rows"]]))
 

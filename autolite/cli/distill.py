@@ -15,13 +15,21 @@ def distill(teacher: str = MODEL_ARG,
             student_layers: int = typer.Option(None, "--student-layers", "-k",
                                                help="Layers in the student, spread evenly over the teacher's."),
             layers: str = typer.Option(None, "--layers", help="Explicit teacher layer indices to keep, e.g. 0,2,5."),
+            init: str = typer.Option("search", "--init", help="With --student-layers: 'search' keeps the layer "
+                                     "subset whose untrained student best matches the teacher; 'even' spreads them."),
             data: Path = DATA_OPT,
             minutes: float = typer.Option(None, "--minutes", help="Training time budget (minutes)."),
             steps: int = typer.Option(None, "--steps", help="Training step budget."),
             out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
             batch_size: int = typer.Option(16, "--batch-size", help="Texts per training step."),
-            lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW)."),
-            attention: float = typer.Option(0.0, "--attention", help="Weight of MiniLM relation alignment."),
+            lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW)."),
+            attention: float = typer.Option(1.0, "--attention", help="Weight of MiniLM Q/K/V relation alignment."),
+            cosine: float = typer.Option(None, "--cosine", help="Weight of the pooled-embedding 1-cos loss "
+                                         "(encoders; default 4)."),
+            hidden: float = typer.Option(None, "--hidden", help="Weight of the mapped hidden-state MSE."),
+            augment: float = typer.Option(None, "--augment", help="Share of augmented training samples 0..1 "
+                                          "(default 0.7 for unlabeled encoder text, else 0)."),
+            max_length: int = typer.Option(128, "--max-length", help="Tokens per training text."),
             seed: int = typer.Option(0, "--seed"),
             eval_every: int = typer.Option(50, "--eval-every", help="Evaluate on held-out texts every N steps."),
             force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
@@ -32,20 +40,19 @@ def distill(teacher: str = MODEL_ARG,
     from autolite.cli import console
     from autolite.distill import TrainConfig, build_student
     from autolite.distill import distill as run_distill
-    from autolite.distill.student import select_layers
 
     if out.exists() and not force:
         raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
     if (student_layers is None) == (layers is None):
         raise autolite.AutoliteError("give exactly one of --student-layers K or --layers 0,2,5")
     config = TrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, attention=attention, seed=seed,
+                         cosine=cosine, hidden=hidden, augment=augment, max_length=max_length,
                          eval_every=eval_every, checkpoint_every=eval_every,
                          **({} if minutes is not None or steps is not None else {"minutes": 5.0}))
     train, heldout = _data(data)
     with progress_bar(f"loading {teacher}"):
         model, tokenizer, family = autolite.load(teacher)
-    total = len(family.layers(model))
-    keep = select_layers(total, student_layers) if layers is None else _parse_layers(layers)
+    keep = _keep(model, tokenizer, family, student_layers, layers, init, train)
     student = build_student(model, family, keep)
     ckpt = out.with_name(out.name + ".checkpoint")
     if ckpt.exists():
@@ -59,6 +66,21 @@ def distill(teacher: str = MODEL_ARG,
     shutil.rmtree(ckpt, ignore_errors=True)
     console.print(rows_table(f"{teacher} -> {len(keep)}-layer student", ("metric", "value"), _rows(summary, key)))
     console.print(f"saved to {out}/ (loads with autolite.load or transformers; report: {out}/report.md)")
+
+
+def _keep(model, tokenizer, family, student_layers, layers, init, train) -> list[int]:
+    from autolite.distill.student import search_layers, select_layers
+    from autolite.errors import RecipeError
+
+    if layers is not None:
+        return _parse_layers(layers)
+    if init not in ("search", "even"):
+        raise RecipeError(f"--init must be 'search' or 'even', got '{init}'")
+    if init == "even":
+        return select_layers(len(family.layers(model)), student_layers)
+    with progress_bar(f"choosing {student_layers} of the teacher's layers"):
+        keep, _score = search_layers(model, family, student_layers, tokenizer, train.texts[:32])
+    return keep
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -133,6 +155,8 @@ def _summary(teacher, keep, result, config, train, heldout, key, speed) -> dict[
 
     before = result.history[0].get("eval", {}).get(key) if result.history else None
     return {"teacher": teacher, "student_layers": len(keep), "kept_layers": keep, "steps": result.step,
+            "batch_size": config.batch_size,
+            "augment": config.augment_share("encoder" if key == "cosine" else "decoder", train.labels is not None),
             "elapsed_s": result.elapsed_s, "stopped": result.stopped, "data": train.source, "seed": config.seed,
             "heldout": len(heldout), "before": before, "after": final_metric(result.history, key), "speed": speed}
 

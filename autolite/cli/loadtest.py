@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from autolite.cli.common import DATA_OPT, rows_table, write_json_atomic
+from autolite.errors import AutoliteError
 
 
 def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL (loopback only); "
@@ -18,6 +19,8 @@ def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL
              api_key: str = typer.Option(None, envvar="AUTOLITE_API_KEY", help="Bearer key, if the server needs one."),
              client: str = typer.Option("raw", help="raw (asyncio streams, least CPU) or httpx."),
              max_words: int = typer.Option(16, help="Use texts of at most this many words."),
+             encoding_format: str = typer.Option("float", help="Embeddings: float (JSON numbers) or base64 "
+                                                 "(float32 bytes, as OpenAI's SDK asks)."),
              data: Path = DATA_OPT,
              json_out: Path = typer.Option(None, "--json", help="Write the summary as JSON.")) -> None:
     """Send REQUESTS from CONCURRENCY clients (or for DURATION seconds) and report req/s, p50/p90/p99, errors."""
@@ -27,7 +30,9 @@ def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL
 
     target = check_loopback_url(url)
     texts = short_sentences(load_texts(data).texts, max_words)
-    bodies = default_bodies(target, texts)
+    if encoding_format not in ("float", "base64"):
+        raise AutoliteError(f"--encoding-format must be float or base64, not '{encoding_format}'")
+    bodies = default_bodies(target, texts, encoding_format=encoding_format)
     result = asyncio.run(run_load(target, bodies, concurrency=concurrency, requests=requests, duration=duration,
                                   api_key=api_key, warmup=warmup, client=client))
     summary = result.summary()

@@ -11,12 +11,15 @@ from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
 
 def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
                 out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
-                bits: str = typer.Option("8,6,4,3,2", "--bits", help="Bit widths to probe."),
+                bits: str = typer.Option("8,6,4,3,2", "--bits", help="Bit widths or engine formats to probe, "
+                                         "e.g. 8,4,2 or w8,w4g32,w4g64,w4g128."),
                 group_size: int = typer.Option(64, "--group-size", help="Weights per quantization scale."),
                 granularity: str = typer.Option("linear", "--granularity", help="linear | layer"),
                 texts: int = typer.Option(16, "--texts", help="Calibration texts per probe."),
                 max_length: int = typer.Option(64, "--max-length", help="Tokens per text."),
                 gradient: bool = typer.Option(True, "--gradient/--no-gradient", help="Also the Fisher estimate."),
+                output: bool = typer.Option(False, "--output/--no-output",
+                                            help="Also the output-space Fisher estimate (used for --budget)."),
                 measure: bool = typer.Option(True, "--measure/--no-measure",
                                              help="Measure each probe (slow on big models); else Fisher only."),
                 budget: float = typer.Option(None, "--budget", help="Average bits/weight: also write a mixed "
@@ -26,37 +29,49 @@ def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
     import autolite
     from autolite.cli import console
     from autolite.data import load_texts
-    from autolite.errors import RecipeError
     from autolite.io import atomic_dir
     from autolite.quant import sensitivity as sens
 
     if out.exists() and not force:
         raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
-    try:
-        widths = tuple(sorted({int(b) for b in bits.split(",")}, reverse=True))
-    except ValueError as exc:
-        raise RecipeError(f"--bits must be comma-separated integers, got '{bits}'") from exc
+    widths = _widths(bits)
     calib = load_texts(data, split="calib")
     with progress_bar(f"loading {model}"):
         net, tokenizer, family = autolite.load(model)
+    if budget is not None:  # fail before the analysis when no allocation can meet the budget
+        from autolite.quant.mixed import check_budget
+
+        check_budget(net, sens.sensitivity_units(net, family, granularity), list(widths), group_size, budget)
     units = len(sens.sensitivity_units(net, family, granularity))
     with progress_bar(f"probing {units} units x {len(widths)} widths", total=units * len(widths)) as advance:
         table = sens.analyze(net, tokenizer, family, calib.texts, bits=widths, group_size=group_size,
                              granularity=granularity, max_texts=texts, max_length=max_length,
-                             gradient=gradient or not measure, measured=measure, progress=advance)
-    which = "measured" if measure else "estimated"
+                             gradient=gradient or not (measure or output), measured=measure, output=output,
+                             progress=advance)
+    which = "measured" if measure else "output" if output else "estimated"
     with atomic_dir(out, overwrite=force) as tmp:
         sens.write_csv(table, tmp / "sensitivity.csv")
         sens.heatmap(table, tmp / "heatmap.png", which=which)
-        if table.estimated and measure:
-            sens.heatmap(table, tmp / "heatmap_estimated.png", which="estimated")
+        for other in ("estimated", "output"):
+            if getattr(table, other) and other != which:
+                sens.heatmap(table, tmp / f"heatmap_{other}.png", which=other)
         (tmp / "sensitivity.json").write_text(json.dumps(table.to_dict(), indent=1), encoding="utf-8")
-        plan_md = _mixed(net, tokenizer, family, table, budget, tmp, which) if budget is not None else ""
+        chosen = "output" if output else which
+        plan_md = _mixed(net, tokenizer, family, table, budget, tmp, chosen) if budget is not None else ""
         (tmp / "sensitivity.md").write_text(_markdown(model, table) + plan_md, encoding="utf-8")
     rows = [tuple(r) for r in sens.table_rows(table, which)]
     console.print(rows_table(f"{model}: {table.metric}", rows[0], rows[1:]))
     console.print(f"wrote {out}/ (sensitivity.csv, sensitivity.md, heatmap.png"
                   f"{', mixed.yaml, model/' if budget is not None else ''})")
+
+
+def _widths(text: str) -> tuple:
+    from autolite.quant.mixed import parse_format
+
+    values = [int(b) if b.strip().isdigit() else b.strip().lower() for b in text.split(",") if b.strip()]
+    for value in values:
+        parse_format(value, 64)  # raises a RecipeError naming the bad one
+    return tuple(sorted(set(values), key=lambda v: (-parse_format(v, 64)[0], str(v))))
 
 
 def _markdown(model: str, table) -> str:
@@ -79,18 +94,21 @@ def _mixed(net, tokenizer, family, table, budget: float, tmp: Path, which: str) 
     import autolite
     from autolite.config import Recipe
     from autolite.export.hf import write_model_files
-    from autolite.quant.mixed import MixedPrecision, allocate_bits, average_bits, expand_units
+    from autolite.quant.mixed import MixedPrecision, allocate_bits, average_bits, expand_units, unit_bits_table
 
-    plan = allocate_bits(getattr(table, which), table.numel, budget, table.group_size)
-    avg = average_bits(plan, table.numel, table.group_size)
+    bpw = unit_bits_table(net, table.members, list(table.bits), table.group_size)
+    plan = allocate_bits(getattr(table, which), table.numel, budget, table.group_size, bpw=bpw)
+    avg = average_bits(plan, table.numel, table.group_size, bpw)
     config = MixedPrecision(bits=expand_units(plan, table.members), group_size=table.group_size)
     Recipe(passes=[config], name=f"mixed-{budget}").save(tmp / "mixed.yaml")
     quantized = autolite.compress(net, [config], tokenizer=tokenizer, family=family)
     (tmp / "model").mkdir()
     write_model_files(quantized, tokenizer, tmp / "model")
-    counts = {b: sum(1 for v in plan.values() if v == b) for b in sorted(set(plan.values()))}
-    return (f"\n## Mixed-precision plan for {budget} bits/weight\n\nAverage {avg:.3f} bits/weight (scales counted); "
-            f"units per width: {counts}. Recipe: `mixed.yaml`; model (simulated low-bit weights): `model/`.\n")
+    counts = {str(b): sum(1 for v in plan.values() if v == b) for b in set(plan.values())}
+    return (f"\n## Mixed-precision plan for {budget} bits/weight\n\nAverage {avg:.4f} stored bits/weight (scales and "
+            "zeros counted); "
+            f"units per format: {counts}. Recipe: `mixed.yaml`; model (INT4/INT8 formats stored packed by the engine, "
+            "other widths simulated): `model/`.\n")
 
 
 def register(app: typer.Typer) -> None:

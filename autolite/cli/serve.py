@@ -25,7 +25,12 @@ def serve(model: str = MODEL_ARG,
           max_new_tokens: int = typer.Option(256, help="Largest max_tokens a completion may ask for."),
           timeout: float = typer.Option(30.0, help="Seconds a request may wait for its answer (then 504)."),
           normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise embeddings."),
-          device: str = typer.Option("auto", help="auto (the hardware probe's choice), cpu or cuda.")) -> None:
+          device: str = typer.Option("auto", help="auto (the hardware probe's choice), cpu or cuda."),
+          ray: bool = typer.Option(False, "--ray", help="Serve as a Ray Serve deployment (needs autolite[ray])."),
+          replicas: int = typer.Option(1, help="With --ray: model replicas, each with its own batcher."),
+          cpus_per_replica: float = typer.Option(1.0, help="With --ray: CPUs Ray reserves per replica."),
+          ray_address: str = typer.Option(None, help="With --ray: 'auto' or HOST:PORT joins a running Ray cluster "
+                                                     "(default: start a local one).")) -> None:
     """Serve MODEL over HTTP: /v1/embeddings, /v1/classify, /v1/completions, /health, /metrics."""
     from autolite.cli import err_console
     from autolite.serve.app import ServeConfig
@@ -36,6 +41,16 @@ def serve(model: str = MODEL_ARG,
                          max_texts=max_texts, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
                          truncate=truncate, normalize=normalize, api_key=api_key)
     check_host(host, api_key)
+    if ray:
+        from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray
+
+        require_ray()
+        options = RayOptions(replicas=replicas, cpus_per_replica=cpus_per_replica, address=ray_address)
+        err_console.print(f"serving {model} with {replicas} Ray replica(s) on http://{host}:{port} "
+                          f"(batch <= {max_batch_size} per replica); SIGTERM or Ctrl-C drains and exits",
+                          highlight=False)
+        serve_with_ray(model, config, host, port, device, options)
+        return
     engine = load_engine(model, config, device)
     err_console.print(f"serving {engine.name} ({', '.join(sorted(engine.tasks))}) on http://{host}:{port} "
                       f"(batch <= {max_batch_size}, wait <= {max_wait_ms:g} ms); SIGTERM or Ctrl-C drains and exits",

@@ -2,7 +2,9 @@
 
 * ``kd_loss``: Hinton's soft-target loss ``alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE(s, y)`` with
   ``p = softmax(logits / T)``; without labels only the ``T^2 * KL`` term.
-* ``hidden_mse_loss``: token-wise MSE of hidden states, through a learned projection when widths differ.
+* ``hidden_mse_loss``: token-wise MSE of hidden states, through a learned projection when widths differ;
+  ``layer_mse_loss`` averages it over mapped (student layer, teacher layer) pairs, each normalized by the
+  teacher layer's mean square so that layers of different scales weigh alike (TinyBERT-style).
 * ``relation_loss``: MiniLM(v2)-style self-attention relation alignment: KL between the teacher's and the
   student's ``softmax(X X^T / sqrt(d))`` for X in {Q, K, V} of one layer, split into the same number of
   relation heads on both sides (so head counts and widths may differ).
@@ -42,6 +44,19 @@ def hidden_mse_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
     student = projection(student_hidden) if projection is not None else student_hidden
     diff = (student.float() - teacher_hidden.float()).pow(2).mean(-1)  # (B, T)
     return diff[mask.bool()].mean() if mask is not None else diff.mean()
+
+
+def layer_mse_loss(student_layers: list[torch.Tensor], teacher_layers: list[torch.Tensor],
+                   pairs: list[tuple[int, int]], projection: nn.Module | None = None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over ``pairs`` (student index, teacher index into the hidden-state lists) of the relative MSE."""
+    parts = []
+    for s_index, t_index in pairs:
+        teacher = teacher_layers[t_index].float()
+        scale = teacher.pow(2).mean(-1)
+        scale = (scale[mask.bool()] if mask is not None else scale).mean().clamp(min=1e-6)
+        parts.append(hidden_mse_loss(student_layers[s_index], teacher, projection, mask) / scale)
+    return torch.stack(parts).mean()
 
 
 def embedding_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
@@ -84,15 +99,17 @@ class DistillLoss(nn.Module):
     """Weighted sum of the losses above, with the learned hidden-state projection as its parameter.
 
     Weights: ``kd`` (logits; decoders per token with next-token CE as the labelled term), ``hidden``
-    (last hidden state MSE), ``attention`` (relation alignment of the last layer), ``cosine`` (pooled
-    embeddings; encoders). A weight of 0 skips that term.
+    (last hidden state MSE, or with ``layer_pairs`` the relative MSE of those mapped layers), ``attention``
+    (relation alignment of the last layer), ``cosine`` (pooled embeddings; encoders). A weight of 0 skips
+    that term.
     """
 
     def __init__(self, kind: str, student_width: int, teacher_width: int, *, kd: float = 1.0,
                  hidden: float = 0.0, attention: float = 0.0, cosine: float = 0.0, temperature: float = 2.0,
-                 alpha: float = 0.5, relation_heads: int = 4) -> None:
+                 alpha: float = 0.5, relation_heads: int = 4,
+                 layer_pairs: list[tuple[int, int]] | None = None) -> None:
         super().__init__()
-        self.kind = kind
+        self.kind, self.layer_pairs = kind, layer_pairs
         self.weights = {"kd": kd, "hidden": hidden, "attention": attention, "cosine": cosine}
         self.temperature, self.alpha, self.relation_heads = temperature, alpha, relation_heads
         needs_projection = student_width != teacher_width and (hidden > 0 or cosine > 0)
@@ -104,7 +121,10 @@ class DistillLoss(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         if self.weights["kd"] and student.get("logits") is not None:
             parts["kd"] = self._kd(student["logits"], teacher["logits"], mask, labels)
-        if self.weights["hidden"]:
+        if self.weights["hidden"] and self.layer_pairs and student.get("layers") and teacher.get("layers"):
+            parts["hidden"] = layer_mse_loss(student["layers"], teacher["layers"], self.layer_pairs,
+                                             self.projection, mask)
+        elif self.weights["hidden"]:
             parts["hidden"] = hidden_mse_loss(student["hidden"], teacher["hidden"], self.projection, mask)
         if self.weights["cosine"]:
             s_hidden = self.projection(student["hidden"]) if self.projection is not None else student["hidden"]

@@ -19,12 +19,14 @@ def hidden_width(model: torch.nn.Module) -> int:
 
 
 def forward_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Forward with hidden states: ``{"hidden": (B, T, H), "logits": (B, C) | (B, T, V) | None}``."""
+    """Forward with hidden states: ``{"hidden": (B, T, H), "layers": [(B, T, H)] (embeddings, then each
+    layer's output), "logits": (B, C) | (B, T, V) | None}``."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     hidden = getattr(out, "last_hidden_state", None)
     if hidden is None:
         hidden = out.hidden_states[-1]
-    return {"hidden": hidden, "logits": getattr(out, "logits", None)}
+    layers = list(out.hidden_states) if getattr(out, "hidden_states", None) is not None else None
+    return {"hidden": hidden, "layers": layers, "logits": getattr(out, "logits", None)}
 
 
 @contextlib.contextmanager

@@ -58,7 +58,7 @@ def distill_markdown(summary: dict[str, Any], rows: list[tuple[int, float | None
     lines = [f"# autolite distillation: {summary['teacher']} -> {summary['student_layers']}-layer student", "",
              f"Student keeps teacher layers {summary['kept_layers']}; trained {summary['steps']} steps in "
              f"{summary['elapsed_s']:.0f} s on {summary['data']} (seed {summary['seed']}); "
-             f"evaluated on {summary['heldout']} held-out texts.", "",
+             f"evaluated on {summary['heldout']} held-out texts.", "", _throughput(summary), "",
              "| metric | before distillation | after |", "|---|---|---|",
              f"| held-out {key} vs teacher | {_fmt(summary.get('before'))} | {_fmt(summary.get('after'))} |"]
     speed = summary.get("speed")
@@ -72,6 +72,16 @@ def distill_markdown(summary: dict[str, Any], rows: list[tuple[int, float | None
     if summary.get("plot"):
         lines += ["", f"![curve]({summary['plot']})"]
     return "\n".join(lines) + "\n"
+
+
+def _throughput(summary: dict[str, Any]) -> str:
+    batch, steps, elapsed = summary.get("batch_size"), summary["steps"], summary["elapsed_s"]
+    if not batch or not elapsed:
+        return ""
+    share = summary.get("augment")
+    augmented = f"; {share:.0%} of the samples augmented (crops, concatenations, token replacement/drops)" \
+        if share else ""
+    return f"Training throughput: {steps * batch / elapsed:.1f} samples/s (batch {batch}){augmented}."
 
 
 def _fmt(value: float | None) -> str:

@@ -6,7 +6,9 @@ layer count matches, so it loads with ``from_pretrained`` and with ``autolite.lo
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +46,46 @@ def build_student(teacher: nn.Module, family: ArchSpec, layers: int | list[int])
     _update_config(student.config, family, keep)
     log.info("student keeps teacher layers %s of %d", keep, total)
     return student
+
+
+@torch.no_grad()
+def search_layers(teacher: nn.Module, family: ArchSpec, keep: int, tokenizer: Any, texts: list[str],
+                  max_candidates: int = 64, max_length: int = 64) -> tuple[list[int], float]:
+    """The ``keep`` teacher layers whose (untrained) student best matches the teacher on ``texts``.
+
+    Tries every subset (only those ending with the last layer when there are more than ``max_candidates``;
+    evenly spread layers when still too many). Score: pooled-embedding cosine (encoders) or minus the
+    next-token KL (decoders). Returns (layers, score).
+    """
+    from autolite.eval.forward import run_model, tokenize
+
+    total = len(family.layers(teacher))
+    even = select_layers(total, keep)  # also validates keep
+    combos = list(itertools.combinations(range(total), keep))
+    if len(combos) > max_candidates:
+        combos = [c for c in combos if c[-1] == total - 1]
+    if len(combos) > max_candidates or not texts:
+        return even, float("nan")
+    batch = tokenize(tokenizer, texts, max_length)
+    teacher.eval()
+    ref = run_model(teacher, family, batch)
+    scored = []
+    for combo in combos:
+        out = run_model(build_student(teacher, family, list(combo)).eval(), family, batch)
+        scored.append((_match(out, ref), list(combo)))
+    score, best = max(scored, key=lambda item: item[0])
+    log.info("layer search: best of %d subsets %s (score %.4f)", len(combos), best, score)
+    return best, score
+
+
+def _match(out, ref) -> float:
+    import torch.nn.functional as F
+
+    if out.embeddings is not None and ref.embeddings is not None:
+        return float(F.cosine_similarity(out.embeddings, ref.embeddings, dim=-1).mean())
+    log_p, log_q = F.log_softmax(ref.logits, -1), F.log_softmax(out.logits, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return -float(kl[ref.mask.bool()].mean())
 
 
 def _layer_list(model: nn.Module, family: ArchSpec) -> nn.ModuleList:

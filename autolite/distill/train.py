@@ -18,21 +18,27 @@ import torch
 
 from autolite.arch import ArchSpec
 from autolite.data import TextData
+from autolite.distill.augment import Augmenter
 from autolite.distill.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from autolite.distill.losses import DistillLoss
 from autolite.distill.model_io import capture_qkv, forward_outputs, hidden_width
 from autolite.errors import AutoliteError, DataError, NumericsError, RecipeError
 from autolite.eval.fidelity import evaluate
-from autolite.eval.forward import tokenize
 
 log = logging.getLogger(__name__)
 _RESUME_KEYS = ("seed", "batch_size", "max_length", "freeze_embeddings", "kd", "hidden", "attention", "cosine",
-                "temperature", "alpha")
+                "temperature", "alpha", "augment", "hidden_layers")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Budget (``steps`` and/or ``minutes``), optimisation and loss weights (None = the kind's default)."""
+    """Budget (``steps`` and/or ``minutes``), optimisation, loss weights and data augmentation.
+
+    None means the kind's default. ``augment``: share of training samples that are augmented variants
+    (see :mod:`autolite.distill.augment`; default 0.7 for unlabeled encoder data, else 0).
+    ``hidden_layers``: ``"mapped"`` aligns every student layer with the teacher layer it was copied
+    from (students built by :func:`build_student`), ``"last"`` only the last hidden state.
+    """
 
     steps: int | None = None
     minutes: float | None = None
@@ -53,6 +59,8 @@ class TrainConfig:
     cosine: float | None = None
     temperature: float = 2.0
     alpha: float = 0.5
+    augment: float | None = None
+    hidden_layers: str = "mapped"
 
     def __post_init__(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -61,13 +69,23 @@ class TrainConfig:
             raise RecipeError("steps must be >= 1 and minutes > 0")
         if self.batch_size < 1 or self.lr <= 0:
             raise RecipeError("batch_size must be >= 1 and lr > 0")
+        if self.augment is not None and not 0.0 <= self.augment <= 1.0:
+            raise RecipeError(f"augment is the share of augmented samples, 0..1; got {self.augment}")
+        if self.hidden_layers not in ("mapped", "last"):
+            raise RecipeError(f"hidden_layers must be 'mapped' or 'last', got '{self.hidden_layers}'")
 
     def loss_weights(self, kind: str) -> dict[str, float]:
         """Defaults: encoders align pooled embeddings, hidden states and logits; decoders distil logits."""
         encoder = kind == "encoder"
         pick = lambda value, default: default if value is None else value  # noqa: E731
         return {"kd": pick(self.kd, 1.0), "hidden": pick(self.hidden, 1.0 if encoder else 0.0),
-                "attention": self.attention, "cosine": pick(self.cosine, 1.0 if encoder else 0.0)}
+                "attention": self.attention, "cosine": pick(self.cosine, 4.0 if encoder else 0.0)}
+
+    def augment_share(self, kind: str, labelled: bool) -> float:
+        """Share of augmented samples: labels do not survive augmentation, decoders keep real text."""
+        if self.augment is not None:
+            return self.augment
+        return 0.7 if kind == "encoder" and not labelled else 0.0
 
 
 @dataclasses.dataclass
@@ -101,12 +119,14 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     return order[index * batch_size:(index + 1) * batch_size].tolist()
 
 
-def lr_at(config: TrainConfig, step: int) -> float:
-    """Linear warm-up, then linear decay to 10% when the budget is in steps (constant under a time budget)."""
+def lr_at(config: TrainConfig, step: int, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 5% over the budget: steps, or elapsed time under a time budget."""
     warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
-    if config.steps is None:
-        return config.lr * warm
-    return config.lr * warm * max(0.1, 1.0 - step / config.steps)
+    if config.steps is not None:
+        done = step / config.steps
+    else:
+        done = elapsed_s / (config.minutes * 60)
+    return config.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0))))
 
 
 class Trainer:
@@ -124,7 +144,10 @@ class Trainer:
         if config.freeze_embeddings:  # the student's copied token embeddings stay as the teacher's (faster)
             student.get_input_embeddings().weight.requires_grad_(False)
         self.loss = DistillLoss(family.kind, hidden_width(student), hidden_width(teacher),
-                                temperature=config.temperature, alpha=config.alpha, **config.loss_weights(family.kind))
+                                temperature=config.temperature, alpha=config.alpha,
+                                layer_pairs=layer_pairs(student, config), **config.loss_weights(family.kind))
+        share = config.augment_share(family.kind, data.labels is not None)
+        self.augmenter = Augmenter(tokenizer, data.texts, config.max_length, share, config.seed)
         params = [p for p in (*student.parameters(), *self.loss.parameters()) if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=False)
         self.step, self.elapsed, self.history = 0, 0.0, []
@@ -171,7 +194,7 @@ class Trainer:
         config = self.config
         torch.manual_seed(config.seed * 7919 + self.step)
         idx = batch_indices(len(self.data.texts), config.batch_size, self.step, config.seed)
-        batch = tokenize(self.tokenizer, [self.data.texts[i] for i in idx], config.max_length)
+        batch = self.augmenter.batch(idx, self.step)
         labels = self._labels(batch, idx)
         self.student.train()
         with torch.no_grad(), capture_qkv(self.teacher, self.family, self._qkv) as t_qkv:
@@ -188,16 +211,17 @@ class Trainer:
         if not torch.isfinite(total) or not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             self._diverged(float(total.detach()))
+        lr = lr_at(config, self.step, self.elapsed)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(config, self.step)
+            group["lr"] = lr
         self.optimizer.step()
         self.step += 1
-        return dict(parts, loss=float(total.detach()), lr=lr_at(config, self.step - 1))
+        return dict(parts, loss=float(total.detach()), lr=lr, tokens=int(batch["attention_mask"].sum()))
 
     def _labels(self, batch: dict[str, torch.Tensor], idx: list[int]) -> torch.Tensor | None:
         if self.family.kind == "decoder":
             return batch["input_ids"]
-        if self.data.labels is not None:
+        if self.data.labels is not None and not self.augmenter.augment:
             return torch.tensor([self.data.labels[i] for i in idx])
         return None
 
@@ -238,6 +262,15 @@ class Trainer:
             raise
         self.student.eval()
         return TrainResult(self.student, self.step, self.elapsed, self.history, stopped)
+
+
+def layer_pairs(student: torch.nn.Module, config: TrainConfig) -> list[tuple[int, int]] | None:
+    """(student, teacher) hidden-state indices: each student layer's output vs the output of the teacher
+    layer it was copied from (index 0 = embeddings); None when the student does not record its origin."""
+    origin = getattr(student.config, "autolite_student_of", None)
+    if config.hidden_layers != "mapped" or not isinstance(origin, dict) or not origin.get("layers"):
+        return None
+    return [(j + 1, t + 1) for j, t in enumerate(origin["layers"])]
 
 
 def distill(teacher: torch.nn.Module, student: torch.nn.Module, tokenizer: Any, family: ArchSpec,

@@ -86,8 +86,10 @@ def resolve_device(name: str) -> torch.device:
 
 def roofline_of(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, batch: int, seq: int) -> dict[str, Any]:
     """Achieved GFLOP/s and weight GB/s per layer kind of ``model`` against this machine's measured peaks."""
-    from autolite.runtime.roofline import measure_peaks, profile, roofline_rows
+    from autolite.runtime.roofline import dense_floor, measure_peaks, profile, roofline_rows
 
     peaks = measure_peaks()
     run = forward_fn(model, family, bench_inputs(tokenizer, family, batch, seq))
-    return {"peaks": peaks, "rows": [list(row) for row in roofline_rows(profile(model, run), peaks)]}
+    result = profile(model, run)
+    return {"peaks": peaks, "rows": [list(row) for row in roofline_rows(result, peaks)],
+            "floor": dense_floor(result, peaks, model, batch * seq)}

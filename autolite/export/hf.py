@@ -32,8 +32,16 @@ def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, o
 
 
 def write_model_files(model: torch.nn.Module, tokenizer: Any, directory: Path) -> None:
-    """Write weights, config and tokenizer into an existing (temporary) directory."""
+    """Write weights, config and tokenizer into an existing (temporary) directory.
+
+    A pruned model whose sizes config.json cannot say also gets autolite's small modeling file and an
+    ``auto_map`` (see :mod:`autolite.prune.remote`), so ``AutoModel.from_pretrained(dir, trust_remote_code=True)``
+    rebuilds it."""
+    from autolite.prune import remote
+
+    code = remote.prepare(model)
     model.save_pretrained(str(directory))
+    remote.write(directory, code)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
 

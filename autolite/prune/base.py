@@ -8,10 +8,11 @@ from typing import Any, Callable
 
 import torch
 
-from autolite.errors import RecipeError
+from autolite.errors import RecipeError, UnsupportedArchitectureError
 from autolite.eval.forward import ensure_pad_token
 from autolite.prune.calib import calib_batches
 from autolite.prune.importance import get_importance
+from autolite.prune import reconstruct
 from autolite.prune.recover import recover
 from autolite.prune.surgery import record_layout, why_not_plain
 
@@ -32,7 +33,9 @@ class StructuredPrune:
     calib_samples: int = 64
     iterations: int = 1
     recover_steps: int = 0
-    recover_lr: float = 1e-4
+    recover_lr: float = 5e-5
+    reconstruct: bool = True
+    reconstruct_samples: int = 256
 
     def validate(self) -> None:
         if not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
@@ -40,7 +43,9 @@ class StructuredPrune:
         get_importance(self.importance)
         if self.scope not in SCOPES:
             raise RecipeError(f"{self.name}: scope must be one of {SCOPES}, got '{self.scope}'")
-        for field in ("round_to", "calib_samples", "iterations"):
+        if not isinstance(self.reconstruct, bool):
+            raise RecipeError(f"{self.name}: reconstruct must be true or false, got {self.reconstruct!r}")
+        for field in ("round_to", "calib_samples", "iterations", "reconstruct_samples"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 raise RecipeError(f"{self.name}: {field} must be an integer >= 1, got {getattr(self, field)!r}")
         if not isinstance(self.recover_steps, int) or self.recover_steps < 0:
@@ -60,7 +65,10 @@ def run_structured(model: torch.nn.Module, config: Any, ctx: Any, target: str, g
     """Score, plan and cut ``iterations`` times (cumulative ratio), recovering after each cut if asked."""
     from autolite.arch import family_of
 
-    family = ctx.family or family_of(model)
+    try:
+        family = ctx.family or family_of(model)
+    except UnsupportedArchitectureError as exc:
+        raise UnsupportedArchitectureError(f"{config.name} needs a head/FFN map of the model's family: {exc}") from exc
     if ctx.tokenizer is not None:
         ensure_pad_token(ctx.tokenizer)
     batches = calib_batches(model, family, ctx, samples=config.calib_samples)
@@ -73,16 +81,38 @@ def run_structured(model: torch.nn.Module, config: Any, ctx: Any, target: str, g
         scores = get_importance(config.importance)(model, family, batches, target)
         groups = groups_fn(family, model)
         plan = plan_fn(groups, scores, ratio, original, config, family)
-        for group in groups:
-            if group.key in plan:
-                cut_fn(group, plan[group.key])
+        _cut(model, family, ctx, config, target, [g for g in groups if g.key in plan], plan, cut_fn)
         _remember_scores(ctx, target, scores)
         if teacher is not None:
-            recover_batches = recover_batches or calib_batches(model, family, ctx, samples=RECOVER_SAMPLES)
+            recover_batches = recover_batches or _samples(model, family, ctx, RECOVER_SAMPLES)
             recover(model, teacher, family, recover_batches, config.recover_steps, lr=config.recover_lr)
     record_layout(family, model)
     _note(ctx, config, family, model, target, original, groups_fn, before)
     return model
+
+
+def _cut(model, family, ctx, config, target: str, groups: list, plan: dict, cut_fn: Callable) -> None:
+    """Cut every planned block; with ``reconstruct``, refit each output projection by least squares on
+    activations collected just before (in several passes when the Gram matrices would not fit at once)."""
+    if not config.reconstruct:
+        for group in groups:
+            cut_fn(group, plan[group.key])
+        return
+    batches = _samples(model, family, ctx, config.reconstruct_samples)
+    for chunk in reconstruct.chunks(groups, target):
+        stats = reconstruct.collect(model, family, batches, target, {g.key for g in chunk})
+        for group in chunk:
+            cut_fn(group, plan[group.key])
+            reconstruct.refit(group, target, plan[group.key], stats[group.key])
+
+
+def _samples(model: torch.nn.Module, family: Any, ctx: Any, samples: int) -> list:
+    """Up to ``samples`` calibration texts in length-sorted batches (little padding), cached on the context."""
+    cache = getattr(ctx, "_prune_batches", None) or {}
+    if samples not in cache:
+        cache[samples] = calib_batches(model, family, ctx, samples=samples, by_length=True)
+        ctx._prune_batches = cache
+    return cache[samples]
 
 
 def _teacher(model: torch.nn.Module, config: Any, ctx: Any) -> torch.nn.Module | None:
@@ -119,5 +149,6 @@ def _note(ctx, config, family, model, target, original, groups_fn, before) -> No
     if reason is None:
         message += "; HF config updated: the saved model loads with plain transformers"
     else:
-        message += f"; {reason}: the saved model reloads with autolite.load (it replays the recorded layout)"
+        message += (f"; {reason}: the saved directory carries a small modeling file, so it loads with transformers' "
+                    "Auto classes and trust_remote_code=True (or autolite.load)")
     ctx.note(message)

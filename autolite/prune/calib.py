@@ -27,8 +27,10 @@ class CalibBatch:
 
 
 def calib_batches(model: torch.nn.Module, family: ArchSpec, ctx: Any, *, samples: int = 64,
-                  batch_size: int = 8, max_length: int = 128) -> list[CalibBatch]:
-    """Tokenized calibration batches from ``ctx.calib`` (the embedded corpus when it is empty)."""
+                  batch_size: int = 8, max_length: int = 128, by_length: bool = False) -> list[CalibBatch]:
+    """Tokenized calibration batches from ``ctx.calib`` (the embedded corpus when it is empty).
+
+    Each batch is padded to its longest text; ``by_length`` groups texts of similar length (less padding)."""
     texts, labels = list(ctx.calib or []), ctx.labels
     if not texts:
         from autolite.data import load_texts
@@ -39,6 +41,10 @@ def calib_batches(model: torch.nn.Module, family: ArchSpec, ctx: Any, *, samples
         raise DataError("pruning needs a tokenizer for its calibration text; pass tokenizer= to compress()")
     texts = texts[:samples]
     labels = labels[:samples] if labels is not None and len(labels) >= len(texts) else None
+    if by_length:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        texts = [texts[i] for i in order]
+        labels = [labels[i] for i in order] if labels is not None else None
     device = model_device(model)
     out = []
     for start in range(0, len(texts), batch_size):

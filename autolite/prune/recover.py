@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,8 @@ from autolite.prune.calib import CalibBatch, track
 
 log = logging.getLogger(__name__)
 EMBEDDING_WEIGHT = 10.0  # pooled-embedding cosine term for models without logits
+TEACHER_CACHE_BYTES = 1 << 30  # keep the teacher's outputs up to this size (else recompute them each step)
+_OUTPUT_FIELDS = ("logits", "last_hidden_state", "hidden_states", "encoder_hidden_states", "decoder_hidden_states")
 
 
 def recover(student: torch.nn.Module, teacher: torch.nn.Module, family: ArchSpec, batches: list[CalibBatch],
@@ -21,9 +25,11 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, family: ArchSpec
 
     Loss = KL(teacher || student) on logits at temperature T (times T^2) when the model has logits
     (else, for embedding models, ``10 * (1 - cos)`` of the mean-pooled embeddings),
-    plus MSE between final hidden states (and every layer's, when both have as many layers),
+    plus MSE between hidden states (every layer's when both have as many layers, else the last),
     relative to the teacher's mean square. Dropout stays off (eval mode); only the student's transformer
     layers are updated (embeddings and heads stay as they are: fewer optimizer states, faster steps).
+    AdamW with a short warm-up and a cosine decay; batches in shuffled order; the teacher's outputs are
+    computed once per batch and kept when they fit in ``TEACHER_CACHE_BYTES``.
     """
     if steps <= 0 or not batches:
         return []
@@ -31,11 +37,14 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, family: ArchSpec
     teacher.eval()
     params = [p for view in family.layers(student) for p in view.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
+    targets = _TeacherOutputs(teacher)
+    order = _order(len(batches), steps)
     losses = []
     for step in track(range(steps), "recovery (distilling from the unpruned model)"):
-        batch = batches[step % len(batches)]
-        with torch.no_grad():
-            target = teacher(**batch.inputs, output_hidden_states=True)
+        index = order[step]
+        batch = batches[index]
+        target = targets.get(index, batch)
         output = student(**batch.inputs, output_hidden_states=True)
         loss = distill_loss(output, target, batch.inputs["attention_mask"], family, temperature)
         if not torch.isfinite(loss):
@@ -44,10 +53,58 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, family: ArchSpec
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        schedule.step()
         losses.append(float(loss.detach()))
     student.zero_grad(set_to_none=True)
     log.info("recovery: loss %.4f -> %.4f over %d steps", losses[0], losses[-1], steps)
     return losses
+
+
+def _lr_factor(step: int, steps: int) -> float:
+    """Linear warm-up over the first 5% of the steps, then cosine decay to 10% of the peak."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _order(count: int, steps: int) -> list[int]:
+    """Batch indices for ``steps`` steps: every batch once per epoch, each epoch shuffled (seeded)."""
+    generator = torch.Generator().manual_seed(0)
+    order: list[int] = []
+    while len(order) < steps:
+        order += torch.randperm(count, generator=generator).tolist()
+    return order[:steps]
+
+
+class _TeacherOutputs:
+    """The teacher's outputs per batch: computed once (no grad) and kept while they fit in the budget."""
+
+    def __init__(self, teacher: torch.nn.Module) -> None:
+        self.teacher, self.cache, self.bytes = teacher, {}, 0
+
+    def get(self, index: int, batch: CalibBatch):
+        if index in self.cache:
+            return self.cache[index]
+        with torch.no_grad():
+            out = self.teacher(**batch.inputs, output_hidden_states=True)
+        kept = SimpleNamespace(**{k: getattr(out, k, None) for k in _OUTPUT_FIELDS})
+        size = sum(t.numel() * t.element_size() for t in _tensors(kept))
+        if self.bytes + size <= TEACHER_CACHE_BYTES:
+            self.cache[index] = kept
+            self.bytes += size
+        return kept
+
+
+def _tensors(outputs: SimpleNamespace) -> list[torch.Tensor]:
+    found = []
+    for value in vars(outputs).values():
+        if torch.is_tensor(value):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            found += [v for v in value if torch.is_tensor(v)]
+    return found
 
 
 def distill_loss(output, target, mask: torch.Tensor, family: ArchSpec, temperature: float) -> torch.Tensor:

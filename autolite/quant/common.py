@@ -96,6 +96,21 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def restore_linears(model: nn.Module, layers: list[str] | None,
+                    build: Callable[[str, int, int, bool], nn.Module]) -> nn.Module:
+    """Swap each recorded linear for ``build(name, in_features, out_features, has_bias)``.
+
+    The restore hook of the quantization passes: the new modules hold empty, correctly shaped tensors
+    whose contents come from the state dict loaded next.
+    """
+    check_layers_exist(model, layers or [])
+    for name in layers or []:
+        module = model.get_submodule(name)
+        in_features, out_features = linear_shape(module)
+        set_module(model, name, build(name, in_features, out_features, getattr(module, "bias", None) is not None))
+    return model
+
+
 def validate_skip(skip: list[str] | None) -> None:
     for pattern in skip or []:
         try:
@@ -120,6 +135,15 @@ def time_ms(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> float:
 def flatten_rows(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """``(..., K)`` -> contiguous ``(M, K)`` and the leading shape to restore."""
     return x.reshape(-1, x.shape[-1]).contiguous(), tuple(x.shape[:-1])
+
+
+def realign_buffers(module: nn.Module, names: tuple[str, ...], alignment: int = 64) -> None:
+    """Copy buffers that are not ``alignment``-byte aligned (tensors read from a safetensors file can sit at
+    any offset; the CPU low-bit kernels use aligned vector loads and crash on them)."""
+    for name in names:
+        tensor = getattr(module, name, None)
+        if tensor is not None and tensor.device.type == "cpu" and tensor.data_ptr() % alignment:
+            setattr(module, name, tensor.clone())
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

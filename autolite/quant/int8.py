@@ -219,12 +219,8 @@ def apply_int8_dynamic(model: nn.Module, config: Int8Dynamic, ctx: PassContext) 
 
 def restore_int8_dynamic(model: nn.Module, config: Int8Dynamic, ctx: PassContext) -> nn.Module:
     """Swap in empty INT8 layers (weights, scales and kernel choice come from the state dict)."""
-    common.check_layers_exist(model, config.layers or [])
-    for name in config.layers or []:
-        module = model.get_submodule(name)
-        in_features, out_features = common.linear_shape(module)
-        common.set_module(model, name, DynamicInt8Linear(in_features, out_features, module.bias is not None))
-    return model
+    return common.restore_linears(model, config.layers,
+                                  lambda name, in_f, out_f, bias: DynamicInt8Linear(in_f, out_f, bias))
 
 
 register_pass(Int8Dynamic, restore=restore_int8_dynamic)(apply_int8_dynamic)

@@ -1,7 +1,10 @@
 """Sensitivity-driven mixed precision: pick bits per layer under an average bits-per-weight budget.
 
-Cost model: a ``b``-bit group-wise weight costs ``b + (scale_bits + zero_bits) / group`` bits per weight
-(FP16 scales, no zero points for symmetric quantization), so ``w4g64`` is 4.25 and ``w4g32`` 4.5.
+Formats: an integer width ``b`` (group ``group_size``), or an engine format name: ``w4g32`` / ``w4g64`` /
+``w4g128`` / ``w4g256`` (packed INT4, BF16 scale + uint8 zero per group) or ``w8`` (INT8, one BF16 scale
+per output channel). Cost model (:func:`format_bits`): what the file stores per weight, scales and zeros
+counted: ``w4gG`` = 4 + 24/G (``w4g32`` 4.75, ``w4g64`` 4.375, ``w4g128`` 4.1875), ``w8`` = 8 + 16/in;
+simulated widths ``b + 16/group``.
 Allocation: a greedy multiple-choice knapsack: start every unit at its cheapest width, then repeatedly
 take the upgrade (to any wider width) with the largest estimated-loss reduction per extra bit that still
 fits; the budget is met exactly or under.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from typing import Union
 
 import torch
 
@@ -26,6 +30,65 @@ from autolite.quant.qat import fake_quantize_weight, set_weight_matrix, transfor
 
 log = logging.getLogger(__name__)
 SCALE_BITS = 16
+Format = Union[int, str]
+_FORMAT = re.compile(r"w(\d+)(?:g(\d+))?")
+ENGINE_FORMATS = ("w8", "w4g32", "w4g64", "w4g128")
+
+
+def parse_format(fmt: Format, group_size: int) -> tuple[int, int | None]:
+    """(bits, group) of a format; group None = one scale per output channel (``w8``)."""
+    if isinstance(fmt, bool) or not isinstance(fmt, (int, str)):
+        raise RecipeError(f"quantization format must be a width or a name like w4g64 / w8, got {fmt!r}")
+    if isinstance(fmt, int):
+        return fmt, group_size
+    match = _FORMAT.fullmatch(fmt.strip().lower())
+    if not match:
+        raise RecipeError(f"unknown quantization format '{fmt}'; use w4g32, w4g64, w4g128, w4g256, w8 or a width")
+    return int(match.group(1)), int(match.group(2)) if match.group(2) else None
+
+
+def engine_format(fmt: Format, group_size: int, in_features: int) -> tuple[int, int | None] | None:
+    """(bits, group) the engine stores ``fmt`` as for this width (group None = per channel; a group that does
+    not divide the width falls back to the largest one that does, as ``weight-only``), else None."""
+    from autolite.quant.weight_only import GROUP_SIZES, effective_group
+
+    bits, group = parse_format(fmt, group_size)
+    if bits == 8 and (group is None or isinstance(fmt, int)):
+        return 8, None
+    if bits == 4 and group in GROUP_SIZES and effective_group(in_features, group) is not None:
+        return 4, effective_group(in_features, group)  # as weight-only: the largest group dividing the width
+    return None
+
+
+def format_bits(fmt: Format, in_features: int, group_size: int = 64, engine: bool = True) -> float:
+    """Stored bits per weight of ``fmt`` on a linear with ``in_features`` inputs (scales and zeros counted)."""
+    bits, group = parse_format(fmt, group_size)
+    if bits >= 16:
+        return 16.0
+    real = engine_format(fmt, group_size, in_features) if engine else None
+    if real == (8, None):
+        return 8.0 + SCALE_BITS / in_features
+    if real is not None:
+        return bits_per_weight(4, real[1], SCALE_BITS, 8)
+    return bits_per_weight(bits, group or in_features)
+
+
+@torch.no_grad()
+def dequantized(weight: torch.Tensor, fmt: Format, group_size: int = 64, engine: bool = True) -> torch.Tensor:
+    """``weight`` ``(out, in)`` after quantization to ``fmt`` exactly as the pass stores it."""
+    from autolite.quant import weight_only as wo
+
+    w = weight.detach().float()
+    real = engine_format(fmt, group_size, w.shape[1]) if engine else None
+    if real == (8, None):
+        scale = (w.abs().amax(1).clamp(min=1e-8) / 127.0).to(wo.SCALE_DTYPE).float()
+        return (torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None]).to(weight.dtype)
+    if real is not None:
+        q, scale, zero = wo.quantize_int4(w, real[1], symmetric=True)
+        groups = (q.float().view(w.shape[0], -1, real[1]) - zero.float()[..., None]) * scale.float()[..., None]
+        return groups.reshape(w.shape).to(weight.dtype)
+    bits, group = parse_format(fmt, group_size)
+    return fake_quantize_weight(weight, bits, group)
 
 
 def bits_per_weight(bits: int, group_size: int, scale_bits: int = SCALE_BITS, zero_bits: int = 0) -> float:
@@ -33,27 +96,41 @@ def bits_per_weight(bits: int, group_size: int, scale_bits: int = SCALE_BITS, ze
     return bits + (scale_bits + zero_bits) / group_size if bits < 16 else float(bits)
 
 
-def average_bits(plan: dict[str, int], numel: dict[str, int], group_size: int) -> float:
-    """Weight-count-weighted average bits per weight of ``plan`` (overhead included)."""
+BitsTable = dict[str, dict[Format, float]]
+
+
+def average_bits(plan: dict[str, Format], numel: dict[str, int], group_size: int,
+                 bpw: BitsTable | None = None) -> float:
+    """Weight-count-weighted average bits per weight of ``plan`` (overhead included); ``bpw[unit][fmt]``
+    gives each unit's cost (default: ``bits_per_weight(bits, group_size)``, scales only)."""
     total = sum(numel[u] for u in plan)
-    return sum(numel[u] * bits_per_weight(b, group_size) for u, b in plan.items()) / total
+    return sum(numel[u] * _unit_bits(u, b, group_size, bpw) for u, b in plan.items()) / total
 
 
-def allocate_bits(loss: dict[str, dict[int, float]], numel: dict[str, int], budget: float,
-                  group_size: int = 64, candidates: list[int] | None = None) -> dict[str, int]:
-    """Bits per unit minimising the summed estimated ``loss[unit][bits]`` with average bpw <= ``budget``."""
+def _unit_bits(unit: str, fmt: Format, group_size: int, bpw: BitsTable | None) -> float:
+    if bpw is not None:
+        return bpw[unit][fmt]
+    bits, group = parse_format(fmt, group_size)
+    return bits_per_weight(bits, group or group_size)
+
+
+def allocate_bits(loss: dict[str, dict[Format, float]], numel: dict[str, int], budget: float,
+                  group_size: int = 64, candidates: list[Format] | None = None,
+                  bpw: BitsTable | None = None) -> dict[str, Format]:
+    """Format per unit minimising the summed estimated ``loss[unit][fmt]`` with average bpw <= ``budget``."""
     units = list(loss)
     if not units:
         raise RecipeError("nothing to allocate: no layers with sensitivity values")
-    options = {u: sorted(b for b in loss[u] if candidates is None or b in candidates) for u in units}
+    cost = lambda u, b: numel[u] * _unit_bits(u, b, group_size, bpw)  # noqa: E731
+    options = {u: sorted((b for b in loss[u] if candidates is None or b in candidates), key=lambda b: cost(u, b))
+               for u in units}
     if any(not opts for opts in options.values()):
-        raise RecipeError(f"no candidate bit widths {candidates} were measured")
-    cost = lambda u, b: numel[u] * bits_per_weight(b, group_size)  # noqa: E731
+        raise RecipeError(f"no candidate formats {candidates} were measured")
     capacity = budget * sum(numel[u] for u in units)
     plan = {u: options[u][0] for u in units}
     spent = sum(cost(u, b) for u, b in plan.items())
     if spent > capacity * (1 + 1e-12):
-        lowest = average_bits(plan, numel, group_size)
+        lowest = average_bits(plan, numel, group_size, bpw)
         raise RecipeError(f"budget {budget} bits/weight cannot be met: the cheapest allocation needs {lowest:.3f} "
                           f"(with group {group_size} scales); raise the budget or allow fewer bits")
     while True:
@@ -73,22 +150,51 @@ def allocate_bits(loss: dict[str, dict[int, float]], numel: dict[str, int], budg
         spent += extra
 
 
-def expand_units(plan: dict[str, int], members: dict[str, list[str]]) -> dict[str, int]:
-    """Unit plan -> per-linear plan (a layer unit gives its width to all of its linears)."""
+def expand_units(plan: dict[str, Format], members: dict[str, list[str]]) -> dict[str, Format]:
+    """Unit plan -> per-linear plan (a layer unit gives its format to all of its linears)."""
     return {name: bits for unit, bits in plan.items() for name in members.get(unit, [unit])}
+
+
+def unit_bits_table(model: torch.nn.Module, members: dict[str, list[str]], formats: list[Format],
+                    group_size: int, engine: bool = True) -> BitsTable:
+    """``bpw[unit][fmt]``: stored bits per weight of each unit in each format (weight-count weighted)."""
+    from autolite.quant.common import linear_shape
+
+    modules = dict(model.named_modules())
+    table: BitsTable = {}
+    for unit, names in members.items():
+        sizes = [(modules[n].weight.numel(), linear_shape(modules[n])[0]) for n in names]
+        total = sum(n for n, _ in sizes)
+        table[unit] = {f: sum(n * format_bits(f, fan_in, group_size, engine) for n, fan_in in sizes) / total
+                       for f in formats}
+    return table
+
+
+def check_budget(model: torch.nn.Module, members: dict[str, list[str]], formats: list[Format], group_size: int,
+                 budget: float, engine: bool = True) -> None:
+    """Raise the allocator's error before any (slow) analysis when even the cheapest formats exceed ``budget``."""
+    bpw = unit_bits_table(model, members, formats, group_size, engine)
+    modules = dict(model.named_modules())
+    numel = {u: sum(modules[n].weight.numel() for n in names) for u, names in members.items()}
+    allocate_bits({u: {f: 0.0 for f in formats} for u in members}, numel, budget, group_size, bpw=bpw)
+
+
+ESTIMATORS = ("output", "measured", "fisher")
 
 
 @dataclasses.dataclass
 class MixedPrecision(PassConfig):
-    """Weight-only mixed precision: ``bits`` maps linear names (or regexes) to widths; when it is empty,
-    ``avg_bits`` (a budget in bits per weight, scales counted) is allocated from a sensitivity analysis on
-    the calibration texts and the resulting map is recorded in the recipe."""
+    """Weight-only mixed precision: ``bits`` maps linear names (or regexes) to formats (a width, or an
+    engine format name: w8, w4g32, w4g64, w4g128); when it is empty, ``avg_bits`` (a budget in stored bits
+    per weight, scales and zeros counted) is allocated over ``candidates`` from a sensitivity analysis on
+    the calibration texts (``estimator``: ``output`` = output-space Fisher estimate of the KL change,
+    ``measured`` = measured per probe, ``fisher`` = weight-space Fisher) and the map is recorded."""
 
     name = "mixed_precision"
-    bits: dict[str, int] = dataclasses.field(default_factory=dict)
+    bits: dict[str, Format] = dataclasses.field(default_factory=dict)
     avg_bits: float | None = None
     group_size: int = 64
-    candidates: list[int] = dataclasses.field(default_factory=lambda: [2, 3, 4, 6, 8])
+    candidates: list[Format] = dataclasses.field(default_factory=lambda: [2, 3, 4, 6, 8])
     granularity: str = "linear"
     estimator: str = "measured"
     sensitivity_texts: int = 16
@@ -97,19 +203,20 @@ class MixedPrecision(PassConfig):
     def __post_init__(self) -> None:
         if not self.bits and self.avg_bits is None:
             raise RecipeError("mixed_precision needs a 'bits' map or an 'avg_bits' budget")
-        bad = {k: v for k, v in self.bits.items() if not isinstance(v, int) or not 2 <= v <= 16}
-        if bad or any(not 2 <= b <= 8 for b in self.candidates):
-            raise RecipeError("mixed_precision bits must be integers 2..8 (16 = keep float); "
-                              f"got {bad or self.candidates}")
+        widths = [parse_format(v, self.group_size)[0] for v in [*self.bits.values(), *self.candidates]]
+        if any(not 2 <= b <= 16 for b in widths) or any(not 2 <= parse_format(c, 64)[0] <= 8
+                                                         for c in self.candidates):
+            raise RecipeError("mixed_precision bits must be integers 2..8 (16 = keep float) or formats like "
+                              f"w4g64 / w8; got {self.bits or self.candidates}")
         if self.group_size < 0 or self.granularity not in ("linear", "layer"):
             raise RecipeError("mixed_precision group_size must be >= 0 and granularity 'linear' or 'layer'")
-        if self.estimator not in ("measured", "fisher"):
-            raise RecipeError(f"mixed_precision estimator must be 'measured' or 'fisher', got '{self.estimator}'")
+        if self.estimator not in ESTIMATORS:
+            raise RecipeError(f"mixed_precision estimator must be one of {ESTIMATORS}, got '{self.estimator}'")
         if self.avg_bits is not None and self.avg_bits <= 0:
             raise RecipeError("mixed_precision avg_bits must be positive")
 
 
-def resolve_bits(model: torch.nn.Module, family, config: MixedPrecision) -> dict[str, int]:
+def resolve_bits(model: torch.nn.Module, family, config: MixedPrecision) -> dict[str, Format]:
     """The per-linear plan of ``config.bits``: exact names first, else the first regex that matches."""
     plan = {}
     for name in transformer_linears(model, family):
@@ -123,48 +230,54 @@ def resolve_bits(model: torch.nn.Module, family, config: MixedPrecision) -> dict
     return plan
 
 
-def plan_from_budget(model: torch.nn.Module, config: MixedPrecision, ctx: PassContext) -> dict[str, int]:
+def plan_from_budget(model: torch.nn.Module, config: MixedPrecision, ctx: PassContext) -> dict[str, Format]:
     from autolite.quant.sensitivity import analyze
 
     if not ctx.calib or ctx.tokenizer is None:
         raise RecipeError("mixed_precision with avg_bits needs calibration texts and a tokenizer")
+    from autolite.quant.sensitivity import sensitivity_units
+
+    check_budget(model, sensitivity_units(model, ctx.family, config.granularity), list(config.candidates),
+                 config.group_size, config.avg_bits, config.engine)
     table = analyze(model, ctx.tokenizer, ctx.family, ctx.calib, bits=tuple(config.candidates),
                     group_size=config.group_size, granularity=config.granularity,
                     max_texts=config.sensitivity_texts, gradient=config.estimator == "fisher",
-                    measured=config.estimator == "measured")
-    losses = table.measured if config.estimator == "measured" else table.estimated
-    plan = allocate_bits(losses, table.numel, config.avg_bits, config.group_size)
+                    measured=config.estimator == "measured", output=config.estimator == "output",
+                    engine=config.engine)
+    losses = {"measured": table.measured, "fisher": table.estimated, "output": table.output}[config.estimator]
+    bpw = unit_bits_table(model, table.members, list(config.candidates), config.group_size, config.engine)
+    plan = allocate_bits(losses, table.numel, config.avg_bits, config.group_size, bpw=bpw)
     texts = min(len(ctx.calib), config.sensitivity_texts)
     ctx.note(f"mixed_precision: {config.estimator} sensitivity on {texts} texts -> "
-             f"{average_bits(plan, table.numel, config.group_size):.3f} bits/weight (budget {config.avg_bits})")
+             f"{average_bits(plan, table.numel, config.group_size, bpw):.4f} stored bits/weight, scales and "
+             f"zeros counted (budget {config.avg_bits})")
     return expand_units(plan, table.members)
 
 
-def _engine_module(module: torch.nn.Module, bits: int, group: int, empty: bool) -> torch.nn.Module | None:
-    """The engine's packed module for a 4/8-bit layer (``empty``: shaped for loading), else None."""
-    try:
-        from autolite.quant import common, weight_only as wo
-    except ImportError:
-        return None
+def _engine_module(module: torch.nn.Module, fmt: Format, group_size: int, empty: bool) -> torch.nn.Module | None:
+    """The engine's packed module for a format it stores (``empty``: shaped for loading), else None."""
+    from autolite.quant import common, weight_only as wo
+
     in_features, out_features = common.linear_shape(module)
+    real = engine_format(fmt, group_size, in_features)
     has_bias = getattr(module, "bias", None) is not None
-    if bits == 8:
+    if real == (8, None):
         return (wo.WeightOnlyInt8Linear(in_features, out_features, has_bias) if empty
                 else wo.WeightOnlyInt8Linear.from_float(module, kernel_max_rows=8))
-    if bits == 4 and group in wo.GROUP_SIZES and in_features % group == 0:
-        return (wo.WeightOnlyInt4Linear(in_features, out_features, has_bias, group) if empty
-                else wo.WeightOnlyInt4Linear.from_float(module, group, True, kernel_max_rows=8))
+    if real is not None:
+        return (wo.WeightOnlyInt4Linear(in_features, out_features, has_bias, real[1]) if empty
+                else wo.WeightOnlyInt4Linear.from_float(module, real[1], True, kernel_max_rows=8))
     return None
 
 
-def _swap_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: dict[str, int],
+def _swap_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: dict[str, Format],
                         empty: bool) -> list[str]:
     from autolite.quant.qat import _set_module
 
     done = []
     modules = dict(model.named_modules())
-    for name, bits in plan.items():
-        layer = _engine_module(modules[name], bits, config.group_size, empty) if config.engine else None
+    for name, fmt in plan.items():
+        layer = _engine_module(modules[name], fmt, config.group_size, empty) if config.engine else None
         if layer is not None:
             _set_module(model, name, layer)
             done.append(name)
@@ -180,14 +293,15 @@ def apply_mixed_precision(model: torch.nn.Module, config: MixedPrecision, ctx: P
         raise RecipeError("mixed_precision bits map matches no linear of this model; check the layer names")
     packed = set(_swap_engine_layers(model, config, plan, empty=False))
     modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, bits in plan.items():
-            if name not in packed and bits < 16:
-                w = weight_matrix(modules[name])
-                set_weight_matrix(modules[name], fake_quantize_weight(w, bits, config.group_size))
-    counts = {b: sum(1 for v in plan.values() if v == b) for b in sorted(set(plan.values()))}
-    ctx.note(f"mixed_precision: widths {counts}; {len(packed)} linears stored packed by the weight-only engine "
-             f"(INT4/INT8), {len(plan) - len(packed)} fake-quantized in place (float storage)")
+    for name, fmt in plan.items():
+        if name not in packed and parse_format(fmt, config.group_size)[0] < 16:
+            w = weight_matrix(modules[name])
+            set_weight_matrix(modules[name], dequantized(w, fmt, config.group_size, engine=False))
+    counts: dict[str, int] = {}
+    for fmt in plan.values():
+        counts[str(fmt)] = counts.get(str(fmt), 0) + 1
+    ctx.note(f"mixed_precision: formats {dict(sorted(counts.items()))}; {len(packed)} linears stored packed by the "
+             f"weight-only engine (INT4/INT8), {len(plan) - len(packed)} fake-quantized in place (float storage)")
     return model
 
 

@@ -58,6 +58,24 @@ def group_params(w: torch.Tensor, bits: int, group: int, symmetric: bool,
     return to_scale_dtype(scale.clamp(min=1e-8)), zero
 
 
+def search_scale(w: torch.Tensor, bits: int, group: int, shrinks: int = 16) -> torch.Tensor:
+    """Symmetric per-group scales minimising the squared weight error over ranges shrunk to 70-100% of
+    max|w| (the engine's round-to-nearest refinement, for any width); ``(out, in/group)``, BF16-rounded."""
+    wg = w.detach().float().reshape(w.shape[0], -1, group)
+    qmin, qmax = quant_range(bits, True)
+    peak = wg.abs().amax(-1)
+    best_scale, best_err = None, None
+    for shrink in torch.linspace(0.70, 1.0, shrinks).tolist():
+        scale = (peak * shrink / qmax).clamp(min=1e-8).to(SCALE_DTYPE).float()
+        err = ((torch.clamp(torch.round(wg / scale[..., None]), qmin, qmax) * scale[..., None] - wg) ** 2).sum(-1)
+        if best_err is None:
+            best_scale, best_err = scale, err
+        else:
+            better = err < best_err
+            best_scale, best_err = torch.where(better, scale, best_scale), torch.where(better, err, best_err)
+    return best_scale
+
+
 def to_scale_dtype(scale: torch.Tensor) -> torch.Tensor:
     """Round scales to BF16 (as stored by the weight-only kernels), straight-through for gradients."""
     return scale + (scale.to(SCALE_DTYPE).float() - scale).detach()
@@ -104,10 +122,12 @@ def set_weight_matrix(module: nn.Module, value: torch.Tensor) -> None:
 
 
 class WeightFakeQuant(nn.Module):
-    """Fake-quantizes an ``(out, in)`` weight; ``mode``: minmax, ema (moving-average ranges) or lsq (learned scale)."""
+    """Fake-quantizes an ``(out, in)`` weight; ``mode``: minmax, ema (moving-average ranges) or lsq (learned
+    scale). ``init="search"`` starts LSQ scales at the error-minimising clipped range (symmetric only), so
+    training starts from the engine's post-training quantization instead of plain min/max."""
 
     def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True,
-                 mode: str = "minmax", momentum: float = 0.9) -> None:
+                 mode: str = "minmax", momentum: float = 0.9, init: str = "minmax") -> None:
         super().__init__()
         if mode not in WEIGHT_MODES:
             raise RecipeError(f"weight fake-quant mode must be one of {WEIGHT_MODES}, got '{mode}'")
@@ -118,7 +138,12 @@ class WeightFakeQuant(nn.Module):
         wg = weight.detach().float().reshape(weight.shape[0], -1, self.group)
         self.register_buffer("range_lo", wg.amin(-1).clone())
         self.register_buffer("range_hi", wg.amax(-1).clone())
-        scale, _ = group_params(weight.detach().float(), bits, self.group, symmetric)
+        if init not in ("minmax", "search"):
+            raise RecipeError(f"QAT scale init must be 'minmax' or 'search', got '{init}'")
+        if init == "search" and symmetric:
+            scale = search_scale(weight, bits, self.group)
+        else:
+            scale, _ = group_params(weight.detach().float(), bits, self.group, symmetric)
         self.scale = nn.Parameter(scale) if mode == "lsq" else None
 
     def params(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,14 +177,14 @@ class FakeQuantLinear(nn.Module):
     """A Linear (or Conv1D, as ``(out, in)``) with fake-quantized weights and optional per-token activations."""
 
     def __init__(self, module: nn.Module, bits: int, group_size: int | None = 64, symmetric: bool = True,
-                 mode: str = "minmax", act_bits: int | None = None) -> None:
+                 mode: str = "minmax", act_bits: int | None = None, init: str = "minmax") -> None:
         super().__init__()
         w = weight_matrix(module).detach().clone()
         self.weight = nn.Parameter(w, requires_grad=module.weight.requires_grad)
         bias = getattr(module, "bias", None)
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.in_features, self.out_features = w.shape[1], w.shape[0]
-        self.weight_quant = WeightFakeQuant(w, bits, group_size, symmetric, mode)
+        self.weight_quant = WeightFakeQuant(w, bits, group_size, symmetric, mode, init=init)
         self.act_bits = act_bits
         self.source_type = type(module).__name__
 
@@ -194,7 +219,8 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def prepare_qat(model: nn.Module, family, bits: int | dict[str, int], group_size: int | None = 64,
-                symmetric: bool = True, mode: str = "minmax", act_bits: int | None = None) -> nn.Module:
+                symmetric: bool = True, mode: str = "minmax", act_bits: int | None = None,
+                init: str = "minmax") -> nn.Module:
     """Swap the transformer linears of ``model`` (in place) for FakeQuantLinear; ``bits`` maps fqn -> bits
     (linears missing from the map stay float) or is one width for all."""
     linears = transformer_linears(model, family)
@@ -204,7 +230,8 @@ def prepare_qat(model: nn.Module, family, bits: int | dict[str, int], group_size
         raise RecipeError(f"bits map names unknown layers {unknown[:3]}; use names from `autolite sensitivity`")
     for name, width in plan.items():
         if width < 16:
-            _set_module(model, name, FakeQuantLinear(linears[name], width, group_size, symmetric, mode, act_bits))
+            _set_module(model, name, FakeQuantLinear(linears[name], width, group_size, symmetric, mode, act_bits,
+                                                     init))
     log.info("prepared %d linears for QAT", sum(1 for w in plan.values() if w < 16))
     return model
 
@@ -295,7 +322,7 @@ def qat_codes(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, t
 
 def run_qat(model: nn.Module, tokenizer, family, bits: int | dict[str, int], data, config, *,
             heldout=None, group_size: int | None = 64, mode: str = "ema", act_bits: int | None = None,
-            checkpoint_dir=None, progress=None):
+            checkpoint_dir=None, progress=None, init: str = "minmax"):
     """Short, bounded QAT: ``model`` (FP32) is the teacher of a fake-quantized copy trained with the
     distillation trainer (``config``: a ``TrainConfig``). Returns the TrainResult whose ``student`` still
     holds FakeQuantLinear modules; pass it to :func:`convert_qat` to fold the quantized weights."""
@@ -303,6 +330,6 @@ def run_qat(model: nn.Module, tokenizer, family, bits: int | dict[str, int], dat
 
     from autolite.distill.train import distill
 
-    student = prepare_qat(copy.deepcopy(model), family, bits, group_size, mode=mode, act_bits=act_bits)
+    student = prepare_qat(copy.deepcopy(model), family, bits, group_size, mode=mode, act_bits=act_bits, init=init)
     return distill(model, student, tokenizer, family, config, data, heldout, checkpoint_dir=checkpoint_dir,
                    progress=progress)

@@ -5,6 +5,13 @@ that unit's weights are fake-quantized (group-wise symmetric, group 64 by defaul
 on calibration texts are compared with the float model's: encoders ``1 - cosine`` of pooled embeddings,
 decoders the mean next-token ``KL(p_float || p_quant)``.
 
+Output (``output=True``, the default for mixed precision): the output-space Fisher estimate of the KL
+change, ``0.5 * sum_tokens,outputs E[g^2] * (X (Q(W) - W)^T)^2`` with X the linear's calibration inputs
+and g the gradient at its output of the log-likelihood of labels sampled from the model itself (so E[g^2]
+is the Fisher's diagonal in output space; for encoders random projections of the pooled embedding). It
+sees how each layer's inputs amplify its weight error, costs a few backward passes, and is divided by the
+number of tokens (a per-token KL estimate). Quantization in every probe is the engine's own (``engine``).
+
 Estimated: the second-order Taylor/Fisher estimate ``0.5 * sum(F * (Q_b(W) - W)^2)`` with ``F`` the squared
 gradients (diagonal empirical Fisher) of the decoder's next-token loss, or, for encoders, of random
 projections of the pooled embedding (whose expected squared gradient is the Jacobian's diagonal).
@@ -21,7 +28,8 @@ import torch.nn.functional as F
 from autolite.arch import ArchSpec
 from autolite.errors import DataError
 from autolite.eval.forward import mean_pool, model_inputs, tokenize
-from autolite.quant.qat import fake_quantize_weight, set_weight_matrix, transformer_linears, weight_matrix
+from autolite.quant.mixed import dequantized
+from autolite.quant.qat import set_weight_matrix, transformer_linears, weight_matrix
 
 log = logging.getLogger(__name__)
 DEFAULT_BITS = (8, 6, 4, 3, 2)
@@ -39,14 +47,17 @@ class Sensitivity:
     metric: str
     measured: dict[str, dict[int, float]]
     estimated: dict[str, dict[int, float]]
+    output: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Sensitivity":
-        fix = lambda table: {u: {int(b): v for b, v in row.items()} for u, row in table.items()}  # noqa: E731
-        return cls(**{**data, "measured": fix(data["measured"]), "estimated": fix(data["estimated"])})
+        key = lambda b: int(b) if str(b).isdigit() else b  # noqa: E731
+        fix = lambda table: {u: {key(b): v for b, v in row.items()} for u, row in table.items()}  # noqa: E731
+        kinds = {k: fix(data.get(k, {})) for k in ("measured", "estimated", "output")}
+        return cls(**{**data, "bits": [key(b) for b in data["bits"]], **kinds})
 
 
 def sensitivity_units(model: torch.nn.Module, family: ArchSpec, granularity: str = "linear") -> dict[str, list[str]]:
@@ -83,7 +94,7 @@ def _fidelity_loss(family: ArchSpec, out: torch.Tensor, ref: torch.Tensor, mask:
 
 @torch.no_grad()
 def measure(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.Tensor], units: dict[str, list[str]],
-            bits: list[int], group_size: int, progress: Callable[[], None] | None = None
+            bits: list[int], group_size: int, progress: Callable[[], None] | None = None, engine: bool = True
             ) -> dict[str, dict[int, float]]:
     """Fidelity loss of quantizing each unit alone to each width (weights restored after each probe)."""
     modules = dict(model.named_modules())
@@ -94,7 +105,7 @@ def measure(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.Ten
         table[unit] = {}
         for b in bits:
             for n in names:
-                set_weight_matrix(modules[n], fake_quantize_weight(originals[n], b, group_size))
+                set_weight_matrix(modules[n], dequantized(originals[n], b, group_size, engine))
             table[unit][b] = _fidelity_loss(family, _outputs(model, family, batch), ref, batch["attention_mask"])
             if progress:
                 progress()
@@ -137,7 +148,7 @@ def _gradient_loss(model, family: ArchSpec, batch, generator: torch.Generator) -
 
 @torch.no_grad()
 def estimate(model: torch.nn.Module, units: dict[str, list[str]], fisher: dict[str, torch.Tensor],
-             bits: list[int], group_size: int) -> dict[str, dict[int, float]]:
+             bits: list[int], group_size: int, engine: bool = True) -> dict[str, dict[int, float]]:
     """``0.5 * sum(F * (Q_b(W) - W)^2)`` per unit and width."""
     modules = dict(model.named_modules())
     table: dict[str, dict[int, float]] = {}
@@ -147,7 +158,7 @@ def estimate(model: torch.nn.Module, units: dict[str, list[str]], fisher: dict[s
             total = 0.0
             for n in names:
                 w = weight_matrix(modules[n]).detach().float()
-                total += 0.5 * float((fisher[n] * (fake_quantize_weight(w, b, group_size) - w).pow(2)).sum())
+                total += 0.5 * float((fisher[n] * (dequantized(w, b, group_size, engine) - w).pow(2)).sum())
             table[unit][b] = total
     return table
 
@@ -155,8 +166,9 @@ def estimate(model: torch.nn.Module, units: dict[str, list[str]], fisher: dict[s
 def analyze(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, texts: list[str], *,
             bits: tuple[int, ...] = DEFAULT_BITS, group_size: int = 64, granularity: str = "linear",
             max_texts: int = 16, max_length: int = 64, gradient: bool = True, measured: bool = True,
-            progress: Callable[[], None] | None = None) -> Sensitivity:
-    """Measure (``measured``) and/or estimate from gradients (``gradient``) every unit's sensitivity."""
+            output: bool = False, engine: bool = True, progress: Callable[[], None] | None = None) -> Sensitivity:
+    """Measure (``measured``) and/or estimate (``gradient``: weight Fisher, ``output``: output Fisher)
+    every unit's sensitivity to each of ``bits`` (widths or formats such as ``"w4g64"``)."""
     if not texts:
         raise DataError("sensitivity analysis needs at least one calibration text")
     if family.kind == "seq2seq":
@@ -166,19 +178,95 @@ def analyze(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, texts: lis
     units = sensitivity_units(model, family, granularity)
     modules = dict(model.named_modules())
     numel = {u: sum(modules[n].weight.numel() for n in names) for u, names in units.items()}
-    measured_table = measure(model, family, batch, units, list(bits), group_size, progress) if measured else {}
+    measured_table = (measure(model, family, batch, units, list(bits), group_size, progress, engine)
+                      if measured else {})
     estimated: dict[str, dict[int, float]] = {}
     if gradient:
         fisher = fisher_diagonal(model, family, batch, [n for names in units.values() for n in names])
-        estimated = estimate(model, units, fisher, list(bits), group_size)
+        estimated = estimate(model, units, fisher, list(bits), group_size, engine)
+    out_table = output_fisher(model, family, batch, units, list(bits), group_size, engine) if output else {}
     metric = "1 - cosine (pooled embeddings)" if family.kind == "encoder" else "next-token KL(float || quantized)"
-    return Sensitivity(list(units), units, numel, list(bits), group_size, metric, measured_table, estimated)
+    return Sensitivity(list(units), units, numel, list(bits), group_size, metric, measured_table, estimated,
+                       out_table)
+
+
+def output_fisher(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.Tensor],
+                  units: dict[str, list[str]], formats: list, group_size: int, engine: bool = True,
+                  draws: int = 2, seed: int = 0) -> dict[str, dict[Any, float]]:
+    """Output-space diagonal Fisher estimate of each unit's per-token KL change in each format."""
+    names = [n for ns in units.values() for n in ns]
+    modules = dict(model.named_modules())
+    inputs, grads = _output_statistics(model, family, batch, names, draws, seed)
+    tokens = float(batch["attention_mask"].sum())
+    table: dict[str, dict[Any, float]] = {}
+    with torch.no_grad():
+        for unit, members in units.items():
+            table[unit] = {}
+            for fmt in formats:
+                total = 0.0
+                for n in members:
+                    w = weight_matrix(modules[n]).detach().float()
+                    delta_y = inputs[n] @ (dequantized(w, fmt, group_size, engine).float() - w).t()
+                    total += 0.5 * float((grads[n] * delta_y.pow(2)).sum()) / tokens
+                table[unit][fmt] = total
+    return table
+
+
+def _output_statistics(model, family: ArchSpec, batch, names: list[str], draws: int, seed: int):
+    """Each linear's inputs on real tokens ``(N, in)`` and mean squared output gradient ``(N, out)``."""
+    modules = dict(model.named_modules())
+    mask = batch["attention_mask"].bool()
+    inputs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+
+    def forward_hook(name):
+        def hook(_m, args, _out) -> None:  # returning a value would replace the output
+            if name not in inputs:
+                inputs[name] = args[0].detach()[mask].float()
+        return hook
+
+    def backward_hook(name):
+        def hook(_m, _grad_in, grad_out):
+            g = grad_out[0].detach()[mask].float().pow(2) / draws
+            grads[name] = grads[name] + g if name in grads else g
+        return hook
+    handles = [modules[n].register_forward_hook(forward_hook(n)) for n in names]
+    handles += [modules[n].register_full_backward_hook(backward_hook(n)) for n in names]
+    flags = {p: p.requires_grad for p in model.parameters()}
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        for _ in range(draws):
+            _sampled_loss(model, family, batch, generator).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    return inputs, grads
+
+
+def _sampled_loss(model, family: ArchSpec, batch, generator: torch.Generator) -> torch.Tensor:
+    """Log-likelihood of labels sampled from the model (decoders) or a random projection of the pooled
+    embedding (encoders), from input embeddings that require grad (so every linear's output gets one)."""
+    embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    mask = batch["attention_mask"]
+    if family.kind == "encoder":
+        out = model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
+        hidden = getattr(out, "last_hidden_state", None)
+        pooled = mean_pool((hidden if hidden is not None else out.hidden_states[-1]).float(), mask)
+        return (pooled @ torch.randn(pooled.shape[-1], generator=generator)).sum()
+    log_p = F.log_softmax(model(inputs_embeds=embeds, attention_mask=mask).logits.float(), dim=-1)
+    labels = torch.multinomial(log_p.detach().exp().reshape(-1, log_p.shape[-1]), 1, generator=generator)
+    picked = log_p.reshape(-1, log_p.shape[-1]).gather(-1, labels).reshape(mask.shape)
+    return picked[mask.bool()].sum()
 
 
 def table_rows(table: Sensitivity, which: str = "measured") -> list[list[str]]:
     """Header + one row per unit: unit, weights, then the loss at each width."""
     values = getattr(table, which)
-    header = ["unit", "weights"] + [f"{which[:4]}@{b}b" for b in table.bits]
+    header = ["unit", "weights"] + [f"{which[:4]}@{_label(b)}" for b in table.bits]
     rows = [[u, str(table.numel[u])] + [f"{values[u][b]:.3e}" for b in table.bits] for u in table.units if u in values]
     return [header] + rows
 
@@ -186,7 +274,7 @@ def table_rows(table: Sensitivity, which: str = "measured") -> list[list[str]]:
 def write_csv(table: Sensitivity, path) -> None:
     import csv
 
-    kinds = [k for k in ("measured", "estimated") if getattr(table, k)]
+    kinds = [k for k in ("measured", "estimated", "output") if getattr(table, k)]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["unit", "weights"] + [f"{k}_{b}" for k in kinds for b in table.bits])
@@ -208,13 +296,17 @@ def heatmap(table: Sensitivity, path, which: str = "measured") -> None:
     height = min(2 + 0.18 * len(table.units), 40)
     fig, ax = plt.subplots(figsize=(5.5, height))
     image = ax.imshow(grid, aspect="auto", cmap="magma_r")
-    ax.set_xticks(range(len(table.bits)), [f"{b}-bit" for b in table.bits])
+    ax.set_xticks(range(len(table.bits)), [_label(b) for b in table.bits])
     ax.set_yticks(range(len(table.units)), [_short(u) for u in table.units], fontsize=6)
     ax.set_title(f"{which} sensitivity: log10({table.metric})", fontsize=8)
     fig.colorbar(image, ax=ax, shrink=0.6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _label(fmt) -> str:
+    return f"{fmt}b" if isinstance(fmt, int) else str(fmt)
 
 
 def _short(name: str) -> str:

@@ -14,6 +14,7 @@ import torch
 from autolite.config import PassConfig
 from autolite.errors import RecipeError
 from autolite.passes import PassContext, register_pass
+from autolite.runtime.opaque import make_opaque
 
 log = logging.getLogger(__name__)
 BACKENDS = ("inductor", "eager", "aot_eager")
@@ -46,8 +47,10 @@ def apply_compile(model: torch.nn.Module, config: Compile, ctx: PassContext) -> 
 
         inductor_config.freezing = True
     model.eval()
+    opaque = make_opaque(model)
     model.compile(backend=config.backend, dynamic=config.dynamic, mode=config.mode)
-    ctx.note(f"torch.compile(backend={config.backend}, freeze={config.freeze}): compiled on first call")
+    ctx.note(f"torch.compile(backend={config.backend}, freeze={config.freeze}): compiled on first call"
+             + (f"; {opaque} INT8 engine layers run as opaque graph nodes (no graph breaks)" if opaque else ""))
     return model
 
 

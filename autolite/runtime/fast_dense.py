@@ -6,6 +6,11 @@ requested ``batch x seq`` interleaved with the FP32 eager model (so machine drif
 against it (encoders: mean embedding cosine >= ``min_cosine``; decoders/seq2seq: perplexity change <=
 ``max_ppl_change``). The decision is cached per (machine, model, shape, candidates) under the autolite
 cache dir, and the chosen passes are recorded in ``chosen`` so ``autolite.load`` replays them.
+
+Candidates include the ONNX Runtime backend (``ort-fp32``, ``ort-int8``; encoders only: elsewhere it is
+skipped with the reason in the notes). Dynamo is reset before each compiled candidate: the candidates are
+deep copies with their own parameter objects, and guards on earlier copies' parameter ids would otherwise
+pile up to dynamo's recompile limit (after which torch silently runs the rest eagerly).
 """
 from __future__ import annotations
 
@@ -22,11 +27,12 @@ from typing import Any
 import torch
 
 from autolite.config import PassConfig, load_recipe
-from autolite.errors import RecipeError
+from autolite.errors import BackendUnavailableError, RecipeError
 from autolite.passes import PassContext, handler_for, register_pass
 
 log = logging.getLogger(__name__)
-DEFAULT_CANDIDATES = ["fp32", "int8-dynamic", "compile", "int8-dynamic+compile", "bf16-compile"]
+DEFAULT_CANDIDATES = ["fp32", "int8-dynamic", "compile", "int8-dynamic+compile", "bf16-compile", "ort-fp32",
+                      "ort-int8"]
 COMBINED = {"int8-dynamic+compile": [{"pass": "int8-dynamic"},
                                      {"pass": "compile", "backend": "inductor", "freeze": True}]}
 
@@ -115,11 +121,10 @@ def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict
         if not _native_ok(passes, ctx):
             measured[name] = {"skipped": "precision not native on this machine"}
             continue
-        inner = PassContext(family=ctx.family, tokenizer=ctx.tokenizer, calib=ctx.calib, labels=ctx.labels)
-        from autolite.passes import compress
-
-        configs = [PassConfig.from_dict(p) for p in passes]
-        candidate = compress(copy.deepcopy(model), configs, tokenizer=ctx.tokenizer, family=ctx.family, ctx=inner)
+        candidate = _build(model, passes, ctx)
+        if isinstance(candidate, str):
+            measured[name] = {"skipped": candidate}
+            continue
         result = compare(model, candidate, ctx.tokenizer, ctx.family, batch=config.batch, seq=config.seq,
                          runs=config.runs, warmup=1, data=texts, fidelity_texts=32)
         measured[name] = _verdict(result, config, ctx.family.kind)
@@ -129,6 +134,27 @@ def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict
         raise RecipeError(f"fast-dense: no candidate kept fidelity ({measured}); loosen the bounds")
     chosen = max(kept, key=lambda n: kept[n]["speedup"])
     return {"chosen": chosen, "passes": candidate_passes(chosen), "measured": measured}
+
+
+def _build(model: torch.nn.Module, passes: list[dict], ctx: PassContext) -> torch.nn.Module | str:
+    """The candidate applied to a copy of ``model``, or why this machine/model cannot run it."""
+    from autolite.passes import compress, import_builtin_passes
+
+    import_builtin_passes()
+    inner = PassContext(family=ctx.family, tokenizer=ctx.tokenizer, calib=ctx.calib, labels=ctx.labels)
+    configs = [PassConfig.from_dict(p) for p in passes]
+    fresh_compile_cache(configs)
+    try:
+        return compress(copy.deepcopy(model), configs, tokenizer=ctx.tokenizer, family=ctx.family, ctx=inner)
+    except BackendUnavailableError as exc:
+        return f"unavailable: {exc}"
+
+
+def fresh_compile_cache(configs: list[PassConfig]) -> None:
+    """Reset dynamo before compiling a candidate: each candidate is a deep copy with its own parameter
+    objects, and guards on the previous copies' parameter ids would otherwise pile up to the recompile limit."""
+    if any(c.name == "compile" for c in configs):
+        torch._dynamo.reset()
 
 
 def _verdict(result: dict[str, Any], config: FastDense, kind: str) -> dict[str, Any]:
@@ -161,12 +187,28 @@ def apply_fast_dense(model: torch.nn.Module, config: FastDense, ctx: PassContext
     summary = "; ".join(f"{n}: " + (f"{m['speedup']}x" + ("" if m["ok"] else " (fidelity out of bounds)")
                                      if "speedup" in m else m["skipped"]) for n, m in decision["measured"].items())
     ctx.note(f"fast-dense at batch {config.batch} x seq {config.seq} chose {decision['chosen']} [{source}]: {summary}")
+    why = compile_gain_note(decision["measured"])
+    if why:
+        ctx.note(why)
     return _apply_passes(model, decision["passes"], ctx, config)
+
+
+def compile_gain_note(measured: dict[str, dict[str, Any]]) -> str | None:
+    """Why compiling the INT8 model did not pay, when it did not."""
+    plain, compiled = measured.get("int8-dynamic", {}), measured.get("int8-dynamic+compile", {})
+    if "speedup" not in plain or "speedup" not in compiled or compiled["speedup"] > plain["speedup"]:
+        return None
+    return (f"fast-dense: int8-dynamic+compile ({compiled['speedup']}x) is not faster than int8-dynamic "
+            f"({plain['speedup']}x): the INT8 engine kernels run as opaque graph nodes (no graph breaks), so "
+            "Inductor can only fuse the ops between them (attention core, norms, GELU), a small share of the "
+            "time here, while the compiled graph adds guard and framework overhead")
 
 
 def _apply_passes(model: torch.nn.Module, passes: list[dict], ctx: PassContext,
                   record: FastDense | None = None) -> torch.nn.Module:
     configs = [PassConfig.from_dict(p) for p in passes]
+    if record is not None:  # a fresh decision: the measured candidates' compiled code is no longer needed
+        fresh_compile_cache(configs)
     for inner in configs:
         model = handler_for(inner).apply(model, inner, ctx)
     if record is not None:

@@ -23,6 +23,7 @@ from autolite.serve.batcher import Batcher, ShuttingDownError
 from autolite.serve.engine import Engine, GenerateParams
 from autolite.serve.http import LimitAndMeasure, TooManyTextsError, check_api_key, install_error_handlers
 from autolite.serve.metrics import ServeMetrics
+from autolite.serve.stream import stream_completions
 
 log = logging.getLogger(__name__)
 INLINE_TOKENIZE_CHARS = 20_000  # bigger requests are tokenized in a thread, off the event loop
@@ -148,7 +149,7 @@ def _add_routes(app: FastAPI, engine: Engine, config: ServeConfig, state: dict[s
                 metrics: ServeMetrics, auth: list[Any]) -> None:
     """The routes, in the order the OpenAPI schema lists them."""
     _add_encoder_routes(app, engine, config, state, auth)
-    _add_completion_route(app, engine, config, state, auth)
+    _add_completion_route(app, engine, config, state, metrics, auth)
     _add_ops_routes(app, engine, state, metrics, auth)
 
 
@@ -180,11 +181,11 @@ def _add_encoder_routes(app: FastAPI, engine: Engine, config: ServeConfig, state
 
 
 def _add_completion_route(app: FastAPI, engine: Engine, config: ServeConfig, state: dict[str, Any],
-                          auth: list[Any]) -> None:
-    @app.post("/v1/completions", response_model=S.CompletionResponse, responses=S.ERROR_RESPONSES,
+                          metrics: ServeMetrics, auth: list[Any]) -> None:
+    @app.post("/v1/completions", response_model=S.CompletionResponse, responses=S.COMPLETION_RESPONSES,
               dependencies=auth)
-    async def completions(req: S.CompletionRequest) -> JSONResponse:
-        """Generated continuation per prompt (decoders, seq2seq); temperature 0 = greedy."""
+    async def completions(req: S.CompletionRequest) -> Response:
+        """Generated continuation per prompt (decoders, seq2seq); temperature 0 = greedy; ``stream`` = SSE."""
         engine.require("generate")
         if req.max_tokens > config.max_new_tokens:
             raise HTTPException(422, f"max_tokens {req.max_tokens} is over the limit of {config.max_new_tokens}")
@@ -192,6 +193,8 @@ def _add_completion_route(app: FastAPI, engine: Engine, config: ServeConfig, sta
         room = engine.context_length - req.max_tokens if engine.family.kind == "decoder" else engine.max_tokens
         ids = await _tokenize(engine, config, prompts, max(2, min(engine.max_tokens, room)))
         params = GenerateParams(req.max_tokens, req.temperature, req.top_p, req.seed)
+        if req.stream:
+            return await stream_completions(_batcher(state), ("generate", params), ids, engine.name, metrics)
         outs = await _batcher(state).submit(("generate", params), ids, [len(i) for i in ids])
         choices = [{"index": i, "text": o["text"], "finish_reason": o["finish_reason"], "logprobs": None}
                    for i, o in enumerate(outs)]
@@ -224,10 +227,11 @@ def _usage(ids: list[list[int]], completion: int | None = None) -> dict[str, int
     return usage
 
 
-def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
+    """base64 of the little-endian float32 bytes (OpenAI's format; ~20x cheaper to encode), or a list."""
     if encoding == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector
+        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 def _classification(index: int, probs: list[float], labels: dict[int, str]) -> dict[str, Any]:

@@ -4,8 +4,10 @@ Texts are queued with a *key* (what may share a forward: the task and its parame
 length. A text lands in the bucket ``(key, next power of two >= length)``, so a 10-token sentence never
 pads to the length of a 300-token paragraph. A worker flushes a bucket when it holds ``max_batch_size``
 texts, or when its oldest text has waited ``max_wait_ms`` (``0`` = take whatever is queued the moment a
-worker is free). The forward runs in the worker's own thread (never on the event loop); when a batch
-raises, each of its texts is retried alone so only the offending one fails.
+worker is free); a batch with room left takes texts from the next-shorter bucket too (they pad to at
+most twice their bucket, and do not wait for a forward of their own). The forward runs in the worker's
+own thread (never on the event loop); when a batch raises, each of its texts is retried alone so only
+the offending one fails.
 """
 from __future__ import annotations
 
@@ -121,8 +123,9 @@ class Batcher:
         self._size += len(items)
         self.metrics.queue_depth.set(self._size)
         self._wakeup.set()
+        gathered = asyncio.gather(*(i.future for i in items))
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*(i.future for i in items)), self.timeout_s))
+            return list(await asyncio.wait_for(gathered, self.timeout_s))
         except asyncio.TimeoutError:
             self.metrics.rejected.labels("timeout").inc(len(items))
             raise RequestTimeoutError(f"no answer within {self.timeout_s:g} s (server overloaded)") from None
@@ -130,6 +133,8 @@ class Batcher:
             for item in items:
                 if not item.future.done():
                     item.future.cancel()
+            if gathered.done() and not gathered.cancelled():
+                gathered.exception()  # retrieved: a request that went away is not an unhandled error
 
     def _on_done(self, item: _Item) -> None:
         if not item.popped:  # cancelled while still queued: it no longer counts
@@ -189,8 +194,18 @@ class Batcher:
         return None, due - now
 
     def _take(self, qkey: tuple[Hashable, int]) -> list[_Item]:
-        queue, batch = self._queues[qkey], []
-        while queue and len(batch) < self.max_batch_size:
+        """Up to max_batch_size texts of ``qkey``'s bucket, topped up from the next-shorter bucket."""
+        key, bucket = qkey
+        batch = self._drain(self._queues[qkey], self.max_batch_size)
+        shorter = self._queues.get((key, bucket // 2))
+        if shorter and len(batch) < self.max_batch_size:  # they pad to at most twice their bucket
+            batch += self._drain(shorter, self.max_batch_size - len(batch))
+        self.metrics.queue_depth.set(self._size)
+        return batch
+
+    def _drain(self, queue: deque[_Item], limit: int) -> list[_Item]:
+        batch: list[_Item] = []
+        while queue and len(batch) < limit:
             item = queue.popleft()
             if item.popped:
                 continue
@@ -198,7 +213,6 @@ class Batcher:
             self._size -= 1
             if not item.future.done():  # skip texts whose request already timed out or went away
                 batch.append(item)
-        self.metrics.queue_depth.set(self._size)
         return batch
 
     async def _run(self, executor: Executor, batch: list[_Item]) -> None:

@@ -60,14 +60,20 @@ def check_loopback_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
-def default_bodies(url: str, texts: list[str] | None = None, max_new_tokens: int = 8) -> list[dict[str, Any]]:
-    """One JSON body per text, shaped for the endpoint in ``url`` (short corpus sentences by default)."""
+def default_bodies(url: str, texts: list[str] | None = None, max_new_tokens: int = 8,
+                   encoding_format: str = "float") -> list[dict[str, Any]]:
+    """One JSON body per text, shaped for the endpoint in ``url`` (short corpus sentences by default).
+
+    ``encoding_format`` (embeddings only): ``float`` (JSON numbers) or ``base64`` (what OpenAI's SDK asks for).
+    """
     if texts is None:
         from autolite.data import load_texts
 
         texts = short_sentences(load_texts(None).texts)
     if url.rstrip("/").endswith("/v1/completions"):
         return [{"prompt": t, "max_tokens": max_new_tokens, "temperature": 0} for t in texts]
+    if url.rstrip("/").endswith("/v1/embeddings") and encoding_format != "float":
+        return [{"input": t, "encoding_format": encoding_format} for t in texts]
     return [{"input": t} for t in texts]
 
 

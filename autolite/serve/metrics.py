@@ -30,6 +30,8 @@ class ServeMetrics:
         self.tokens_per_second = Gauge("autolite_tokens_per_second",
                                        "Real tokens per second of the most recent forward.", registry=reg)
         self.rejected = Counter("autolite_rejected", "Texts rejected by the batcher.", ["reason"], registry=reg)
+        self.streams_cancelled = Counter("autolite_streams_cancelled", "Streamed completions that stopped "
+                                         "early (client went away, or an error).", registry=reg)
 
     def observe_batch(self, size: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
         """Record one forward of ``size`` texts."""

@@ -28,10 +28,11 @@ class ClassifyRequest(_Request):
 class CompletionRequest(_Request):
     prompt: Text | Texts = Field(..., description="One prompt or a non-empty list of prompts.")
     max_tokens: StrictInt = Field(16, ge=1, description="New tokens to generate per prompt.")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy decoding.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 (or below 0.001) = greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: StrictInt | None = Field(None, description="Seed for sampling (batched only with equal seeds).")
-    stream: Literal[False] = Field(False, description="Streaming is not supported.")
+    stream: bool = Field(False, description="true: answer with server-sent events (`data: {chunk}`), "
+                                            "`data: [DONE]` last.")
 
 
 class Usage(BaseModel):
@@ -112,3 +113,6 @@ ERROR_RESPONSES = {code: {"model": ErrorResponse, "description": text} for code,
     (503, "Shutting down"),
     (504, "Not answered within the per-request timeout"),
 )}
+COMPLETION_RESPONSES = {**ERROR_RESPONSES, 200: {
+    "description": "The completion; with `stream: true`, server-sent events of text_completion chunks",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}

@@ -1,21 +1,6 @@
 import json
-import sys
 
 import pytest
-
-from autolite import cli
-
-
-def run_cli(monkeypatch, capsys, *args):
-    """Run ``autolite ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["autolite", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, fragment):
@@ -25,23 +10,23 @@ def assert_one_line_error(code, err, fragment):
     assert fragment in text, text
 
 
-def test_help_lists_verbs(monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+def test_help_lists_verbs(run_cli):
+    code, out, _ = run_cli("--help")
     assert code == 0
     for verb in ("info", "compress", "eval", "bench"):
         assert verb in out
 
 
-def test_info_json(monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "info", "--json")
+def test_info_json(run_cli):
+    code, out, _ = run_cli("info", "--json")
     data = json.loads(out)
     assert code == 0 and data["logical_cores"] >= 1 and "avx512f" in data["isa"]
     assert data["choice"]["float_dtype"] in ("fp32", "bf16", "fp16")
 
 
-def test_bench_json_schema(monkeypatch, capsys, tmp_path):
+def test_bench_json_schema(tmp_path, run_cli):
     out_file = tmp_path / "bench.json"
-    code, out, err = run_cli(monkeypatch, capsys, "bench", "random:tiny-bert", "--recipe", "fp32", "--batch", "2",
+    code, out, err = run_cli("bench", "random:tiny-bert", "--recipe", "fp32", "--batch", "2",
                              "--seq", "16", "--runs", "5", "--warmup", "1", "--json", str(out_file))
     assert code == 0, err
     data = json.loads(out_file.read_text())
@@ -56,14 +41,14 @@ def test_bench_json_schema(monkeypatch, capsys, tmp_path):
     assert "cpu_model" in data["machine"]
 
 
-def test_compress_writes_model_and_report(monkeypatch, capsys, tmp_path):
+def test_compress_writes_model_and_report(tmp_path, run_cli):
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(monkeypatch, capsys, "compress", "random:tiny-llama", "--recipe", "fp32",
+    code, out, err = run_cli("compress", "random:tiny-llama", "--recipe", "fp32",
                              "--out", str(out_dir), "--runs", "5", "--batch", "2", "--seq", "16")
     assert code == 0, err
     assert (out_dir / "model.safetensors").is_file() and (out_dir / "report.md").is_file()
     assert "speed-up" in (out_dir / "report.md").read_text()
-    code, out, err = run_cli(monkeypatch, capsys, "eval", str(out_dir), "--max-texts", "4")
+    code, out, err = run_cli("eval", str(out_dir), "--max-texts", "4")
     assert code == 0, err
     assert "perplexity_rel_change" in out
 
@@ -74,53 +59,53 @@ def test_compress_writes_model_and_report(monkeypatch, capsys, tmp_path):
     (("bench", "random:tiny-bert", "--recipe", "nope"), "unknown recipe 'nope'"),
     (("bench", "random:tiny-bert", "--runs", "2"), "at least 5"),
 ])
-def test_bad_input_is_one_line(monkeypatch, capsys, args, fragment):
-    code, _, err = run_cli(monkeypatch, capsys, *args)
+def test_bad_input_is_one_line(args, fragment, run_cli):
+    code, _, err = run_cli(*args)
     assert_one_line_error(code, err, fragment)
 
 
-def test_bad_data_files_via_cli(monkeypatch, capsys, tmp_path):
+def test_bad_data_files_via_cli(tmp_path, run_cli):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    code, _, err = run_cli(monkeypatch, capsys, "eval", "random:tiny-bert", "--data", str(empty))
+    code, _, err = run_cli("eval", "random:tiny-bert", "--data", str(empty))
     assert_one_line_error(code, err, "holds no text")
     no_text = tmp_path / "x.csv"
     no_text.write_text("sentence\nhello\n")
     out_dir = tmp_path / "out"
-    code, _, err = run_cli(monkeypatch, capsys, "compress", "random:tiny-bert", "--data", str(no_text),
+    code, _, err = run_cli("compress", "random:tiny-bert", "--data", str(no_text),
                            "--out", str(out_dir))
     assert_one_line_error(code, err, "needs a 'text' column")
     assert not out_dir.exists()
 
 
-def test_corrupt_model_dir_via_cli(monkeypatch, capsys, tmp_path, load_model):
+def test_corrupt_model_dir_via_cli(tmp_path, load_model, run_cli):
     model, tok, _ = load_model("tiny-bert")
     model.save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    code, _, err = run_cli(monkeypatch, capsys, "eval", str(tmp_path))
+    code, _, err = run_cli("eval", str(tmp_path))
     assert_one_line_error(code, err, "corrupt or truncated")
 
 
-def test_existing_out_dir_is_not_touched(monkeypatch, capsys, tmp_path):
+def test_existing_out_dir_is_not_touched(tmp_path, run_cli):
     (tmp_path / "keep.txt").write_text("mine")
-    code, _, err = run_cli(monkeypatch, capsys, "compress", "random:tiny-bert", "--out", str(tmp_path))
+    code, _, err = run_cli("compress", "random:tiny-bert", "--out", str(tmp_path))
     assert_one_line_error(code, err, "already exists")
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-def test_cuda_request_without_gpu_is_clear(monkeypatch, capsys):
+def test_cuda_request_without_gpu_is_clear(run_cli):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    code, _, err = run_cli(monkeypatch, capsys, "bench", "random:tiny-bert", "--device", "cuda")
+    code, _, err = run_cli("bench", "random:tiny-bert", "--device", "cuda")
     assert_one_line_error(code, err, "no CUDA GPU")
 
 
-def test_bench_roofline_reports_layer_kinds(monkeypatch, capsys, tmp_path):
+def test_bench_roofline_reports_layer_kinds(tmp_path, run_cli):
     out_file = tmp_path / "bench.json"
-    code, out, err = run_cli(monkeypatch, capsys, "bench", "random:tiny-bert", "--recipe", "fp32", "--batch", "2",
+    code, out, err = run_cli("bench", "random:tiny-bert", "--recipe", "fp32", "--batch", "2",
                              "--seq", "16", "--runs", "5", "--warmup", "1", "--roofline", "--json", str(out_file))
     assert code == 0, err
     roofline = json.loads(out_file.read_text())["roofline"]

@@ -45,3 +45,15 @@ def test_sensitivity_verb_writes_table_heatmap_and_plan(tmp_path):
     assert "mixed_precision" in (out / "mixed.yaml").read_text()
     model, _, _ = autolite.load(str(out / "model"))
     assert model.config.autolite["recipe"]["passes"][0]["pass"] == "mixed_precision"
+
+
+def test_sensitivity_verb_impossible_budget_is_one_clear_error(tmp_path):
+    from autolite.errors import RecipeError
+
+    _register_verbs()
+    result = CliRunner().invoke(app, ["sensitivity", "random:tiny-bert", "--texts", "2", "--max-length", "12",
+                                      "--bits", "8,4", "--no-gradient", "--budget", "2.0", "--out",
+                                      str(tmp_path / "s")])
+    assert isinstance(result.exception, RecipeError)
+    assert "cannot be met" in str(result.exception) and "raise the budget" in str(result.exception)
+    assert not (tmp_path / "s").exists()  # nothing half-written

@@ -25,15 +25,19 @@ def test_bert_base_recipe_removes_40_percent_of_encoder_parameters():
 
 
 @pytest.mark.slow
-def test_minilm_30_40_with_recovery_keeps_embeddings():
-    """Measured 0.84 after 80 steps (0.70 without recovery); the issue's 0.95 needs a longer recovery."""
+def test_minilm_30_40_with_refit_and_recovery_keeps_embeddings():
+    """Measured (shared CPU): plain cut 0.70; least-squares refit 0.85-0.88; + 8 recovery steps 0.848 (scores on
+    16 texts, refit on 48). The issue's 0.95 is not reached here (see docs/BENCHMARKS.md, pruning section)."""
+    import torch
+
     from autolite.prune import PruneFFN, PruneHeads
 
+    torch.manual_seed(0)
     model, tok, family = autolite.load("minilm")
     calib, held = load_texts(None, "calib"), load_texts(None, "heldout")
     ctx = PassContext(family=family, tokenizer=tok, calib=calib.texts)
     ctx.teacher = model
     recipe = [PruneHeads(ratio=0.3, importance="taylor"),
-              PruneFFN(ratio=0.4, importance="taylor", recover_steps=80, recover_lr=3e-4)]
+              PruneFFN(ratio=0.4, importance="taylor", recover_steps=8, recover_lr=5e-5)]
     small = autolite.compress(copy.deepcopy(model), recipe, tokenizer=tok, family=family, ctx=ctx)
-    assert autolite.evaluate(small, tok, reference=model, data=held, family=family)["cosine"] >= 0.8
+    assert autolite.evaluate(small, tok, reference=model, data=held, family=family)["cosine"] >= 0.82

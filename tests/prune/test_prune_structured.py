@@ -11,13 +11,14 @@ from autolite.eval.forward import model_inputs, tokenize
 from autolite.passes import PassContext
 from autolite.prune import PruneFFN, PruneHeads
 from autolite.prune.structure import head_groups, neuron_groups
+from autolite.prune.remote import CODE_FILE
 from autolite.prune.surgery import config_expresses
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "It was the best of times.", "Call me Ishmael.",
          "Alice was beginning to get very tired of sitting by her sister on the bank."]
 ALL = ["tiny-bert", "tiny-roberta", "tiny-distilbert", "tiny-t5", "tiny-gpt2", "tiny-llama", "tiny-qwen2",
        "tiny-mistral"]
-PLAIN_HEADS = {"tiny-t5", "tiny-llama", "tiny-qwen2", "tiny-mistral"}  # config can say fewer heads
+PLAIN_HEADS = {"tiny-t5", "tiny-llama", "tiny-qwen2", "tiny-mistral"}  # config.json alone says fewer heads
 
 
 def _logits(model, family, tok):
@@ -49,9 +50,14 @@ def test_heads_and_ffn_shrink_and_reload(name, load_model, tmp_path):
     again, _, _ = autolite.load(str(tmp_path / "m"))
     torch.testing.assert_close(_logits(again, family, tok), expected, atol=1e-5, rtol=1e-4)
     assert config_expresses(family, small) == (name in PLAIN_HEADS)
-    if name in PLAIN_HEADS:
-        plain = getattr(transformers, type(small).__name__).from_pretrained(str(tmp_path / "m")).eval()
-        torch.testing.assert_close(_logits(plain, family, tok), expected, atol=1e-5, rtol=1e-4)
+    # plain transformers: from config.json alone where it can say the sizes, else through the saved modeling file
+    remote = name not in PLAIN_HEADS
+    assert (tmp_path / "m" / CODE_FILE).exists() == remote
+    auto = transformers.AutoModelForSequenceClassification if family.kind == "encoder" else \
+        transformers.AutoModelForSeq2SeqLM if family.kind == "seq2seq" else transformers.AutoModelForCausalLM
+    plain = auto.from_pretrained(str(tmp_path / "m"), trust_remote_code=remote).eval()
+    assert isinstance(plain, getattr(transformers, type(small).__name__))
+    torch.testing.assert_close(_logits(plain, family, tok), expected, atol=1e-5, rtol=1e-5)
     assert any("prune-heads: removed" in note for note in ctx.notes)
 
 
@@ -116,3 +122,19 @@ def test_impossible_cuts_are_recipe_errors(name, config, message, load_model):
     model, tok, family = load_model(name)
     with pytest.raises(RecipeError, match=message):
         autolite.compress(model, [config], tokenizer=tok, family=family, calib=TEXTS)
+
+
+@pytest.mark.parametrize("config", [PruneHeads(ratio=0.5), PruneFFN(ratio=0.5)])
+def test_family_without_a_head_map_is_a_clear_error(config, tokenizer):
+    from autolite.errors import UnsupportedArchitectureError
+
+    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=30522))
+    with pytest.raises(UnsupportedArchitectureError, match="gpt_neox' is not supported; supported families: bert"):
+        autolite.compress(model, [config], tokenizer=tokenizer, calib=TEXTS)
+
+
+def test_prune_ffn_ratio_outside_range_is_a_recipe_error():
+    for ratio in (1.0, 1.5, -0.2):
+        with pytest.raises(RecipeError, match=r"prune-ffn: ratio must be in \[0, 1\)"):
+            PruneFFN(ratio=ratio)

@@ -46,7 +46,10 @@ def test_fast_dense_measures_caches_and_reloads(load_model, cache_dir, tmp_path,
     with torch.no_grad():
         assert torch.equal(before, loaded(**batch).logits)
     quantized = any(isinstance(m, DynamicInt8Linear) for m in loaded.modules())
-    assert quantized == (decision["chosen"] == "int8-dynamic")
+    # The int8 pass may keep every layer of a tiny model FP32 when its kernels measure slower; the reload
+    # must rebuild exactly the layers the chosen model quantized.
+    assert quantized == any(isinstance(m, DynamicInt8Linear) for m in chosen_model.modules())
+    assert not quantized or decision["chosen"] == "int8-dynamic"
 
 
 def test_fast_dense_rejects_unknown_candidate():

@@ -65,9 +65,13 @@ def test_llama_mixed_recipe_file_applies(load_model):
     from autolite.config import load_recipe
 
     recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "llama-mixed-4.5.yaml")
-    assert recipe.passes[0].avg_bits == 4.5 and recipe.passes[0].estimator == "fisher"
+    assert recipe.passes[0].avg_bits == 4.5 and recipe.passes[0].estimator == "output"
     model, tok, family = load_model("tiny-llama")
+    from autolite.quant.mixed import unit_bits_table
+
     numel = {n: m.weight.numel() for n, m in transformer_linears(model, family).items()}
+    bpw = unit_bits_table(model, {n: [n] for n in numel}, recipe.passes[0].candidates, 64)
     small = autolite.compress(model, recipe, calib=TEXTS, tokenizer=tok, family=family)
     plan = small.config.autolite["recipe"]["passes"][0]["bits"]
-    assert set(plan) == set(numel) and average_bits(plan, numel, 64) <= 4.5
+    assert set(plan) == set(numel) and average_bits(plan, numel, 64, bpw) <= 4.5
+    assert set(plan.values()) <= {"w8", "w4g32", "w4g64", "w4g128"}

@@ -48,6 +48,34 @@ async def client_for(engine: Engine, **config):
             yield client
 
 
+@contextlib.contextmanager
+def live_server(app):
+    """Run ``app`` under uvicorn in a thread on a free loopback port; yields its base URL."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -58,11 +86,12 @@ def metric(app, name: str, labels: dict | None = None) -> float | None:
 
 @pytest.fixture(scope="session")
 def srv(load_model):
-    """Helpers: ``srv.engine(preset, delay=..)``, ``srv.client(engine, **config)``, ``srv.run``, ``srv.metric``."""
+    """Helpers: ``srv.engine(preset, delay=..)``, ``srv.client(engine, **config)``, ``srv.live(app)``, ``srv.run``,
+    ``srv.metric``."""
     import types
 
     return types.SimpleNamespace(engine=lambda preset="tiny-bert", delay=0.0, **kw: make_engine(
-        load_model, preset, delay, **kw), client=client_for, run=run, metric=metric)
+        load_model, preset, delay, **kw), client=client_for, live=live_server, run=run, metric=metric)
 
 
 SLOW_SERVER = textwrap.dedent("""

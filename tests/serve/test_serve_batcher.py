@@ -141,3 +141,17 @@ def test_stop_finishes_queued_work_then_refuses_new_work():
         return await asyncio.gather(*tasks)
 
     assert run(body()) == [[f"embed:{i}"] for i in range(5)]
+
+
+def test_a_batch_with_room_takes_texts_from_the_next_shorter_bucket_only():
+    fwd = FakeForward()
+    batcher = Batcher(fwd, max_batch_size=32, max_wait_ms=30)
+
+    async def body():
+        mid = [batcher.submit("embed", [f"m{i}"], [20]) for i in range(3)]  # bucket 32, oldest
+        short = [batcher.submit("embed", [f"s{i}"], [10]) for i in range(3)]  # bucket 16: tops it up
+        long = [batcher.submit("embed", [f"l{i}"], [100]) for i in range(2)]  # bucket 128: never mixed in
+        return await asyncio.gather(*mid, *short, *long)
+
+    run(_with(batcher, body))
+    assert sorted(sorted(p) for _, p in fwd.batches) == [["l0", "l1"], ["m0", "m1", "m2", "s0", "s1", "s2"]]

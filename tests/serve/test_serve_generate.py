@@ -39,7 +39,7 @@ def test_generation_limits_and_sampling(srv):
     async def go():
         async with srv.client(srv.engine("tiny-llama"), max_new_tokens=8) as client:
             too_many = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 9})
-            stream = await client.post("/v1/completions", json={"prompt": "x", "stream": True})
+            stream = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4, "stream": [1]})
             hot = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4, "temperature": 3})
             seeded = [await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 8,
                                                                   "temperature": 1.0, "seed": 7}) for _ in range(2)]

@@ -1,0 +1,78 @@
+"""``autolite qat``: short quantization-aware training distilled from the FP32 model, saved as real INT4/INT8."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import typer
+
+from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
+
+
+def qat(model: str = MODEL_ARG,
+        fmt: str = typer.Option("w4g64", "--format", "-f", help="w4g32 | w4g64 | w4g128 | w4g256 | w8"),
+        data: Path = DATA_OPT,
+        minutes: float = typer.Option(None, "--minutes", help="Training time budget (minutes)."),
+        steps: int = typer.Option(None, "--steps", help="Training step budget."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Texts per training step."),
+        lr: float = typer.Option(2e-5, "--lr", help="Peak learning rate (AdamW) of weights and scales."),
+        mode: str = typer.Option("lsq", "--mode", help="lsq (learned scales) | ema | minmax"),
+        max_length: int = typer.Option(128, "--max-length", help="Tokens per training text."),
+        seed: int = typer.Option(0, "--seed"),
+        eval_every: int = typer.Option(25, "--eval-every", help="Evaluate on held-out texts every N steps."),
+        force: bool = typer.Option(False, "--force", help="Replace --out if it exists.")) -> None:
+    """Quantization-aware training of MODEL's linears to --format, distilled from MODEL itself (FP32)."""
+    import autolite
+    from autolite.cli import console
+    from autolite.cli.distill import _data
+    from autolite.distill import TrainConfig
+    from autolite.errors import RecipeError
+    from autolite.quant.mixed import engine_format, parse_format
+    from autolite.quant.qat import convert_qat, run_qat
+
+    if out.exists() and not force:
+        raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    bits, group = parse_format(fmt, 64)
+    if engine_format(fmt, 64, 1024) is None:
+        raise RecipeError(f"--format {fmt} has no packed engine module; use w4g32/w4g64/w4g128/w4g256/w8")
+    budget = {} if minutes is not None or steps is not None else {"minutes": 5.0}
+    config = TrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, max_length=max_length,
+                         seed=seed, eval_every=eval_every, checkpoint_every=eval_every, warmup_steps=5,
+                         alpha=1.0, temperature=1.0, augment=0.0, **budget)
+    train, heldout = _data(data)
+    with progress_bar(f"loading {model}"):
+        base, tokenizer, family = autolite.load(model)
+    ckpt = out.with_name(out.name + ".checkpoint")
+    from autolite.cli.distill import _train_progress
+
+    with _train_progress(config) as progress:
+        result = run_qat(base, tokenizer, family, bits, train, config, heldout=heldout, group_size=group,
+                         mode=mode, checkpoint_dir=ckpt, progress=progress, init="search")
+    key = "cosine" if family.kind == "encoder" else "perplexity"
+    evals = [r["eval"] for r in result.history if r.get("eval", {}).get(key) is not None]
+    summary = {"model": model, "format": fmt, "mode": mode, "steps": result.step, "elapsed_s": result.elapsed_s,
+               "stopped": result.stopped, key + "_start": evals[0][key] if evals else None,
+               key + "_end": evals[-1][key] if evals else None, "fp32_" + key: (evals[0].get("perplexity_ref")
+                                                                              if key == "perplexity" else 1.0)}
+    real = convert_qat(result.student.eval())
+    _save(real, tokenizer, out, summary, result.history, force)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in summary.items()]
+    console.print(rows_table(f"{model}: QAT to {fmt}", ("metric", "value"), rows))
+    console.print(f"saved to {out}/ (packed weight-only modules; reloads with autolite.load)")
+
+
+def _save(model, tokenizer, out: Path, summary, history, force: bool) -> None:
+    from autolite.export.hf import write_model_files
+    from autolite.io import atomic_dir
+
+    with atomic_dir(out, overwrite=force) as tmp:
+        write_model_files(model, tokenizer, tmp)
+        (tmp / "qat.json").write_text(json.dumps({"summary": summary, "history": history}, indent=1, default=str),
+                                      encoding="utf-8")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(qat)
