@@ -20,6 +20,7 @@ import time
 import torch
 
 import autolite
+from autolite.eval.bench import model_size
 from autolite.data import load_texts
 from autolite.quant.mixed import (ENGINE_FORMATS, MixedPrecision, allocate_bits, average_bits, expand_units,
                                   unit_bits_table)
@@ -27,13 +28,8 @@ from autolite.quant.sensitivity import analyze
 
 
 def state_mib(model: torch.nn.Module) -> float:
-    """Bytes of the saved state dict (unique tensors), MiB."""
-    seen, total = set(), 0
-    for tensor in model.state_dict().values():
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total / 2**20
+    """MiB of the saved state dict (unique storages)."""
+    return model_size(model)[0]
 
 
 def score(model, reference, tok, family, heldout) -> dict:

@@ -19,6 +19,7 @@ import time
 import torch
 
 import autolite
+from autolite.eval.bench import model_size
 from autolite.data import load_texts
 from autolite.distill import TrainConfig
 from autolite.quant.mixed import MixedPrecision, format_bits, parse_format
@@ -26,12 +27,8 @@ from autolite.quant.qat import convert_qat, run_qat
 
 
 def state_mib(model: torch.nn.Module) -> float:
-    seen, total = set(), 0
-    for tensor in model.state_dict().values():
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total / 2**20
+    """MiB of the saved state dict (unique storages)."""
+    return model_size(model)[0]
 
 
 def score(model, reference, tok, family, heldout) -> dict:

@@ -12,15 +12,6 @@ from autolite.errors import BackendUnavailableError
 from autolite.runtime.ort import OnnxRuntime, is_onnxruntime
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """One cache per module: tests reuse each other's built ONNX graphs (keyed by weights + options)."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AUTOLITE_CACHE", str(path))
-        yield path
-
-
 def _padded(tok, texts):
     return tok(texts, return_tensors="pt", padding=True)
 

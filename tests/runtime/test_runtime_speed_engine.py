@@ -15,15 +15,6 @@ from autolite.runtime.fast_dense import FastDense
 from autolite.runtime.ort import is_onnxruntime
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """One cache per module: tests reuse each other's built ONNX graphs (keyed by weights + options)."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AUTOLITE_CACHE", str(path))
-        yield path
-
-
 def _fake_compare(speedups):
     """A stand-in for eval.compare.compare: fixed speedups, real fidelity of the candidate."""
     def compare(baseline, candidate, tokenizer, family, **kwargs):
