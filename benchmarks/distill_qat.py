@@ -16,25 +16,12 @@ import copy
 import json
 import time
 
-import torch
-
 import autolite
-from autolite.eval.bench import model_size
 from autolite.data import load_texts
 from autolite.distill import TrainConfig
 from autolite.quant.mixed import MixedPrecision, format_bits, parse_format
 from autolite.quant.qat import convert_qat, run_qat
-
-
-def state_mib(model: torch.nn.Module) -> float:
-    """MiB of the saved state dict (unique storages)."""
-    return model_size(model)[0]
-
-
-def score(model, reference, tok, family, heldout) -> dict:
-    ref = reference if family.kind == "encoder" else None
-    result = autolite.evaluate(model, tok, reference=ref, data=heldout, family=family, max_length=128)
-    return {k: result[k] for k in ("cosine", "perplexity") if k in result}
+from distill_mixed_quant import score, state_mib  # sibling script: same size and fidelity measures
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -151,3 +151,14 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     reference, approx = reference.detach().float(), approx.detach().float()
     noise = (reference - approx).pow(2).mean().clamp(min=1e-30)
     return float(10 * torch.log10(reference.pow(2).mean() / noise))
+
+
+def from_float_linear(cls: type, module: nn.Module, quantize: Callable, *args: Any) -> nn.Module:
+    """Build ``cls(in, out, has_bias, *args)`` from a float linear/Conv1D, its weight quantized per row by
+    ``quantize(weight) -> (weight_int8, weight_scale)`` (the INT8 layers' shared ``from_float``)."""
+    weight, bias = linear_weight(module), linear_bias(module)
+    layer = cls(weight.shape[1], weight.shape[0], bias is not None, *args)
+    layer.weight_int8, layer.weight_scale = quantize(weight)
+    if bias is not None:
+        layer.bias = bias
+    return layer

@@ -67,12 +67,7 @@ class DynamicInt8Linear(nn.Module):
 
     @classmethod
     def from_float(cls, module: nn.Module, kernel: str) -> "DynamicInt8Linear":
-        weight, bias = common.linear_weight(module), common.linear_bias(module)
-        layer = cls(weight.shape[1], weight.shape[0], bias is not None, kernel)
-        layer.weight_int8, layer.weight_scale = quantize_per_channel(weight)
-        if bias is not None:
-            layer.bias = bias
-        return layer
+        return common.from_float_linear(cls, module, quantize_per_channel, kernel)
 
     @property
     def kernel_name(self) -> str:

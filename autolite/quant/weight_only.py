@@ -106,12 +106,7 @@ class WeightOnlyInt8Linear(nn.Module):
 
     @classmethod
     def from_float(cls, module: nn.Module, kernel_max_rows: int) -> "WeightOnlyInt8Linear":
-        weight, bias = common.linear_weight(module), common.linear_bias(module)
-        layer = cls(weight.shape[1], weight.shape[0], bias is not None, kernel_max_rows)
-        layer.weight_int8, layer.weight_scale = quantize_rows(weight)
-        if bias is not None:
-            layer.bias = bias
-        return layer
+        return common.from_float_linear(cls, module, quantize_rows, kernel_max_rows)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
