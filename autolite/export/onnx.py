@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,7 +29,7 @@ from autolite.io import atomic_dir
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
-_OPTIMIZER_TYPES = {"bert": "bert", "distilbert": "bert", "gpt2": "gpt2", "t5": "t5"}
+OPTIMIZER_TYPES = {"bert": "bert", "roberta": "bert", "distilbert": "bert", "gpt2": "gpt2", "t5": "t5"}
 _INT8_COSINE_SLACK = 0.001  # issue 7: INT8 exports keep cosine >= the in-memory INT8 model's - 0.001
 
 
@@ -69,13 +70,12 @@ def export_onnx(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, 
     result = ExportResult(path=out_dir, format="onnx", precision=precision)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         path = tmp / "model.onnx"
-        with _eager_attention(model, enabled=optimize and family.kind == "encoder"):
+        with eager_attention(model, enabled=optimize and family.kind == "encoder"):
             names = _export_graph(model, tokenizer, family, path, opset)
         if optimize:
-            result.notes.append(_optimize(path, model.config, family))
+            result.notes.append(optimize_graph(path, model.config, family))
         if precision == "int8":
-            _quantize_int8(path)
-            result.notes.append("int8: ONNX Runtime quantize_dynamic (MatMul -> MatMulInteger, int8 weights)")
+            result.notes.append(quantize_graph(path) + " (MatMul -> MatMulInteger, int8 weights)")
         model.config.to_json_file(str(tmp / "config.json"))
         tokenizer.save_pretrained(str(tmp))
         if validate:
@@ -104,7 +104,14 @@ def _sample(tokenizer: Any, family: Any) -> dict[str, torch.Tensor]:
 
 def _export_graph(model: torch.nn.Module, tokenizer: Any, family: Any, path: Path, opset: int) -> list[str]:
     """Trace the model to ``path`` with dynamic batch/sequence axes; returns the output names."""
-    sample = _sample(tokenizer, family)
+    return trace_graph(model, family, _sample(tokenizer, family), path, opset)
+
+
+def trace_graph(model: torch.nn.Module, family: Any, sample: dict[str, torch.Tensor], path: Path,
+                opset: int = OPSET) -> list[str]:
+    """TorchScript-export ``model`` on ``sample`` (dynamic batch/sequence axes); returns the output names.
+
+    Raises :class:`UnsupportedExportError` with the exporter's first line when tracing fails."""
     names = list(torch_outputs(model, family, sample))
     inputs = list(sample)
     axes = {name: {0: "batch", 1: "sequence"} for name in inputs + names}
@@ -125,7 +132,7 @@ def _export_graph(model: torch.nn.Module, tokenizer: Any, family: Any, path: Pat
 
 
 @contextlib.contextmanager
-def _eager_attention(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+def eager_attention(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """Trace with eager attention: ORT's fusion patterns match its MatMul-Softmax graph, not SDPA's."""
     before = getattr(model.config, "_attn_implementation", None)
     if not enabled or before in (None, "eager") or not hasattr(model, "set_attn_implementation"):
@@ -138,11 +145,11 @@ def _eager_attention(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
         model.set_attn_implementation(before)
 
 
-def _optimize(path: Path, config: Any, family: Any) -> str:
+def optimize_graph(path: Path, config: Any, family: Any) -> str:
     """ONNX Runtime's transformer optimizer in place; returns which fused operators it produced."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model_type = _OPTIMIZER_TYPES.get(family.name)
+    model_type = OPTIMIZER_TYPES.get(family.name)
     if model_type is None:
         return f"optimize: ONNX Runtime has no transformer optimizer for {family.name}; graph left as exported"
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
@@ -156,22 +163,25 @@ def _optimize(path: Path, config: Any, family: Any) -> str:
     return f"optimize ({model_type}): fused {fused or 'nothing'}"
 
 
-def _quantize_int8(path: Path) -> None:
+def quantize_graph(path: Path, per_channel: bool = False, ops: tuple[str, ...] = ("MatMul",)) -> str:
+    """ONNX Runtime ``quantize_dynamic`` of ``ops`` in place (INT8 weights, uint8 activations at run time)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32 = path.with_name("model.fp32.onnx")
-    path.rename(fp32)
+    source = path.with_name("model.fp32.onnx")
+    os.replace(path, source)
     logging.disable(logging.WARNING)  # the quantizer logs a pre-processing hint on the root logger
     try:
-        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         op_types_to_quantize=list(ops),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops lack types
     except Exception as exc:
         raise UnsupportedExportError(f"ONNX Runtime could not quantize this graph to int8: "
                                      f"{str(exc).splitlines()[0]}") from exc
     finally:
         logging.disable(logging.NOTSET)
-    fp32.unlink()
+        source.unlink(missing_ok=True)
+    return f"quantize_dynamic int8 ({'per-channel' if per_channel else 'per-tensor'}) of {list(ops)}"
 
 
 def session(path: str | Path):

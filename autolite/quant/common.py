@@ -19,6 +19,13 @@ from autolite.errors import RecipeError
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls")
 
 
+class QuantizedLinearBase(nn.Module):
+    """Base of the quantized linears. ``weight`` is None: no float weight is stored, and transformers code
+    that probes ``.weight.dtype`` before a cast (T5's feed-forward ``wo``) then skips the cast."""
+
+    weight = None
+
+
 def is_conv1d(module: nn.Module) -> bool:
     """True for the transformers ``Conv1D`` (GPT-2 family) linear."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")

@@ -95,6 +95,13 @@ def _names(model: nn.Module) -> dict[int, str]:
     return {id(m): n for n, m in model.named_modules()}
 
 
+def _shared_by_several(model: nn.Module, emb: nn.Embedding) -> bool:
+    """True when other embedding modules hold the same weight (T5: ``shared`` = encoder/decoder tokens)."""
+    ptr = emb.weight.data_ptr()
+    return any(isinstance(m, nn.Embedding) and m is not emb and m.weight.data_ptr() == ptr
+               for m in model.modules())
+
+
 def quantize_embeddings(model: nn.Module, kernel_max_rows: int) -> dict[str, str]:
     """Store the input embedding (and the output head when it is an embedding-shaped linear) as INT8 rows.
 
@@ -104,8 +111,8 @@ def quantize_embeddings(model: nn.Module, kernel_max_rows: int) -> dict[str, str
     from autolite.quant.weight_only import WeightOnlyInt8Linear
 
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if not isinstance(emb, nn.Embedding):
-        return {}
+    if not isinstance(emb, nn.Embedding) or _shared_by_several(model, emb):
+        return {}  # e.g. T5's `shared` (encoder and decoder embed_tokens): stays float
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = _names(model)
     record = {names[id(emb)]: "embedding"}

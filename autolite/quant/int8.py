@@ -53,7 +53,7 @@ def _reduce_range(kernel: str) -> bool:
     return kernel != "onednn" and not vnni
 
 
-class DynamicInt8Linear(nn.Module):
+class DynamicInt8Linear(common.QuantizedLinearBase):
     """A linear layer with INT8 weights whose forward runs an INT8 kernel (see module docstring)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel: str = "onednn") -> None:

@@ -25,7 +25,7 @@ from autolite.quant.int8 import quantize_per_channel
 log = logging.getLogger(__name__)
 
 
-class StaticInt8Linear(nn.Module):
+class StaticInt8Linear(common.QuantizedLinearBase):
     """INT8 weights and a calibrated activation scale; ``torch._int_mm`` forward."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False) -> None:

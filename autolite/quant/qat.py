@@ -208,7 +208,7 @@ def transformer_linears(model: nn.Module, family) -> dict[str, nn.Module]:
         modules = [getattr(b, k) for b in blocks for k in ("q", "k", "v", "qkv", "o")]
         modules += [getattr(view.ffn, k) for k in ("gate_up", "gate", "up", "down")]
         for module in modules:
-            if module is not None and hasattr(module, "weight") and id(module) in names:
+            if module is not None and getattr(module, "weight", None) is not None and id(module) in names:
                 found[names[id(module)]] = module
     return found
 

@@ -94,7 +94,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
 
 
-class WeightOnlyInt8Linear(nn.Module):
+class WeightOnlyInt8Linear(common.QuantizedLinearBase):
     """INT8 per-channel weights; ``aten._weight_int8pack_mm`` for small calls, INT8-weight GEMM above."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel_max_rows: int = 8) -> None:
@@ -122,7 +122,7 @@ class WeightOnlyInt8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, bits=8, kernel_max_rows={self.kernel_max_rows}"
 
 
-class WeightOnlyInt4Linear(nn.Module):
+class WeightOnlyInt4Linear(common.QuantizedLinearBase):
     """Packed INT4 group-wise weights; ``aten._weight_int4pack_mm_for_cpu`` for small calls."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group: int = 64,
@@ -329,6 +329,9 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: PassContext) ->
     method = f", {config.method}" if config.bits == 4 else ""
     ctx.note(f"weight-only: {len(config.layers)} linear layers stored as INT{config.bits}{method} "
              f"(aten.{kernel} for <= {config.kernel_max_rows} tokens per call, dequantized GEMM above)")
+    if config.embedding and not config.embedding_layers:
+        ctx.note("weight-only: embedding kept float (not a single nn.Embedding: absent, or shared by several "
+                 "modules such as T5's encoder and decoder)")
     if config.embedding_layers:
         ctx.note(f"weight-only: INT8 per-row {', '.join(f'{n} ({k})' for n, k in config.embedding_layers.items())}"
                  " (lookup gathers INT8 rows; head runs aten._weight_int8pack_mm at decode)")

@@ -24,7 +24,6 @@ import logging
 import os
 import tempfile
 import types
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ from autolite.errors import BackendUnavailableError, RecipeError
 from autolite.passes import PassContext, register_pass
 
 log = logging.getLogger(__name__)
-OPTIMIZER_TYPES = {"bert": "bert", "roberta": "bert", "distilbert": "bert"}
 _QUANT_OPS = ("MatMul", "Attention")
 
 
@@ -99,6 +97,7 @@ def graph_key(model: torch.nn.Module, config: OnnxRuntime) -> str:
 
 def build_graph(model: torch.nn.Module, family: Any, config: OnnxRuntime) -> tuple[Path, str]:
     """The ONNX file for ``model`` under ``config`` (cached); returns (path, how it was obtained)."""
+    from autolite.export.onnx import optimize_graph
     from autolite.loading import cache_root
 
     path = cache_root() / "onnxruntime" / f"{graph_key(model, config)}.onnx"
@@ -110,7 +109,7 @@ def build_graph(model: torch.nn.Module, family: Any, config: OnnxRuntime) -> tup
         names = _export(model, family, work)
         how = [f"exported outputs {names}"]
         if config.optimize:
-            how.append(_optimize(work, model.config, family))
+            how.append(optimize_graph(work, model.config, family))
         if config.precision == "int8":
             how.append(_quantize(work, config))
         os.replace(work, path)
@@ -125,61 +124,25 @@ def _sample(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _export(model: torch.nn.Module, family: Any, path: Path) -> list[str]:
     """TorchScript export with eager attention (ORT's fusion patterns match its MatMul-Softmax graph)."""
-    from autolite.export.onnx import OPSET, _eager_attention, _Wrapper
-    from autolite.export.validate import torch_outputs
+    from autolite.export.common import UnsupportedExportError
+    from autolite.export.onnx import eager_attention, trace_graph
 
-    sample = _sample(model)
-    was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _eager_attention(model, enabled=True), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            names = list(torch_outputs(model, family, sample))
-            axes = {name: {0: "batch", 1: "sequence"} for name in [*sample, *names]}
-            torch.onnx.export(_Wrapper(model, family, names).eval(), tuple(sample.values()), str(path),
-                              input_names=list(sample), output_names=names, dynamic_axes=axes,
-                              opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    except Exception as exc:
-        raise BackendUnavailableError(f"this {family.name} model could not be exported to ONNX: "
-                                      f"{str(exc).splitlines()[0]}") from exc
-    finally:
-        model.train(was_training)
-    return names
-
-
-def _optimize(path: Path, config: Any, family: Any) -> str:
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    model_type = OPTIMIZER_TYPES.get(family.name)
-    if model_type is None:
-        return f"no ONNX Runtime transformer optimizer for {family.name}: graph unfused"
-    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0) or 0)
-    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "dim", 0) or 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optimized = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden)
-    optimized.save_model_to_file(str(path))
-    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
-    return f"fused {fused or 'nothing'}"
+        with eager_attention(model, enabled=True):
+            return trace_graph(model, family, _sample(model), path)
+    except UnsupportedExportError as exc:
+        raise BackendUnavailableError(f"this {family.name} model could not be exported to ONNX: {exc}") from exc
 
 
 def _quantize(path: Path, config: OnnxRuntime) -> str:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from autolite.export.common import UnsupportedExportError
+    from autolite.export.onnx import quantize_graph
 
-    source = path.with_name("model.fp32.onnx")
-    os.replace(path, source)
-    ops = list(_QUANT_OPS if config.quantize_attention else _QUANT_OPS[:1])
-    logging.disable(logging.WARNING)  # the quantizer logs a pre-processing hint on the root logger
     try:
-        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, per_channel=config.per_channel,
-                         op_types_to_quantize=ops, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    except Exception as exc:
-        reason = str(exc).splitlines()[0]
-        raise BackendUnavailableError(f"ONNX Runtime could not quantize this graph: {reason}") from exc
-    finally:
-        logging.disable(logging.NOTSET)
-    return f"quantize_dynamic int8 ({'per-channel' if config.per_channel else 'per-tensor'}) of {ops}"
+        return quantize_graph(path, config.per_channel, _QUANT_OPS if config.quantize_attention else _QUANT_OPS[:1])
+    except UnsupportedExportError as exc:
+        raise BackendUnavailableError(str(exc)) from exc
 
 
 def make_session(path: Path, threads: int | None = None):
