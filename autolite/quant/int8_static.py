@@ -74,7 +74,8 @@ class Int8Static(PassConfig):
     ``observer``: minmax | percentile | mse, or auto (per layer, the one with the best output SQNR on
     calibration rows); ``percentile`` for the percentile observer; ``smoothquant``: the migration strength
     alpha in [0, 1] (None = off); ``min_sqnr``: layers whose output SQNR (dB) stays below it are kept FP32;
-    ``max_texts``: calibration texts used.
+    ``max_texts``: calibration texts used; ``fallback``: keep a layer shape FP32 when the INT8 layer is
+    slower than the FP32 linear at ``rows`` tokens (measured once per shape, said in the notes).
     """
 
     name = "int8-static"
@@ -84,10 +85,14 @@ class Int8Static(PassConfig):
     min_sqnr: float | None = None
     max_texts: int = 64
     include_head: bool = False
+    fallback: bool = True
+    rows: int = 256
     skip: list[str] = dataclasses.field(default_factory=list)
     layers: list[str] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.rows, int) or self.rows < 1:
+            raise RecipeError(f"int8-static rows must be a positive integer, got {self.rows!r}")
         if self.observer not in (*OBSERVERS, "auto"):
             raise RecipeError(f"int8-static observer must be 'auto' or one of {OBSERVERS}, got '{self.observer}'")
         if not 50.0 <= float(self.percentile) <= 100.0:
@@ -123,6 +128,26 @@ def _quantize_layer(module: nn.Module, stats: ActivationStats, config: Int8Stati
     return best
 
 
+def _faster_than_fp32(targets: dict[str, nn.Module], rows: int, ctx: PassContext) -> dict[str, nn.Module]:
+    """The targets whose shape runs faster as a static INT8 layer than as FP32 at ``rows`` tokens."""
+    verdict: dict[tuple, bool] = {}
+    for module in targets.values():
+        shape = (*common.linear_shape(module), getattr(module, "bias", None) is not None)
+        if shape in verdict:
+            continue
+        x = torch.randn(rows, shape[0])
+        weight, bias = common.linear_weight(module), common.linear_bias(module)
+        layer = StaticInt8Linear.from_float(module, clip=float(x.abs().max()))
+        fp32_ms = common.time_ms(lambda: torch.nn.functional.linear(x, weight, bias))
+        int8_ms = common.time_ms(lambda: layer(x))
+        verdict[shape] = int8_ms < fp32_ms
+        if not verdict[shape]:
+            ctx.note(f"int8-static: {shape[0]}x{shape[1]} layers stay FP32 (INT8 slower at {rows} tokens: "
+                     f"fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms)")
+    return {n: m for n, m in targets.items()
+            if verdict[(*common.linear_shape(m), getattr(m, "bias", None) is not None)]}
+
+
 def apply_int8_static(model: nn.Module, config: Int8Static, ctx: PassContext) -> nn.Module:
     if not hasattr(torch, "_int_mm"):
         raise BackendUnavailableError("this torch build has no torch._int_mm; use int8-dynamic instead")
@@ -130,6 +155,8 @@ def apply_int8_static(model: nn.Module, config: Int8Static, ctx: PassContext) ->
         common.check_layers_exist(model, config.layers)
     targets = dict(common.target_linears(model, include_head=config.include_head, skip=config.skip,
                                          layers=config.layers))
+    if config.layers is None and config.fallback:
+        targets = _faster_than_fp32(targets, config.rows, ctx)
     stats = collect(model, ctx.family, ctx.tokenizer, ctx.calib, targets, max_texts=config.max_texts)
     errors, kept_float = {}, []
     for name, module in targets.items():

@@ -16,7 +16,8 @@ CALIB = ["The quick brown fox jumps over the lazy dog.", "It was the best of tim
          "Call me Ishmael.", "Alice was beginning to get very tired of sitting by her sister on the bank."]
 
 
-def _compress(model, tok, family, config, calib=CALIB):
+def _compress(model, tok, family, config, calib=CALIB, fallback=False):
+    config.fallback = fallback  # tiny shapes: INT8 may time slower than FP32; numerics tests want INT8
     ctx = PassContext(family=family, tokenizer=tok, calib=calib)
     return autolite.compress(model, [config], tokenizer=tok, family=family, ctx=ctx), ctx
 
@@ -84,3 +85,14 @@ def test_auto_observer_and_min_sqnr_keep_bad_layers_float(load_model):
     quantized, ctx = _compress(model, tok, family, Int8Static(observer="auto", min_sqnr=1000.0))
     assert not any(isinstance(m, StaticInt8Linear) for m in quantized.modules())
     assert "kept FP32 (output SQNR below 1000.0 dB)" in ctx.notes[-1]
+
+
+def test_shapes_slower_in_int8_stay_fp32(load_model, monkeypatch):
+    from autolite.quant import common
+
+    timings = iter([1.0, 2.0] * 50)  # per shape: FP32 timed first, then INT8 (slower)
+    monkeypatch.setattr(common, "time_ms", lambda fn, **kw: next(timings))
+    model, tok, family = load_model("tiny-bert")
+    quantized, ctx = _compress(model, tok, family, Int8Static(), fallback=True)
+    assert not any(isinstance(m, StaticInt8Linear) for m in quantized.modules())
+    assert any("layers stay FP32 (INT8 slower at 256 tokens" in note for note in ctx.notes)

@@ -6,9 +6,10 @@ import torch
 
 import autolite
 from autolite.quant.int8 import Int8Dynamic
+from autolite.quant.int8_static import Int8Static
 
 
-RECIPES = {"int8-dynamic": [Int8Dynamic(fallback=False)], "int8-static": "int8-static",
+RECIPES = {"int8-dynamic": [Int8Dynamic(fallback=False)], "int8-static": [Int8Static(fallback=False)],
            "w8": "w8", "w4g64": "w4g64"}
 
 
