@@ -8,6 +8,8 @@ greedy decode tokens/s at batch 1 and the peak RSS of the decode (peak reset aft
     python benchmarks/engine_precision_table.py                          # everything (~35 min on 2 cores)
     python benchmarks/engine_precision_table.py --quick                  # tiny models: checks the script (~1 min)
     python benchmarks/engine_precision_table.py --decoder-only --skip-speed   # smollm2 perplexity + sizes
+    python benchmarks/engine_precision_table.py --decoder-only --skip-speed --keep out/rows   # ... kept, then:
+    python benchmarks/engine_precision_table.py --decoder-only --decode-from out/rows        # decode speed only
 """
 from __future__ import annotations
 
@@ -32,7 +34,12 @@ from autolite.data import load_texts
 from autolite.passes import PassContext
 
 log = logging.getLogger("precision_table")
-ENCODER_RECIPES = ["bf16", "int8-dynamic", "int8-static", "fast-dense"]
+# label -> preset name, or a pass list; "bf16 emulated" casts to BF16 even where the CPU lacks native
+# BF16 (slow there, but its cosine is the real BF16 numerics, which the "bf16" preset's fallback hides).
+ENCODER_RECIPES: dict[str, Any] = {"bf16": "bf16", "bf16 emulated": [{"pass": "precision", "dtype": "bf16",
+                                                                   "on_unsupported": "emulate"}],
+                                   "int8-dynamic": "int8-dynamic", "int8-static": "int8-static",
+                                   "fast-dense": "fast-dense"}
 
 
 def _wo(bits: int, group: int | None, method: str = "rtn", embedding: bool = True) -> list[dict]:
@@ -62,25 +69,27 @@ def encoder_rows(model: str, args: argparse.Namespace) -> list[list[str]]:
     from autolite.runtime.fast_dense import FastDense
 
     rows = []
-    for recipe in ENCODER_RECIPES:
+    for label, recipe in ENCODER_RECIPES.items():
+        if not isinstance(recipe, str):
+            recipe = Recipe.from_dict({"passes": copy.deepcopy(recipe)}, name=label)
         if args.skip_speed:
-            if recipe == "fast-dense":
+            if label == "fast-dense":
                 continue  # its choice is a speed measurement
             base, tok, family = autolite.load(model)
             calib = load_texts(None, split="calib")
             ctx = PassContext(family=family, tokenizer=tok, calib=calib.texts, labels=calib.labels)
             cand = autolite.compress(copy.deepcopy(base), recipe, tokenizer=tok, family=family, ctx=ctx)
             fid = autolite.evaluate(cand, tok, reference=base, max_texts=64, max_length=args.seq)
-            rows.append([recipe, "-", "-", "-", f"{model_size(cand)[0]:.0f}", f"{fid['cosine']:.5f}",
+            rows.append([label, "-", "-", "-", f"{model_size(cand)[0]:.0f}", f"{fid['cosine']:.5f}",
                          "; ".join(ctx.notes)[:160]])
         else:
-            spec = [FastDense(batch=args.batch, seq=args.seq)] if recipe == "fast-dense" else recipe
+            spec = [FastDense(batch=args.batch, seq=args.seq)] if label == "fast-dense" else recipe
             result = bench_model(model, spec, batch=args.batch, seq=args.seq, runs=args.runs)
             fid = result["fidelity"]
-            rows.append([recipe, f"{result['baseline']['median_ms']:.0f}", f"{result['candidate']['median_ms']:.0f}",
+            rows.append([label, f"{result['baseline']['median_ms']:.0f}", f"{result['candidate']['median_ms']:.0f}",
                          f"{result['speedup']:.2f}x", f"{result['candidate']['size_mb']:.0f}",
                          f"{fid.get('cosine', float('nan')):.5f}", "; ".join(result["notes"])[:160]])
-        log.info("encoder %s %s: %s", model, recipe, rows[-1])
+        log.info("encoder %s %s: %s", model, label, rows[-1])
     return rows
 
 
@@ -135,6 +144,10 @@ def _decode_in_subprocess(directory: pathlib.Path, new_tokens: int, threads: int
 
 
 def decoder_rows(spec: str, args: argparse.Namespace) -> list[list[str]]:
+    if args.decode_from:
+        return decode_saved_rows(pathlib.Path(args.decode_from), args)
+    if args.keep:
+        return _decoder_rows(spec, pathlib.Path(args.keep), args)
     with tempfile.TemporaryDirectory(prefix="precision_") as tmp:
         return _decoder_rows(spec, pathlib.Path(tmp), args)
 
@@ -142,8 +155,9 @@ def decoder_rows(spec: str, args: argparse.Namespace) -> list[list[str]]:
 def _decoder_rows(spec: str, tmp: pathlib.Path, args: argparse.Namespace) -> list[list[str]]:
     model, tok, family = autolite.load(spec)
     calib = load_texts(None, split="calib").texts
-    autolite.save_model(model, tok, tmp / "fp32")
+    autolite.save_model(model, tok, tmp / "fp32", overwrite=True)
     base_mib = _saved_mib(tmp / "fp32")
+    saved = [{"label": "fp32", "dir": "fp32", "fid": None, "seconds": 0.0}]
     rows = [_decoder_row("fp32", tmp / "fp32", base_mib, None, 0.0, args)]
     wanted = [w.strip() for w in args.rows.split(",")] if args.rows else None
     for label, recipe in DECODER_ROWS.items():
@@ -155,11 +169,26 @@ def _decoder_rows(spec: str, tmp: pathlib.Path, args: argparse.Namespace) -> lis
         cand = autolite.compress(copy.deepcopy(model), recipe, calib=calib, tokenizer=tok, family=family)
         seconds = time.perf_counter() - start
         fid = autolite.evaluate(cand, tok, reference=model, max_texts=args.max_texts)
-        directory = tmp / f"row{len(rows)}"
-        autolite.save_model(cand, tok, directory)
+        name = f"row{len(rows)}"
+        autolite.save_model(cand, tok, tmp / name, overwrite=True)
         del cand
-        rows.append(_decoder_row(label, directory, base_mib, fid, seconds, args))
+        saved.append({"label": label, "dir": name, "fid": fid, "seconds": seconds})
+        (tmp / "rows.json").write_text(json.dumps(saved, indent=1))  # --decode-from reads it
+        rows.append(_decoder_row(label, tmp / name, base_mib, fid, seconds, args))
         log.info("decoder %s: %s", label, rows[-1])
+    return rows
+
+
+def decode_saved_rows(directory: pathlib.Path, args: argparse.Namespace) -> list[list[str]]:
+    """Decode speed of the rows a ``--keep DIR`` run saved (fidelity and sizes read back from it)."""
+    if not (directory / "rows.json").is_file():
+        raise SystemExit(f"{directory} has no rows.json: run with --keep {directory} first")
+    saved = json.loads((directory / "rows.json").read_text())
+    base_mib = _saved_mib(directory / "fp32")
+    rows = []
+    for row in saved:
+        rows.append(_decoder_row(row["label"], directory / row["dir"], base_mib, row["fid"], row["seconds"], args))
+        log.info("decoder %s: %s", row["label"], rows[-1])
     return rows
 
 
@@ -232,6 +261,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--decoder-only", action="store_true", help="skip the encoder rows")
     parser.add_argument("--encoder-only", action="store_true", help="skip the decoder rows")
     parser.add_argument("--skip-speed", action="store_true", help="fidelity and size only (no timing)")
+    parser.add_argument("--keep", default=None, help="save the decoder rows' models (and rows.json) in this dir")
+    parser.add_argument("--decode-from", default=None,
+                        help="measure decode speed of the rows a --keep run saved (no quantization)")
     parser.add_argument("--decode-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = argv
