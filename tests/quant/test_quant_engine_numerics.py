@@ -118,3 +118,16 @@ def test_recorded_layers_must_exist(load_model):
 def test_engine_presets_resolve(preset):
     recipe = autolite.load_recipe(preset)
     assert recipe.name == preset and len(recipe.passes) == 1
+
+
+def test_decoders_quantize_activations_per_token(load_model):
+    from autolite.passes import PassContext
+
+    model, tok, family = load_model("tiny-llama")
+    ctx = PassContext(family=family, tokenizer=tok)
+    quantized = autolite.compress(model, [Int8Dynamic(fallback=False)], tokenizer=tok, family=family, ctx=ctx)
+    kernels = {m.kernel_name for m in quantized.modules() if isinstance(m, DynamicInt8Linear)}
+    assert kernels == {"int_mm"}
+    assert any("activations quantized per token" in note for note in ctx.notes)
+    with pytest.raises(RecipeError, match="activations must be"):
+        Int8Dynamic(activations="per-channel")
