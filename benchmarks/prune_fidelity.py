@@ -1,12 +1,14 @@
 """Pruning fidelity curves: what heads/FFN pruning costs, with and without recovery.
 
     python benchmarks/prune_fidelity.py minilm            # cosine vs ratio; magnitude / taylor / head_mask; +- recovery
-    python benchmarks/prune_fidelity.py minilm --quick    # only 30% heads + 40% FFN, longer recovery (the issue's target)
+    python benchmarks/prune_fidelity.py minilm --quick    # 30% heads + 40% FFN, Taylor, long recovery (the issue's target)
     python benchmarks/prune_fidelity.py smollm2           # 20% FFN with Wanda (+ recovery): perplexity change, generation
 
 Each point is pruned once (scores -> cut -> least-squares refit of the output projections), evaluated, then recovered
-(distillation from the unpruned model) and evaluated again. Results: benchmarks/results/prune/prune_<case>.json, a
-markdown table (.md) and, for the curve, a PNG. Timings are not the point here (see `autolite bench` for speed).
+(distillation from the unpruned model on seeded, augmented variants of the calibration texts, batch 16) and
+evaluated again; ``--eval-every K`` also evaluates every K recovery steps. Results:
+benchmarks/results/prune/prune_<case>.json, a markdown table (.md) and, for the curve, a PNG. Fidelity does not
+depend on machine load (fixed seeds and step counts); the seconds column does (see `autolite bench` for speed).
 """
 from __future__ import annotations
 
@@ -23,8 +25,7 @@ import autolite
 from autolite.data import load_texts
 from autolite.passes import PassContext
 from autolite.prune import PruneFFN, PruneHeads
-from autolite.prune.base import RECOVER_SAMPLES, _samples
-from autolite.prune.recover import recover
+from autolite.prune.recover import recover, recovery_batches
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prune"  # not *.json beside the bench results
 CURVE = [(0.1, 0.1), (0.2, 0.25), (0.3, 0.4), (0.4, 0.5)]
@@ -52,21 +53,28 @@ class CachedReference(torch.nn.Module):
         return self.cache[key]
 
 
-def _point(model, tok, family, ctx, recipe, steps, lr, evaluate) -> list[dict]:
-    """Prune with ``recipe``; evaluate; recover ``steps`` steps; evaluate again."""
+def _point(model, tok, family, ctx, recipe, args, evaluate) -> list[dict]:
+    """Prune with ``recipe``; evaluate; recover ``args.recover_steps`` steps (evaluating every ``args.eval_every``)."""
     start = time.perf_counter()
     small = autolite.compress(copy.deepcopy(model), recipe, tokenizer=tok, family=family, ctx=ctx)
-    pruned_s = time.perf_counter() - start
-    rows = [dict(recover_steps=0, seconds=pruned_s, **evaluate(small))]
-    if steps:
-        start = time.perf_counter()
-        recover(small, model, family, _samples(small, family, ctx, RECOVER_SAMPLES), steps, lr=lr)
-        rows.append(dict(recover_steps=steps, seconds=pruned_s + time.perf_counter() - start, **evaluate(small)))
+    rows: list[dict] = []
+
+    def on_eval(step: int) -> None:
+        rows.append(dict(recover_steps=step, seconds=time.perf_counter() - start, **evaluate(small)))
+        print(f"  recovery step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in rows[-1].items()
+                                                       if isinstance(v, float)), flush=True)
+    on_eval(0)
+    if args.recover_steps:
+        batches = recovery_batches(tok, ctx.calib, family, torch.device("cpu"), batch_size=args.recover_batch,
+                                   augment=args.augment)
+        every = args.eval_every or args.recover_steps
+        recover(small, model, family, batches, args.recover_steps, lr=args.recover_lr, on_eval=on_eval,
+                eval_every=every)
     return rows
 
 
 def minilm(args, save) -> list[dict]:
-    model, tok, family = autolite.load("minilm")
+    model, tok, family = autolite.load(args.model or "minilm")
     calib, held = load_texts(None, split="calib"), load_texts(None, split="heldout").head(args.max_texts)
     reference = CachedReference(model)
     before = sum(p.numel() for p in model.parameters())
@@ -83,7 +91,7 @@ def minilm(args, save) -> list[dict]:
             def evaluate(small):
                 fid = autolite.evaluate(small, tok, reference=reference, data=held, family=family)
                 return dict(cosine=fid["cosine"], params_fewer=1 - sum(p.numel() for p in small.parameters()) / before)
-            for row in _point(model, tok, family, ctx, recipe, args.recover_steps, args.recover_lr, evaluate):
+            for row in _point(model, tok, family, ctx, recipe, args, evaluate):
                 row.update(heads=heads, ffn=ffn, importance=method, reconstruct=not args.no_reconstruct)
                 rows.append(row)
                 emit(f"| {heads:.2f} | {ffn:.2f} | {method} | {row['recover_steps']} | {row['cosine']:.4f} | "
@@ -93,7 +101,7 @@ def minilm(args, save) -> list[dict]:
 
 
 def smollm2(args) -> list[dict]:
-    model, tok, family = autolite.load("smollm2")
+    model, tok, family = autolite.load(args.model or "smollm2")
     calib, held = load_texts(None, split="calib"), load_texts(None, split="heldout").head(args.max_texts)
     ctx = PassContext(family=family, tokenizer=tok, calib=calib.texts)
     recipe = [PruneFFN(ratio=0.2, importance="wanda", round_to=64, calib_samples=args.calib_samples,
@@ -104,7 +112,7 @@ def smollm2(args) -> list[dict]:
         return dict(perplexity=fid["perplexity"], perplexity_ref=fid["perplexity_ref"],
                     rel_change=fid["perplexity_rel_change"], next_token_agreement=fid.get("next_token_agreement"),
                     sample=_generate(small, tok))
-    rows = _point(model, tok, family, ctx, recipe, args.recover_steps, args.recover_lr, evaluate)
+    rows = _point(model, tok, family, ctx, recipe, args, evaluate)
     emit("| ffn | importance | recover steps | ppl original | ppl pruned | change | next-token agreement | s | "
          "greedy sample |\n|---|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -119,7 +127,8 @@ def _generate(model, tok) -> str:
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
     prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) \
         if getattr(tok, "chat_template", None) else "The capital of France is"
-    inputs = tok(prompt, return_tensors="pt")
+    encoded = tok(prompt, return_tensors="pt")
+    inputs = {k: encoded[k] for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
         ids = model.generate(**inputs, max_new_tokens=24, do_sample=False, repetition_penalty=1.1)
     return tok.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
@@ -127,9 +136,9 @@ def _generate(model, tok) -> str:
 
 def write(case: str, rows: list[dict], args) -> Path:
     """JSON rows and the markdown table (with the settings it was run with), each written atomically."""
-    out = RESULTS / f"prune_{case}.json"
+    out = Path(args.out) / f"prune_{case}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "case"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("case", "out")}
     table = f"Settings: `{json.dumps(settings)}`\n\n" + "\n".join(TABLE) + "\n"
     for path, text in ((out, json.dumps(rows, indent=2)), (out.with_suffix(".md"), table)):
         tmp = path.with_name(path.name + ".tmp")
@@ -166,9 +175,19 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("case", choices=["minilm", "smollm2"])
-    parser.add_argument("--recover-steps", type=int, default=None, help="default: 24 curve, 200 quick, 32 smollm2")
-    parser.add_argument("--recover-lr", type=float, default=None, help="default: 3e-4 minilm, 2e-5 smollm2")
-    parser.add_argument("--methods", default="magnitude,taylor,head_mask")
+    parser.add_argument("--recover-steps", type=int, default=None, help="default: 32 curve, 800 quick, 32 smollm2")
+    parser.add_argument("--recover-lr", type=float, default=None, help="default: 1e-4 minilm, 5e-5 smollm2")
+    parser.add_argument("--recover-batch", type=int, default=16, help="texts per recovery step")
+    parser.add_argument("--augment", type=float, default=None, help="share of augmented recovery samples "
+                                                                    "(default 0.7 minilm, 0 smollm2)")
+    parser.add_argument("--eval-every", type=int, default=None, help="also evaluate every K recovery steps "
+                                                                     "(default 100 with --quick, else only at the end)")
+    parser.add_argument("--model", default=None, help="another model of the same kind (a smoke test: "
+                                                          "random:tiny-bert, random:tiny-llama)")
+    parser.add_argument("--out", default=str(RESULTS), help="results folder (default benchmarks/results/prune)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--methods", default=None, help="default: taylor with --quick, else "
+                                                          "magnitude,taylor,head_mask")
     parser.add_argument("--calib-samples", type=int, default=32, help="texts scored for importance")
     parser.add_argument("--reconstruct-samples", type=int, default=128, help="texts for the least-squares refit")
     parser.add_argument("--no-reconstruct", action="store_true", help="plain cut, no least-squares refit")
@@ -181,14 +200,19 @@ def main() -> None:
     torch.manual_seed(0)
     minilm_case = args.case == "minilm"
     if args.recover_steps is None:
-        args.recover_steps = (200 if args.quick else 24) if minilm_case else 32
-    args.recover_lr = args.recover_lr or (3e-4 if minilm_case else 2e-5)
+        args.recover_steps = (800 if args.quick else 32) if minilm_case else 32
+    if args.eval_every is None:
+        args.eval_every = 100 if args.quick else 0
+    args.recover_lr = args.recover_lr or (1e-4 if minilm_case else 5e-5)
+    args.methods = args.methods or ("taylor" if args.quick else "magnitude,taylor,head_mask")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     case = args.case + ("_quick" if args.quick else "")
 
     def save(rows: list[dict]) -> None:
         out = write(case, rows, args)
         if minilm_case and not args.quick:
-            plot(rows, RESULTS / "prune_minilm_curve.png")
+            plot(rows, Path(args.out) / "prune_minilm_curve.png")
         print(f"wrote {out}", flush=True)
     save(minilm(args, save) if minilm_case else smollm2(args))
 

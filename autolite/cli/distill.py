@@ -10,6 +10,8 @@ import typer
 
 from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
 
+EVAL_TEXTS = 256  # held-out texts evaluated (all 92 of the embedded corpus' held-out split)
+
 
 def distill(teacher: str = MODEL_ARG,
             student_layers: int = typer.Option(None, "--student-layers", "-k",
@@ -18,6 +20,12 @@ def distill(teacher: str = MODEL_ARG,
             init: str = typer.Option("search", "--init", help="With --student-layers: 'search' keeps the layer "
                                      "subset whose untrained student best matches the teacher; 'even' spreads them."),
             data: Path = DATA_OPT,
+            extra_text: bool = typer.Option(False, "--extra-text/--no-extra-text", help="Without --data: also train "
+                                            "on the bundled distillation corpus (original sentences; the held-out "
+                                            "split is never trained on). Off by default: at 50-200 fixed steps it "
+                                            "trailed calibration-only training."),
+            calib_share: float = typer.Option(0.5, "--calib-share", help="With --extra-text: repeat the corpus' "
+                                              "calibration sentences to about this share of the samples (0: once)."),
             minutes: float = typer.Option(None, "--minutes", help="Training time budget (minutes)."),
             steps: int = typer.Option(None, "--steps", help="Training step budget."),
             out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
@@ -45,11 +53,11 @@ def distill(teacher: str = MODEL_ARG,
         raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
     if (student_layers is None) == (layers is None):
         raise autolite.AutoliteError("give exactly one of --student-layers K or --layers 0,2,5")
+    train, heldout = _data(data, extra_text, calib_share or None)
     config = TrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, attention=attention, seed=seed,
                          cosine=cosine, hidden=hidden, augment=augment, max_length=max_length,
-                         eval_every=eval_every, checkpoint_every=eval_every,
+                         eval_every=eval_every, checkpoint_every=eval_every, eval_texts=min(len(heldout), EVAL_TEXTS),
                          **({} if minutes is not None or steps is not None else {"minutes": 5.0}))
-    train, heldout = _data(data)
     with progress_bar(f"loading {teacher}"):
         model, tokenizer, family = autolite.load(teacher)
     keep = _keep(model, tokenizer, family, student_layers, layers, init, train)
@@ -92,13 +100,14 @@ def _parse_layers(text: str) -> list[int]:
         raise RecipeError(f"--layers must be comma-separated integers, got '{text}'") from exc
 
 
-def _data(path: Path | None):
+def _data(path: Path | None, extra_text: bool = False, calib_share: float | None = None):
     from autolite.data import load_texts
+    from autolite.data.distill_corpus import distill_training_texts
     from autolite.distill.report import split_heldout
     from autolite.errors import DataError
 
     if path is None:
-        return load_texts(None, split="calib"), load_texts(None, split="heldout")
+        return distill_training_texts(extra_text, calib_share), load_texts(None, split="heldout")
     try:
         return split_heldout(load_texts(path))
     except ValueError as exc:
@@ -158,7 +167,8 @@ def _summary(teacher, keep, result, config, train, heldout, key, speed) -> dict[
             "batch_size": config.batch_size,
             "augment": config.augment_share("encoder" if key == "cosine" else "decoder", train.labels is not None),
             "elapsed_s": result.elapsed_s, "stopped": result.stopped, "data": train.source, "seed": config.seed,
-            "heldout": len(heldout), "before": before, "after": final_metric(result.history, key), "speed": speed}
+            "heldout": min(len(heldout), config.eval_texts), "before": before,
+            "after": final_metric(result.history, key), "speed": speed}
 
 
 def _save(student, tokenizer, out: Path, summary, history, key, force) -> None:

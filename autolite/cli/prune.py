@@ -16,7 +16,9 @@ def prune(model: str = MODEL_ARG,
                                                         "| ablation (the last two: heads only)."),
           scope: str = typer.Option("per_layer", help="per_layer (same count per layer) or global."),
           round_to: int = typer.Option(1, "--round-to", help="Kept FFN neurons per layer: a multiple of this."),
-          recover_steps: int = typer.Option(0, "--recover-steps", help="Distillation steps from the original."),
+          recover_steps: int = typer.Option(0, "--recover-steps", help="Distillation steps from the original "
+                                            "(batch 16 of augmented calibration text; a few hundred for encoders)."),
+          recover_lr: float = typer.Option(1e-4, "--recover-lr", help="Peak learning rate of the recovery."),
           data: Path = DATA_OPT,
           out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
           force: bool = typer.Option(False, "--force", help="Replace --out if it exists.")) -> None:
@@ -37,10 +39,10 @@ def prune(model: str = MODEL_ARG,
     recipe = []
     if heads > 0:  # recovery (towards the original) runs once, after the last cut
         recipe.append(PruneHeads(ratio=heads, importance=importance, scope=scope,
-                                 recover_steps=0 if ffn > 0 else recover_steps))
+                                 recover_steps=0 if ffn > 0 else recover_steps, recover_lr=recover_lr))
     if ffn > 0:
         recipe.append(PruneFFN(ratio=ffn, importance=_ffn_importance(importance), scope=scope, round_to=round_to,
-                               recover_steps=recover_steps))
+                               recover_steps=recover_steps, recover_lr=recover_lr))
     calib = load_texts(data, split="calib")
     with progress_bar(f"loading {model}"):
         original, tokenizer, family = autolite.load(model)

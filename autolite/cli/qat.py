@@ -22,6 +22,10 @@ def qat(model: str = MODEL_ARG,
         max_length: int = typer.Option(128, "--max-length", help="Tokens per training text."),
         seed: int = typer.Option(0, "--seed"),
         eval_every: int = typer.Option(25, "--eval-every", help="Evaluate on held-out texts every N steps."),
+        init: str = typer.Option("auto", "--init", help="gptq: start from the w4gG preset's GPTQ weights (auto "
+                                 "for 4-bit) | search: round-to-nearest with a clipping search (auto for w8)"),
+        embedding: bool = typer.Option(True, "--int8-embedding/--float-embedding",
+                                       help="With --init gptq: INT8 per-row token embedding, as the presets."),
         force: bool = typer.Option(False, "--force", help="Replace --out if it exists.")) -> None:
     """Quantization-aware training of MODEL's linears to --format, distilled from MODEL itself (FP32)."""
     import autolite
@@ -30,13 +34,18 @@ def qat(model: str = MODEL_ARG,
     from autolite.distill import TrainConfig
     from autolite.errors import RecipeError
     from autolite.quant.mixed import engine_format, parse_format
-    from autolite.quant.qat import convert_qat, run_qat
+    from autolite.quant.qat import convert_qat, gptq_start, run_qat
 
     if out.exists() and not force:
         raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
     bits, group = parse_format(fmt, 64)
     if engine_format(fmt, 64, 1024) is None:
         raise RecipeError(f"--format {fmt} has no packed engine module; use w4g32/w4g64/w4g128/w4g256/w8")
+    if init not in ("auto", "gptq", "search", "minmax"):
+        raise RecipeError(f"--init must be auto, gptq, search or minmax, got '{init}'")
+    init = ("gptq" if bits == 4 else "search") if init == "auto" else init
+    if init == "gptq" and bits != 4:
+        raise RecipeError(f"--init gptq starts from GPTQ INT4 weights; use a w4gG format or --init search with {fmt}")
     budget = {} if minutes is not None or steps is not None else {"minutes": 5.0}
     config = TrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, max_length=max_length,
                          seed=seed, eval_every=eval_every, checkpoint_every=eval_every, warmup_steps=5,
@@ -47,12 +56,14 @@ def qat(model: str = MODEL_ARG,
     ckpt = out.with_name(out.name + ".checkpoint")
     from autolite.cli.distill import _train_progress
 
-    with _train_progress(config) as progress:
+    start = gptq_start(base, tokenizer, family, train.texts, group, embedding) if init == "gptq" else None
+    with _train_progress(config) as progress:  # after GPTQ: one live progress display at a time
         result = run_qat(base, tokenizer, family, bits, train, config, heldout=heldout, group_size=group,
-                         mode=mode, checkpoint_dir=ckpt, progress=progress, init="search")
+                         mode=mode, checkpoint_dir=ckpt, progress=progress, init=init, start=start)
     key = "cosine" if family.kind == "encoder" else "perplexity"
     evals = [r["eval"] for r in result.history if r.get("eval", {}).get(key) is not None]
-    summary = {"model": model, "format": fmt, "mode": mode, "steps": result.step, "elapsed_s": result.elapsed_s,
+    summary = {"model": model, "format": fmt, "mode": mode, "init": init, "steps": result.step,
+               "elapsed_s": result.elapsed_s,
                "stopped": result.stopped, key + "_start": evals[0][key] if evals else None,
                key + "_end": evals[-1][key] if evals else None, "fp32_" + key: (evals[0].get("perplexity_ref")
                                                                               if key == "perplexity" else 1.0)}

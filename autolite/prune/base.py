@@ -13,12 +13,12 @@ from autolite.eval.forward import ensure_pad_token
 from autolite.prune.calib import calib_batches
 from autolite.prune.importance import get_importance
 from autolite.prune import reconstruct
-from autolite.prune.recover import recover
+from autolite.prune.recover import recover_with
 from autolite.prune.surgery import record_layout, why_not_plain
 
 log = logging.getLogger(__name__)
 SCOPES = ("per_layer", "global")
-RECOVER_SAMPLES = 1024  # recovery cycles through up to this many calibration texts
+RECOVER_SAMPLES = 1024  # recovery draws from up to this many calibration texts (and variants of them)
 
 
 @dataclasses.dataclass
@@ -33,7 +33,9 @@ class StructuredPrune:
     calib_samples: int = 64
     iterations: int = 1
     recover_steps: int = 0
-    recover_lr: float = 5e-5
+    recover_lr: float = 1e-4
+    recover_batch: int = 16
+    recover_augment: float | None = None
     reconstruct: bool = True
     reconstruct_samples: int = 256
 
@@ -50,6 +52,7 @@ class StructuredPrune:
                 raise RecipeError(f"{self.name}: {field} must be an integer >= 1, got {getattr(self, field)!r}")
         if not isinstance(self.recover_steps, int) or self.recover_steps < 0:
             raise RecipeError(f"{self.name}: recover_steps must be an integer >= 0, got {self.recover_steps!r}")
+        _validate_recovery(self)
         if not isinstance(self.skip_layers, (list, tuple)):
             raise RecipeError(f"{self.name}: skip_layers must be a list of layer indices or 'stack.index' keys")
 
@@ -58,6 +61,26 @@ class StructuredPrune:
         stack, index = key.split(".")[:2]
         return any(str(s) in (index, f"{stack}.{index}") for s in self.skip_layers)
 
+
+def _validate_recovery(config: StructuredPrune) -> None:
+    if not isinstance(config.recover_lr, (int, float)) or not 0 < config.recover_lr < 1:
+        raise RecipeError(f"{config.name}: recover_lr must be a number in (0, 1), e.g. 1e-4; got {config.recover_lr!r}")
+    if not isinstance(config.recover_batch, int) or config.recover_batch < 1:
+        raise RecipeError(f"{config.name}: recover_batch must be an integer >= 1, got {config.recover_batch!r}")
+    augment = config.recover_augment
+    if augment is not None and (not isinstance(augment, (int, float)) or not 0 <= augment <= 1):
+        raise RecipeError(f"{config.name}: recover_augment is the share of augmented recovery samples, "
+                          f"0..1 (or null: 0.7 for encoders, 0 otherwise); got {augment!r}")
+
+
+def recover_texts(ctx: Any) -> list[str]:
+    """The texts recovery draws from: ``ctx.calib`` (up to ``RECOVER_SAMPLES``), else the embedded corpus."""
+    texts = list(ctx.calib or [])
+    if not texts:
+        from autolite.data import load_texts
+
+        texts = load_texts(None, split="calib").texts
+    return texts[:RECOVER_SAMPLES]
 
 
 def run_structured(model: torch.nn.Module, config: Any, ctx: Any, target: str, groups_fn: Callable,
@@ -75,7 +98,6 @@ def run_structured(model: torch.nn.Module, config: Any, ctx: Any, target: str, g
     teacher = _teacher(model, config, ctx)
     original = {g.key: _units(g, target) for g in groups_fn(family, model)}
     before = _count(model)
-    recover_batches = None
     for step in range(config.iterations):
         ratio = config.ratio * (step + 1) / config.iterations
         scores = get_importance(config.importance)(model, family, batches, target)
@@ -84,8 +106,7 @@ def run_structured(model: torch.nn.Module, config: Any, ctx: Any, target: str, g
         _cut(model, family, ctx, config, target, [g for g in groups if g.key in plan], plan, cut_fn)
         _remember_scores(ctx, target, scores)
         if teacher is not None:
-            recover_batches = recover_batches or _samples(model, family, ctx, RECOVER_SAMPLES)
-            recover(model, teacher, family, recover_batches, config.recover_steps, lr=config.recover_lr)
+            recover_with(model, teacher, family, config, ctx, recover_texts(ctx))
     record_layout(family, model)
     _note(ctx, config, family, model, target, original, groups_fn, before)
     return model

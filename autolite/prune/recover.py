@@ -1,52 +1,82 @@
-"""Recovery: a short distillation from the unpruned model (logits KL + hidden-state MSE, no labels)."""
+"""Recovery: a short distillation from the unpruned model (logits KL + hidden-state MSE, no labels).
+
+A few hundred calibration sentences are too few: fitted on them for hundreds of steps, the pruned model
+memorises them and drifts on other text. So each step's batch is drawn from seeded, augmented variants of
+the texts (crops, concatenations, token replacement/deletion, random word sequences; see
+:mod:`autolite.distill.augment`), which the teacher labels like any other input. Batch ``s`` is a pure
+function of (seed, s), so recovery is deterministic.
+"""
 from __future__ import annotations
 
 import logging
 import math
-from types import SimpleNamespace
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from autolite.arch import ArchSpec
-from autolite.errors import NumericsError
-from autolite.eval.forward import mean_pool
+from autolite.errors import DataError, NumericsError
+from autolite.eval.forward import mean_pool, model_device, model_inputs
 from autolite.prune.calib import CalibBatch, track
 
 log = logging.getLogger(__name__)
 EMBEDDING_WEIGHT = 10.0  # pooled-embedding cosine term for models without logits
-TEACHER_CACHE_BYTES = 1 << 30  # keep the teacher's outputs up to this size (else recompute them each step)
-_OUTPUT_FIELDS = ("logits", "last_hidden_state", "hidden_states", "encoder_hidden_states", "decoder_hidden_states")
+ENCODER_AUGMENT = 0.7  # default share of augmented samples for encoders (decoders and seq2seq: real text only)
+Batches = Callable[[int], dict]  # step -> the keyword arguments of one forward
 
 
-def recover(student: torch.nn.Module, teacher: torch.nn.Module, family: ArchSpec, batches: list[CalibBatch],
-            steps: int, lr: float = 1e-4, temperature: float = 2.0) -> list[float]:
-    """Fine-tune ``student`` for ``steps`` steps to match ``teacher`` on ``batches``; returns the losses.
+def recovery_batches(tokenizer: Any, texts: list[str], family: ArchSpec, device: torch.device, *,
+                     batch_size: int = 16, augment: float | None = None, seed: int = 0,
+                     max_length: int = 128) -> Batches:
+    """Batch ``step`` -> model inputs: ``batch_size`` texts (an epoch-wise seeded permutation), of which a share
+    ``augment`` are augmented variants (None: 0.7 for encoders, 0 otherwise); padded to the longest."""
+    from autolite.distill.augment import Augmenter
+    from autolite.distill.train import batch_indices
+
+    if not texts:
+        raise DataError("recovery needs calibration text; pass calib= (or leave it empty for the embedded corpus)")
+    share = (ENCODER_AUGMENT if family.kind == "encoder" else 0.0) if augment is None else augment
+    augmenter = Augmenter(tokenizer, list(texts), max_length, share, seed)
+
+    def batch(step: int) -> dict:
+        indices = batch_indices(len(texts), batch_size, step, seed)
+        return model_inputs(family, augmenter.batch(indices, step), device)
+    return batch
+
+
+def fixed_batches(batches: list[CalibBatch]) -> Batches:
+    """Cycle through ready-made calibration batches (step ``s`` -> batch ``s mod n``)."""
+    return lambda step: batches[step % len(batches)].inputs
+
+
+def recover(student: torch.nn.Module, teacher: torch.nn.Module, family: ArchSpec, batches: Batches,
+            steps: int, lr: float = 1e-4, temperature: float = 2.0,
+            on_eval: Callable[[int], None] | None = None, eval_every: int = 0) -> list[float]:
+    """Fine-tune ``student`` for ``steps`` steps to match ``teacher`` on ``batches(step)``; returns the losses.
 
     Loss = KL(teacher || student) on logits at temperature T (times T^2) when the model has logits
     (else, for embedding models, ``10 * (1 - cos)`` of the mean-pooled embeddings),
     plus MSE between hidden states (every layer's when both have as many layers, else the last),
     relative to the teacher's mean square. Dropout stays off (eval mode); only the student's transformer
     layers are updated (embeddings and heads stay as they are: fewer optimizer states, faster steps).
-    AdamW with a short warm-up and a cosine decay; batches in shuffled order; the teacher's outputs are
-    computed once per batch and kept when they fit in ``TEACHER_CACHE_BYTES``.
+    AdamW with a short warm-up and a cosine decay to 10%. ``on_eval(step)`` is called every ``eval_every``
+    steps and after the last (e.g. to measure held-out fidelity along the way).
     """
-    if steps <= 0 or not batches:
+    if steps <= 0:
         return []
     student.eval()
     teacher.eval()
     params = [p for view in family.layers(student) for p in view.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
-    targets = _TeacherOutputs(teacher)
-    order = _order(len(batches), steps)
     losses = []
     for step in track(range(steps), "recovery (distilling from the unpruned model)"):
-        index = order[step]
-        batch = batches[index]
-        target = targets.get(index, batch)
-        output = student(**batch.inputs, output_hidden_states=True)
-        loss = distill_loss(output, target, batch.inputs["attention_mask"], family, temperature)
+        inputs = batches(step)
+        with torch.no_grad():
+            target = teacher(**inputs, output_hidden_states=True)
+        output = student(**inputs, output_hidden_states=True)
+        loss = distill_loss(output, target, inputs["attention_mask"], family, temperature)
         if not torch.isfinite(loss):
             raise NumericsError(f"recovery loss became {float(loss)} at step {step}; lower recover_lr")
         optimizer.zero_grad(set_to_none=True)
@@ -55,8 +85,23 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module, family: ArchSpec
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
+        if on_eval is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            on_eval(step + 1)
     student.zero_grad(set_to_none=True)
     log.info("recovery: loss %.4f -> %.4f over %d steps", losses[0], losses[-1], steps)
+    return losses
+
+
+def recover_with(model: torch.nn.Module, teacher: torch.nn.Module, family: ArchSpec, config: Any, ctx: Any,
+                 texts: list[str]) -> list[float]:
+    """Recovery as a prune pass config asks for it (``recover_steps``, ``recover_lr``, ``recover_batch``,
+    ``recover_augment``), on ``texts``."""
+    batches = recovery_batches(ctx.tokenizer, texts, family, model_device(model), batch_size=config.recover_batch,
+                               augment=config.recover_augment)
+    losses = recover(model, teacher, family, batches, config.recover_steps, lr=config.recover_lr)
+    if losses:
+        ctx.note(f"{config.name}: recovery {config.recover_steps} steps (batch {config.recover_batch}, "
+                 f"lr {config.recover_lr:g}), distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     return losses
 
 
@@ -67,44 +112,6 @@ def _lr_factor(step: int, steps: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _order(count: int, steps: int) -> list[int]:
-    """Batch indices for ``steps`` steps: every batch once per epoch, each epoch shuffled (seeded)."""
-    generator = torch.Generator().manual_seed(0)
-    order: list[int] = []
-    while len(order) < steps:
-        order += torch.randperm(count, generator=generator).tolist()
-    return order[:steps]
-
-
-class _TeacherOutputs:
-    """The teacher's outputs per batch: computed once (no grad) and kept while they fit in the budget."""
-
-    def __init__(self, teacher: torch.nn.Module) -> None:
-        self.teacher, self.cache, self.bytes = teacher, {}, 0
-
-    def get(self, index: int, batch: CalibBatch):
-        if index in self.cache:
-            return self.cache[index]
-        with torch.no_grad():
-            out = self.teacher(**batch.inputs, output_hidden_states=True)
-        kept = SimpleNamespace(**{k: getattr(out, k, None) for k in _OUTPUT_FIELDS})
-        size = sum(t.numel() * t.element_size() for t in _tensors(kept))
-        if self.bytes + size <= TEACHER_CACHE_BYTES:
-            self.cache[index] = kept
-            self.bytes += size
-        return kept
-
-
-def _tensors(outputs: SimpleNamespace) -> list[torch.Tensor]:
-    found = []
-    for value in vars(outputs).values():
-        if torch.is_tensor(value):
-            found.append(value)
-        elif isinstance(value, (tuple, list)):
-            found += [v for v in value if torch.is_tensor(v)]
-    return found
 
 
 def distill_loss(output, target, mask: torch.Tensor, family: ArchSpec, temperature: float) -> torch.Tensor:

@@ -13,6 +13,12 @@ The ``mixed_precision`` pass applies a bits map (or computes one from a budget o
 With ``engine`` (default) 4-bit layers become the engine's packed INT4 modules (``weight_only``) and 8-bit
 layers its per-channel INT8 modules (real low-bit storage, low-bit kernels for small calls); widths the
 engine has no kernel for (2, 3, 6) are fake-quantized in place (simulated: the weights stay float).
+``method: gptq`` rounds the INT4 layers by GPTQ, block by block on the calibration texts, through the same
+machinery as ``weight-only`` (``autolite.quant.sequential`` + ``autolite.quant.gptq``), each linear at its
+own planned group; INT8 layers join the same walk (per-channel round-to-nearest) so later blocks calibrate
+on quantized outputs. ``embedding: true`` stores the token embedding (and tied head) as INT8 rows, as the
+``w4g*`` presets do: a uniform map ``{".*": "w4g64"}`` with ``method: gptq, symmetric: false,
+embedding: true`` is exactly the ``w4g64`` preset.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from autolite.quant.qat import fake_quantize_weight, set_weight_matrix, transfor
 
 log = logging.getLogger(__name__)
 SCALE_BITS = 16
+KERNEL_MAX_ROWS = 8  # calls of at most this many tokens run the packed low-bit kernels (as weight-only)
 Format = Union[int, str]
 _FORMAT = re.compile(r"w(\d+)(?:g(\d+))?")
 ENGINE_FORMATS = ("w8", "w4g32", "w4g64", "w4g128")
@@ -74,8 +81,9 @@ def format_bits(fmt: Format, in_features: int, group_size: int = 64, engine: boo
 
 
 @torch.no_grad()
-def dequantized(weight: torch.Tensor, fmt: Format, group_size: int = 64, engine: bool = True) -> torch.Tensor:
-    """``weight`` ``(out, in)`` after quantization to ``fmt`` exactly as the pass stores it."""
+def dequantized(weight: torch.Tensor, fmt: Format, group_size: int = 64, engine: bool = True,
+                symmetric: bool = True) -> torch.Tensor:
+    """``weight`` ``(out, in)`` after round-to-nearest quantization to ``fmt`` exactly as the pass stores it."""
     from autolite.quant import weight_only as wo
 
     w = weight.detach().float()
@@ -84,7 +92,7 @@ def dequantized(weight: torch.Tensor, fmt: Format, group_size: int = 64, engine:
         scale = (w.abs().amax(1).clamp(min=1e-8) / 127.0).to(wo.SCALE_DTYPE).float()
         return (torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None]).to(weight.dtype)
     if real is not None:
-        q, scale, zero = wo.quantize_int4(w, real[1], symmetric=True)
+        q, scale, zero = wo.quantize_int4(w, real[1], symmetric=symmetric)
         groups = (q.float().view(w.shape[0], -1, real[1]) - zero.float()[..., None]) * scale.float()[..., None]
         return groups.reshape(w.shape).to(weight.dtype)
     bits, group = parse_format(fmt, group_size)
@@ -179,7 +187,7 @@ def check_budget(model: torch.nn.Module, members: dict[str, list[str]], formats:
     allocate_bits({u: {f: 0.0 for f in formats} for u in members}, numel, budget, group_size, bpw=bpw)
 
 
-ESTIMATORS = ("output", "measured", "fisher")
+ESTIMATORS = ("output", "gptq", "measured", "fisher")
 
 
 @dataclasses.dataclass
@@ -188,7 +196,11 @@ class MixedPrecision(PassConfig):
     engine format name: w8, w4g32, w4g64, w4g128); when it is empty, ``avg_bits`` (a budget in stored bits
     per weight, scales and zeros counted) is allocated over ``candidates`` from a sensitivity analysis on
     the calibration texts (``estimator``: ``output`` = output-space Fisher estimate of the KL change,
-    ``measured`` = measured per probe, ``fisher`` = weight-space Fisher) and the map is recorded."""
+    ``gptq`` = the same with INT4 probes rounded by GPTQ, ``measured`` = measured per probe, ``fisher`` =
+    weight-space Fisher) and the map is recorded.
+    ``method``: ``rtn`` or ``gptq`` for the INT4 layers (``calib_tokens`` in windows of ``calib_seq``,
+    damping ``damp``); ``symmetric``: INT4 ranges (the ``w4g*`` presets use false); ``embedding``: INT8
+    per-row token embedding and tied head (``embedding_layers`` records what was stored)."""
 
     name = "mixed_precision"
     bits: dict[str, Format] = dataclasses.field(default_factory=dict)
@@ -199,6 +211,13 @@ class MixedPrecision(PassConfig):
     estimator: str = "measured"
     sensitivity_texts: int = 16
     engine: bool = True
+    method: str = "rtn"
+    symmetric: bool = True
+    damp: float = 0.01
+    calib_tokens: int = 8192
+    calib_seq: int = 128
+    embedding: bool = False
+    embedding_layers: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.bits and self.avg_bits is None:
@@ -214,6 +233,11 @@ class MixedPrecision(PassConfig):
             raise RecipeError(f"mixed_precision estimator must be one of {ESTIMATORS}, got '{self.estimator}'")
         if self.avg_bits is not None and self.avg_bits <= 0:
             raise RecipeError("mixed_precision avg_bits must be positive")
+        if self.method not in ("rtn", "gptq") or (self.method == "gptq" and not self.engine):
+            raise RecipeError(f"mixed_precision method must be 'rtn' or 'gptq' (gptq needs engine: true), "
+                              f"got '{self.method}'")
+        if not 0 < self.damp < 1 or min(self.calib_tokens, self.calib_seq) < 1:
+            raise RecipeError("mixed_precision damp must be in (0, 1) and calib_tokens / calib_seq positive")
 
 
 def resolve_bits(model: torch.nn.Module, family, config: MixedPrecision) -> dict[str, Format]:
@@ -242,9 +266,10 @@ def plan_from_budget(model: torch.nn.Module, config: MixedPrecision, ctx: PassCo
     table = analyze(model, ctx.tokenizer, ctx.family, ctx.calib, bits=tuple(config.candidates),
                     group_size=config.group_size, granularity=config.granularity,
                     max_texts=config.sensitivity_texts, gradient=config.estimator == "fisher",
-                    measured=config.estimator == "measured", output=config.estimator == "output",
-                    engine=config.engine)
-    losses = {"measured": table.measured, "fisher": table.estimated, "output": table.output}[config.estimator]
+                    measured=config.estimator == "measured", output=config.estimator in ("output", "gptq"),
+                    engine=config.engine, symmetric=config.symmetric, gptq=config.estimator == "gptq")
+    losses = {"measured": table.measured, "fisher": table.estimated, "output": table.output,
+              "gptq": table.output}[config.estimator]
     bpw = unit_bits_table(model, table.members, list(config.candidates), config.group_size, config.engine)
     plan = allocate_bits(losses, table.numel, config.avg_bits, config.group_size, bpw=bpw)
     texts = min(len(ctx.calib), config.sensitivity_texts)
@@ -254,19 +279,21 @@ def plan_from_budget(model: torch.nn.Module, config: MixedPrecision, ctx: PassCo
     return expand_units(plan, table.members)
 
 
-def _engine_module(module: torch.nn.Module, fmt: Format, group_size: int, empty: bool) -> torch.nn.Module | None:
-    """The engine's packed module for a format it stores (``empty``: shaped for loading), else None."""
+def _engine_module(module: torch.nn.Module, fmt: Format, group_size: int, empty: bool,
+                   symmetric: bool = True) -> torch.nn.Module | None:
+    """The engine's packed module (round-to-nearest) for a format it stores (``empty``: shaped for loading),
+    else None."""
     from autolite.quant import common, weight_only as wo
 
     in_features, out_features = common.linear_shape(module)
     real = engine_format(fmt, group_size, in_features)
     has_bias = getattr(module, "bias", None) is not None
     if real == (8, None):
-        return (wo.WeightOnlyInt8Linear(in_features, out_features, has_bias) if empty
-                else wo.WeightOnlyInt8Linear.from_float(module, kernel_max_rows=8))
+        return (wo.WeightOnlyInt8Linear(in_features, out_features, has_bias, KERNEL_MAX_ROWS) if empty
+                else wo.WeightOnlyInt8Linear.from_float(module, kernel_max_rows=KERNEL_MAX_ROWS))
     if real is not None:
-        return (wo.WeightOnlyInt4Linear(in_features, out_features, has_bias, real[1]) if empty
-                else wo.WeightOnlyInt4Linear.from_float(module, real[1], True, kernel_max_rows=8))
+        return (wo.WeightOnlyInt4Linear(in_features, out_features, has_bias, real[1], KERNEL_MAX_ROWS) if empty
+                else wo.WeightOnlyInt4Linear.from_float(module, real[1], symmetric, KERNEL_MAX_ROWS))
     return None
 
 
@@ -277,10 +304,48 @@ def _swap_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: di
     done = []
     modules = dict(model.named_modules())
     for name, fmt in plan.items():
-        layer = _engine_module(modules[name], fmt, config.group_size, empty) if config.engine else None
+        layer = (_engine_module(modules[name], fmt, config.group_size, empty, config.symmetric)
+                 if config.engine else None)
         if layer is not None:
             _set_module(model, name, layer)
             done.append(name)
+    return done
+
+
+def _engine_plan(model: torch.nn.Module, config: MixedPrecision, plan: dict[str, Format]) -> dict[str, Format]:
+    """The part of ``plan`` the engine stores packed, in the model's module order (as ``weight-only``)."""
+    from autolite.quant.common import linear_shape
+
+    if not config.engine:
+        return {}
+    return {n: plan[n] for n, m in model.named_modules() if n in plan
+            and engine_format(plan[n], config.group_size, linear_shape(m)[0]) is not None}
+
+
+def _gptq_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: dict[str, Format],
+                        ctx: PassContext) -> set[str]:
+    """GPTQ, block by block, of the planned engine layers; linears sharing an input share its Hessian and
+    are stacked per format (INT8 ones are rounded per channel). Returns the names swapped."""
+    from autolite.quant import weight_only as wo
+    from autolite.quant.sequential import sequential_quantize
+
+    modules = dict(model.named_modules())
+
+    def quantize(linears: dict[str, torch.nn.Module], hessian: torch.Tensor, owner: str) -> dict[str, torch.nn.Module]:
+        by_group: dict[int | None, dict[str, torch.nn.Module]] = {}
+        for name, module in linears.items():
+            by_group.setdefault(engine_format(plan[name], config.group_size, hessian.shape[0])[1], {})[name] = module
+        out = {n: _engine_module(m, plan[n], config.group_size, False) for n, m in by_group.pop(None, {}).items()}
+        for group, members in by_group.items():
+            settings = wo.WeightOnly(bits=4, group_size=group, symmetric=config.symmetric, method="gptq",
+                                     damp=config.damp, kernel_max_rows=KERNEL_MAX_ROWS)
+            out.update(wo._gptq_layers(members, hessian, owner, settings, ctx))
+        return out
+
+    done = sequential_quantize(model, ctx.family, ctx.tokenizer, ctx.calib, {n: modules[n] for n in plan}, quantize,
+                               seq_len=config.calib_seq, max_tokens=config.calib_tokens, label="mixed GPTQ")
+    if len(done) < len(plan):
+        ctx.note(f"mixed_precision gptq: {len(plan) - len(done)} linears outside the transformer blocks use rtn")
     return done
 
 
@@ -291,23 +356,34 @@ def apply_mixed_precision(model: torch.nn.Module, config: MixedPrecision, ctx: P
     plan = resolve_bits(model, ctx.family, config)
     if not plan:
         raise RecipeError("mixed_precision bits map matches no linear of this model; check the layer names")
-    packed = set(_swap_engine_layers(model, config, plan, empty=False))
+    engine_plan = _engine_plan(model, config, plan)
     modules = dict(model.named_modules())
-    for name, fmt in plan.items():
-        if name not in packed and parse_format(fmt, config.group_size)[0] < 16:
+    for name, fmt in plan.items():  # widths without an engine module: fake-quantized in place
+        if name not in engine_plan and parse_format(fmt, config.group_size)[0] < 16:
             w = weight_matrix(modules[name])
             set_weight_matrix(modules[name], dequantized(w, fmt, config.group_size, engine=False))
+    if config.embedding:
+        from autolite.quant.embedding import quantize_embeddings
+
+        config.embedding_layers = quantize_embeddings(model, KERNEL_MAX_ROWS)
+    packed = _gptq_engine_layers(model, config, engine_plan, ctx) if config.method == "gptq" else set()
+    packed |= set(_swap_engine_layers(model, config, {n: f for n, f in engine_plan.items() if n not in packed},
+                                      empty=False))
     counts: dict[str, int] = {}
     for fmt in plan.values():
         counts[str(fmt)] = counts.get(str(fmt), 0) + 1
-    ctx.note(f"mixed_precision: formats {dict(sorted(counts.items()))}; {len(packed)} linears stored packed by the "
-             f"weight-only engine (INT4/INT8), {len(plan) - len(packed)} fake-quantized in place (float storage)")
+    ctx.note(f"mixed_precision ({config.method}): formats {dict(sorted(counts.items()))}; {len(packed)} linears "
+             f"stored packed by the weight-only engine (INT4/INT8), {len(plan) - len(packed)} fake-quantized in "
+             f"place (float storage){'; INT8 per-row embedding' if config.embedding_layers else ''}")
     return model
 
 
 def _restore(model: torch.nn.Module, config: MixedPrecision, ctx: PassContext) -> torch.nn.Module:
     from autolite.arch import family_of
+    from autolite.quant.embedding import restore_embeddings
 
     plan = resolve_bits(model, family_of(model), config)
     _swap_engine_layers(model, config, plan, empty=True)
+    if config.embedding_layers:
+        restore_embeddings(model, config.embedding_layers, KERNEL_MAX_ROWS)
     return model

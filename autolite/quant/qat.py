@@ -8,6 +8,9 @@
   ("minmax"), tracked by an exponential moving average ("ema"), or learned (LSQ, "lsq").
 * ``prepare_qat`` swaps a model's transformer linears for ``FakeQuantLinear``; ``convert_qat`` turns them
   back into plain modules holding the quantized weights (see :func:`convert_qat`).
+* ``prepare_qat_from_packed`` starts QAT from an already quantized model (e.g. GPTQ): each packed INT4
+  layer becomes a FakeQuantLinear whose latent weight is the dequantized codes and whose LSQ scales and
+  (fixed) zeros are the stored ones, so the fake-quant model at step 0 is the packed model.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from autolite.errors import RecipeError
+from autolite.quant.common import set_module as _set_module
 
 log = logging.getLogger(__name__)
 SCALE_DTYPE = torch.bfloat16  # scales are stored in BF16 by the engine's weight-only modules
@@ -127,7 +131,8 @@ class WeightFakeQuant(nn.Module):
     training starts from the engine's post-training quantization instead of plain min/max."""
 
     def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = 64, symmetric: bool = True,
-                 mode: str = "minmax", momentum: float = 0.9, init: str = "minmax") -> None:
+                 mode: str = "minmax", momentum: float = 0.9, init: str = "minmax",
+                 scale_init: torch.Tensor | None = None, zero_init: torch.Tensor | None = None) -> None:
         super().__init__()
         if mode not in WEIGHT_MODES:
             raise RecipeError(f"weight fake-quant mode must be one of {WEIGHT_MODES}, got '{mode}'")
@@ -140,11 +145,16 @@ class WeightFakeQuant(nn.Module):
         self.register_buffer("range_hi", wg.amax(-1).clone())
         if init not in ("minmax", "search"):
             raise RecipeError(f"QAT scale init must be 'minmax' or 'search', got '{init}'")
-        if init == "search" and symmetric:
+        if scale_init is not None and mode != "lsq":
+            raise RecipeError("QAT from given scales (init gptq) needs mode 'lsq' (learned scales)")
+        if scale_init is not None:
+            scale = scale_init.detach().float().clone()
+        elif init == "search" and symmetric:
             scale = search_scale(weight, bits, self.group)
         else:
             scale, _ = group_params(weight.detach().float(), bits, self.group, symmetric)
         self.scale = nn.Parameter(scale) if mode == "lsq" else None
+        self.register_buffer("zero_point", None if zero_init is None else zero_init.detach().float().clone())
 
     def params(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero) to use now (updating the EMA ranges in training)."""
@@ -152,7 +162,8 @@ class WeightFakeQuant(nn.Module):
             qmax = quant_range(self.bits, self.symmetric)[1]
             grad_scale = 1.0 / (self.group * qmax) ** 0.5  # LSQ gradient scaling
             scale = (self.scale - self.scale * grad_scale).detach() + self.scale * grad_scale
-            return to_scale_dtype(scale.abs().clamp(min=1e-8)), torch.zeros_like(scale)
+            zero = torch.zeros_like(scale) if self.zero_point is None else self.zero_point
+            return to_scale_dtype(scale.abs().clamp(min=1e-8)), zero
         if self.mode == "ema":
             if self.training:
                 wg = w.detach().reshape(w.shape[0], -1, self.group)
@@ -177,16 +188,30 @@ class FakeQuantLinear(nn.Module):
     """A Linear (or Conv1D, as ``(out, in)``) with fake-quantized weights and optional per-token activations."""
 
     def __init__(self, module: nn.Module, bits: int, group_size: int | None = 64, symmetric: bool = True,
-                 mode: str = "minmax", act_bits: int | None = None, init: str = "minmax") -> None:
+                 mode: str = "minmax", act_bits: int | None = None, init: str = "minmax",
+                 scale_init: torch.Tensor | None = None, zero_init: torch.Tensor | None = None) -> None:
         super().__init__()
         w = weight_matrix(module).detach().clone()
         self.weight = nn.Parameter(w, requires_grad=module.weight.requires_grad)
         bias = getattr(module, "bias", None)
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.in_features, self.out_features = w.shape[1], w.shape[0]
-        self.weight_quant = WeightFakeQuant(w, bits, group_size, symmetric, mode, init=init)
+        self.weight_quant = WeightFakeQuant(w, bits, group_size, symmetric, mode, init=init, scale_init=scale_init,
+                                            zero_init=zero_init)
         self.act_bits = act_bits
         self.source_type = type(module).__name__
+
+    @classmethod
+    def from_packed(cls, layer: nn.Module, mode: str = "lsq") -> "FakeQuantLinear":
+        """Fake-quant twin of a packed ``WeightOnlyInt4Linear``: latent weight = its dequantized codes, scales
+        and zeros = its stored ones (unsigned codes 0..15), so both compute the same weights."""
+        dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        with torch.no_grad():
+            dense.weight.copy_(layer.dequantize(torch.float32))
+            if layer.bias is not None:
+                dense.bias.copy_(layer.bias.float())
+        return cls(dense, 4, layer.group, symmetric=False, mode=mode, scale_init=layer.weight_scale.float(),
+                   zero_init=layer.weight_zero.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_bits:
@@ -213,11 +238,6 @@ def transformer_linears(model: nn.Module, family) -> dict[str, nn.Module]:
     return found
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 def prepare_qat(model: nn.Module, family, bits: int | dict[str, int], group_size: int | None = 64,
                 symmetric: bool = True, mode: str = "minmax", act_bits: int | None = None,
                 init: str = "minmax") -> nn.Module:
@@ -233,6 +253,19 @@ def prepare_qat(model: nn.Module, family, bits: int | dict[str, int], group_size
             _set_module(model, name, FakeQuantLinear(linears[name], width, group_size, symmetric, mode, act_bits,
                                                      init))
     log.info("prepared %d linears for QAT", sum(1 for w in plan.values() if w < 16))
+    return model
+
+
+def prepare_qat_from_packed(model: nn.Module, mode: str = "lsq") -> nn.Module:
+    """Swap every packed INT4 layer of ``model`` (in place) for :meth:`FakeQuantLinear.from_packed`."""
+    from autolite.quant.weight_only import WeightOnlyInt4Linear
+
+    packed = [(n, m) for n, m in model.named_modules() if isinstance(m, WeightOnlyInt4Linear)]
+    if not packed:
+        raise RecipeError("QAT from a quantized model needs packed INT4 layers (weight-only 4-bit); found none")
+    for name, layer in packed:
+        _set_module(model, name, FakeQuantLinear.from_packed(layer, mode))
+    log.info("prepared %d packed INT4 linears for QAT", len(packed))
     return model
 
 
@@ -279,10 +312,7 @@ def _float_layer(module: FakeQuantLinear) -> nn.Module:
 
 def _engine_layer(module: FakeQuantLinear) -> nn.Module | None:
     """The engine's packed module for this layer's codes, or None when the engine cannot hold them."""
-    try:
-        from autolite.quant import weight_only as wo
-    except ImportError:
-        return None
+    from autolite.quant import weight_only as wo
     quant = module.weight_quant
     q, scale, zero = quant.codes(module.weight)
     bias = module.bias is not None
@@ -304,11 +334,17 @@ def _engine_layer(module: FakeQuantLinear) -> nn.Module | None:
 
 
 def _record_engine_layers(model: nn.Module, real: dict[tuple[int, int | None], list[str]]) -> None:
-    """Record one ``weight-only`` pass per (bits, group) so that a saved model reloads its packed layers."""
+    """Record one ``weight-only`` pass per (bits, group) so that a saved model reloads its packed layers
+    (layers a recorded ``weight-only`` pass already rebuilds, as after QAT from GPTQ, are not recorded twice)."""
     from autolite.config import Recipe
-    from autolite.passes import record_recipe
+    from autolite.passes import applied_recipe, record_recipe
     from autolite.quant.weight_only import WeightOnly
 
+    known = {n for c in applied_recipe(model).passes if isinstance(c, WeightOnly) for n in c.layers or []}
+    real = {key: [n for n in names if n not in known] for key, names in real.items()}
+    real = {key: names for key, names in real.items() if names}
+    if not real:
+        return
     configs = [WeightOnly(bits=bits, group_size=group, layers=sorted(names)) for (bits, group), names in real.items()]
     record_recipe(model, Recipe(passes=configs, name="qat"))
 
@@ -320,16 +356,45 @@ def qat_codes(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, t
             if isinstance(m, FakeQuantLinear)}
 
 
+def gptq_start(model: nn.Module, tokenizer, family, texts: list[str] | None, group_size: int = 64,
+               embedding: bool = True, calib_tokens: int = 8192) -> nn.Module:
+    """A copy of ``model`` quantized as the ``w4gG`` presets (GPTQ, asymmetric, INT8 embedding when asked):
+    the starting point of ``init="gptq"``."""
+    import copy
+
+    from autolite.passes import compress
+    from autolite.quant.weight_only import WeightOnly
+
+    config = WeightOnly(bits=4, group_size=group_size, symmetric=False, method="gptq", embedding=embedding,
+                        calib_tokens=calib_tokens)
+    return compress(copy.deepcopy(model), [config], calib=texts, tokenizer=tokenizer, family=family)
+
+
 def run_qat(model: nn.Module, tokenizer, family, bits: int | dict[str, int], data, config, *,
             heldout=None, group_size: int | None = 64, mode: str = "ema", act_bits: int | None = None,
-            checkpoint_dir=None, progress=None, init: str = "minmax"):
+            checkpoint_dir=None, progress=None, init: str = "minmax", start: nn.Module | None = None,
+            embedding: bool = True):
     """Short, bounded QAT: ``model`` (FP32) is the teacher of a fake-quantized copy trained with the
     distillation trainer (``config``: a ``TrainConfig``). Returns the TrainResult whose ``student`` still
-    holds FakeQuantLinear modules; pass it to :func:`convert_qat` to fold the quantized weights."""
+    holds FakeQuantLinear modules; pass it to :func:`convert_qat` to fold the quantized weights.
+
+    ``init="gptq"`` (4-bit, LSQ): start from ``start`` (a packed INT4 model, e.g. the ``w4g64`` preset) or
+    from :func:`gptq_start` on the training texts (INT8 embedding with ``embedding``); step 0 is that model."""
     import copy
+    import dataclasses
 
     from autolite.distill.train import distill
 
-    student = prepare_qat(copy.deepcopy(model), family, bits, group_size, mode=mode, act_bits=act_bits, init=init)
+    if init == "gptq":
+        if bits != 4 or act_bits:
+            raise RecipeError("QAT init gptq starts from GPTQ INT4 weights: use a w4gG format without act_bits")
+        packed = copy.deepcopy(start) if start is not None else gptq_start(
+            model, tokenizer, family, data.texts, group_size or 64, embedding)
+        student = prepare_qat_from_packed(packed, mode)
+        if not isinstance(student.get_input_embeddings(), nn.Embedding):  # INT8 rows: nothing to freeze or train
+            config = dataclasses.replace(config, freeze_embeddings=False)
+    else:
+        student = prepare_qat(copy.deepcopy(model), family, bits, group_size, mode=mode, act_bits=act_bits,
+                              init=init)
     return distill(model, student, tokenizer, family, config, data, heldout, checkpoint_dir=checkpoint_dir,
                    progress=progress)

@@ -11,6 +11,9 @@ and g the gradient at its output of the log-likelihood of labels sampled from th
 is the Fisher's diagonal in output space; for encoders random projections of the pooled embedding). It
 sees how each layer's inputs amplify its weight error, costs a few backward passes, and is divided by the
 number of tokens (a per-token KL estimate). Quantization in every probe is the engine's own (``engine``).
+With ``gptq=True`` the INT4 probes are rounded by GPTQ (each linear alone, its Hessian from the float
+model's activations on the calibration windows GPTQ itself uses), so the estimate ranks layers by the error
+GPTQ leaves rather than round-to-nearest's.
 
 Estimated: the second-order Taylor/Fisher estimate ``0.5 * sum(F * (Q_b(W) - W)^2)`` with ``F`` the squared
 gradients (diagonal empirical Fisher) of the decoder's next-token loss, or, for encoders, of random
@@ -94,8 +97,8 @@ def _fidelity_loss(family: ArchSpec, out: torch.Tensor, ref: torch.Tensor, mask:
 
 @torch.no_grad()
 def measure(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.Tensor], units: dict[str, list[str]],
-            bits: list[int], group_size: int, progress: Callable[[], None] | None = None, engine: bool = True
-            ) -> dict[str, dict[int, float]]:
+            bits: list[int], group_size: int, progress: Callable[[], None] | None = None, engine: bool = True,
+            symmetric: bool = True) -> dict[str, dict[int, float]]:
     """Fidelity loss of quantizing each unit alone to each width (weights restored after each probe)."""
     modules = dict(model.named_modules())
     ref = _outputs(model, family, batch)
@@ -105,7 +108,7 @@ def measure(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.Ten
         table[unit] = {}
         for b in bits:
             for n in names:
-                set_weight_matrix(modules[n], dequantized(originals[n], b, group_size, engine))
+                set_weight_matrix(modules[n], dequantized(originals[n], b, group_size, engine, symmetric))
             table[unit][b] = _fidelity_loss(family, _outputs(model, family, batch), ref, batch["attention_mask"])
             if progress:
                 progress()
@@ -148,7 +151,8 @@ def _gradient_loss(model, family: ArchSpec, batch, generator: torch.Generator) -
 
 @torch.no_grad()
 def estimate(model: torch.nn.Module, units: dict[str, list[str]], fisher: dict[str, torch.Tensor],
-             bits: list[int], group_size: int, engine: bool = True) -> dict[str, dict[int, float]]:
+             bits: list[int], group_size: int, engine: bool = True, symmetric: bool = True
+             ) -> dict[str, dict[int, float]]:
     """``0.5 * sum(F * (Q_b(W) - W)^2)`` per unit and width."""
     modules = dict(model.named_modules())
     table: dict[str, dict[int, float]] = {}
@@ -158,7 +162,8 @@ def estimate(model: torch.nn.Module, units: dict[str, list[str]], fisher: dict[s
             total = 0.0
             for n in names:
                 w = weight_matrix(modules[n]).detach().float()
-                total += 0.5 * float((fisher[n] * (dequantized(w, b, group_size, engine) - w).pow(2)).sum())
+                deq = dequantized(w, b, group_size, engine, symmetric)
+                total += 0.5 * float((fisher[n] * (deq - w).pow(2)).sum())
             table[unit][b] = total
     return table
 
@@ -166,9 +171,11 @@ def estimate(model: torch.nn.Module, units: dict[str, list[str]], fisher: dict[s
 def analyze(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, texts: list[str], *,
             bits: tuple[int, ...] = DEFAULT_BITS, group_size: int = 64, granularity: str = "linear",
             max_texts: int = 16, max_length: int = 64, gradient: bool = True, measured: bool = True,
-            output: bool = False, engine: bool = True, progress: Callable[[], None] | None = None) -> Sensitivity:
+            output: bool = False, engine: bool = True, progress: Callable[[], None] | None = None,
+            symmetric: bool = True, gptq: bool = False) -> Sensitivity:
     """Measure (``measured``) and/or estimate (``gradient``: weight Fisher, ``output``: output Fisher)
-    every unit's sensitivity to each of ``bits`` (widths or formats such as ``"w4g64"``)."""
+    every unit's sensitivity to each of ``bits`` (widths or formats such as ``"w4g64"``); ``symmetric``:
+    the engine's INT4 ranges; ``gptq``: output-Fisher INT4 probes rounded by GPTQ on ``texts``."""
     if not texts:
         raise DataError("sensitivity analysis needs at least one calibration text")
     if family.kind == "seq2seq":
@@ -178,13 +185,17 @@ def analyze(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, texts: lis
     units = sensitivity_units(model, family, granularity)
     modules = dict(model.named_modules())
     numel = {u: sum(modules[n].weight.numel() for n in names) for u, names in units.items()}
-    measured_table = (measure(model, family, batch, units, list(bits), group_size, progress, engine)
+    measured_table = (measure(model, family, batch, units, list(bits), group_size, progress, engine, symmetric)
                       if measured else {})
     estimated: dict[str, dict[int, float]] = {}
     if gradient:
         fisher = fisher_diagonal(model, family, batch, [n for names in units.values() for n in names])
-        estimated = estimate(model, units, fisher, list(bits), group_size, engine)
-    out_table = output_fisher(model, family, batch, units, list(bits), group_size, engine) if output else {}
+        estimated = estimate(model, units, fisher, list(bits), group_size, engine, symmetric)
+    hessians = None
+    if output and gptq:
+        hessians = gptq_hessians(model, family, tokenizer, texts, [n for ns in units.values() for n in ns])
+    out_table = (output_fisher(model, family, batch, units, list(bits), group_size, engine, symmetric=symmetric,
+                               hessians=hessians) if output else {})
     metric = "1 - cosine (pooled embeddings)" if family.kind == "encoder" else "next-token KL(float || quantized)"
     return Sensitivity(list(units), units, numel, list(bits), group_size, metric, measured_table, estimated,
                        out_table)
@@ -192,13 +203,16 @@ def analyze(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, texts: lis
 
 def output_fisher(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.Tensor],
                   units: dict[str, list[str]], formats: list, group_size: int, engine: bool = True,
-                  draws: int = 2, seed: int = 0) -> dict[str, dict[Any, float]]:
-    """Output-space diagonal Fisher estimate of each unit's per-token KL change in each format."""
+                  draws: int = 2, seed: int = 0, symmetric: bool = True,
+                  hessians: dict[str, torch.Tensor] | None = None) -> dict[str, dict[Any, float]]:
+    """Output-space diagonal Fisher estimate of each unit's per-token KL change in each format (INT4
+    formats rounded by GPTQ with ``hessians[name]`` when given)."""
     names = [n for ns in units.values() for n in ns]
     modules = dict(model.named_modules())
     inputs, grads = _output_statistics(model, family, batch, names, draws, seed)
     tokens = float(batch["attention_mask"].sum())
     table: dict[str, dict[Any, float]] = {}
+    cache: dict[tuple, torch.Tensor] = {}
     with torch.no_grad():
         for unit, members in units.items():
             table[unit] = {}
@@ -206,10 +220,47 @@ def output_fisher(model: torch.nn.Module, family: ArchSpec, batch: dict[str, tor
                 total = 0.0
                 for n in members:
                     w = weight_matrix(modules[n]).detach().float()
-                    delta_y = inputs[n] @ (dequantized(w, fmt, group_size, engine).float() - w).t()
+                    deq = _probe(w, fmt, group_size, engine, symmetric, (hessians or {}).get(n), cache, n)
+                    delta_y = inputs[n] @ (deq - w).t()
                     total += 0.5 * float((grads[n] * delta_y.pow(2)).sum()) / tokens
                 table[unit][fmt] = total
     return table
+
+
+def _probe(w: torch.Tensor, fmt, group_size: int, engine: bool, symmetric: bool, hessian: torch.Tensor | None,
+           cache: dict[tuple, torch.Tensor], name: str) -> torch.Tensor:
+    """``w`` quantized to ``fmt``: GPTQ for engine INT4 formats when a Hessian is given, else as stored by RTN."""
+    from autolite.quant.gptq import gptq_quantize
+    from autolite.quant.mixed import engine_format
+
+    real = engine_format(fmt, group_size, w.shape[1]) if engine and hessian is not None else None
+    if real is None or real[0] != 4:
+        return dequantized(w, fmt, group_size, engine, symmetric).float()
+    if (name, real) not in cache:  # w4g128 on a width 128 does not divide is w4g64: computed once
+        q, scale, zero = gptq_quantize(w, hessian, real[1], symmetric, name=name)
+        groups = (q.float().view(w.shape[0], -1, real[1]) - zero.float()[..., None]) * scale.float()[..., None]
+        if len(cache) > 32:  # entries are reused only within one unit's formats
+            cache.clear()
+        cache[(name, real)] = groups.reshape(w.shape)
+    return cache[(name, real)]
+
+
+def gptq_hessians(model: torch.nn.Module, family: ArchSpec, tokenizer: Any, texts: list[str], names: list[str],
+                  seq_len: int = 128, max_tokens: int = 8192, batch: int = 8) -> dict[str, torch.Tensor]:
+    """Each named linear's GPTQ Hessian ``2/n XᵀX`` from the float model's activations on the calibration
+    windows GPTQ uses (linears fed the same tensor share one)."""
+    from autolite.quant.sequential import _collect_hessians, calibration_windows
+
+    windows = calibration_windows(tokenizer, texts, seq_len, max_tokens)
+    extra = {"use_cache": False} if family.kind == "decoder" else {}
+    calls = []
+    for start in range(0, len(windows), batch):
+        ids = torch.cat([w for w in windows[start:start + batch] if w.shape[1] == windows[start].shape[1]])
+        calls.append(((), {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}))
+    modules = dict(model.named_modules())
+    hessians, groups = _collect_hessians(model, {n: modules[n] for n in names}, calls)
+    shared = {owner: hessians[owner].hessian() for owner in groups}
+    return {n: shared[owner] for owner, members in groups.items() for n in members}
 
 
 def _output_statistics(model, family: ArchSpec, batch, names: list[str], draws: int, seed: int):

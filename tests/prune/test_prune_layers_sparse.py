@@ -13,7 +13,7 @@ from autolite.eval.forward import model_inputs, tokenize
 from autolite.passes import PassContext
 from autolite.prune import PruneFFN, PruneLayers, Sparsify
 from autolite.prune.calib import calib_batches
-from autolite.prune.recover import recover
+from autolite.prune.recover import fixed_batches, recover
 from autolite.prune.sparse import SparseLinear, pack_bits, unpack_bits
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "It was the best of times.", "Call me Ishmael.",
@@ -108,7 +108,7 @@ def test_recovery_brings_the_pruned_model_back_towards_the_original(load_model):
     pruned = autolite.compress(model, [PruneFFN(ratio=0.5, importance="magnitude", reconstruct=False)],
                                tokenizer=tok, family=family, ctx=ctx)  # a plain cut: something to recover
     batches = calib_batches(pruned, family, ctx)  # one batch: every step sees the same texts
-    losses = recover(pruned, teacher, family, batches, steps=15, lr=1e-3)
+    losses = recover(pruned, teacher, family, fixed_batches(batches), steps=15, lr=1e-3)
     assert len(losses) == 15 and losses[-1] < 0.8 * losses[0]
 
 

@@ -26,8 +26,9 @@ def test_bert_base_recipe_removes_40_percent_of_encoder_parameters():
 
 @pytest.mark.slow
 def test_minilm_30_40_with_refit_and_recovery_keeps_embeddings():
-    """Measured (shared CPU): plain cut 0.70; least-squares refit 0.85-0.88; + 8 recovery steps 0.848 (scores on
-    16 texts, refit on 48). The issue's 0.95 is not reached here (see docs/BENCHMARKS.md, pruning section)."""
+    """Measured (shared, loaded CPU): plain cut 0.70; least-squares refit ~0.876; recovery on augmented calibration
+    text (batch 16, lr 1e-4): 0.898 after 100 steps, 0.903 after 200 (of an 800-step schedule). The issue's 0.95 is
+    not reached (see docs/BENCHMARKS.md, pruning section). About 10 minutes on 2 quiet cores."""
     import torch
 
     from autolite.prune import PruneFFN, PruneHeads
@@ -38,6 +39,6 @@ def test_minilm_30_40_with_refit_and_recovery_keeps_embeddings():
     ctx = PassContext(family=family, tokenizer=tok, calib=calib.texts)
     ctx.teacher = model
     recipe = [PruneHeads(ratio=0.3, importance="taylor"),
-              PruneFFN(ratio=0.4, importance="taylor", recover_steps=8, recover_lr=5e-5)]
+              PruneFFN(ratio=0.4, importance="taylor", recover_steps=200, recover_lr=1e-4)]
     small = autolite.compress(copy.deepcopy(model), recipe, tokenizer=tok, family=family, ctx=ctx)
-    assert autolite.evaluate(small, tok, reference=model, data=held, family=family)["cosine"] >= 0.82
+    assert autolite.evaluate(small, tok, reference=model, data=held, family=family)["cosine"] >= 0.885

@@ -66,6 +66,7 @@ def test_llama_mixed_recipe_file_applies(load_model):
 
     recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "llama-mixed-4.5.yaml")
     assert recipe.passes[0].avg_bits == 4.5 and recipe.passes[0].estimator == "output"
+    assert recipe.passes[0].method == "gptq" and recipe.passes[0].embedding and not recipe.passes[0].symmetric
     model, tok, family = load_model("tiny-llama")
     from autolite.quant.mixed import unit_bits_table
 
@@ -75,3 +76,6 @@ def test_llama_mixed_recipe_file_applies(load_model):
     plan = small.config.autolite["recipe"]["passes"][0]["bits"]
     assert set(plan) == set(numel) and average_bits(plan, numel, 64, bpw) <= 4.5
     assert set(plan.values()) <= {"w8", "w4g32", "w4g64", "w4g128"}
+    from autolite.quant.embedding import Int8Embedding
+
+    assert isinstance(small.get_input_embeddings(), Int8Embedding)
