@@ -16,15 +16,12 @@ import argparse
 import contextlib
 import json
 import logging
-import socket
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 
 log = logging.getLogger("serve_fuzz")
 SERVERS = {"random:tiny-bert": {}, "random:tiny-llama": {"max_new_tokens": 16}}
@@ -33,30 +30,14 @@ SERVERS = {"random:tiny-bert": {}, "random:tiny-llama": {"max_new_tokens": 16}}
 @contextlib.contextmanager
 def live_server(spec: str, **config: Any) -> Iterator[str]:
     """``autolite serve SPEC`` in a thread (uvicorn) on a free loopback port; yields its URL."""
-    import uvicorn
-
     import autolite
     from autolite.serve import Engine, ServeConfig, create_app
+    from autolite.serve.server import serve_in_thread
 
     model, tok, family = autolite.load(spec)
     app = create_app(Engine(model, tok, family, name=spec), ServeConfig(threads=1, timeout_s=60, **config))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        time.sleep(0.1)
-    try:
+    with serve_in_thread(app, log_level="error") as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
 
 
 def fuzz_server(url: str, examples: int, seed: int) -> tuple[dict[str, Counter], list[dict[str, Any]]]:

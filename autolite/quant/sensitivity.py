@@ -155,17 +155,18 @@ def estimate(model: torch.nn.Module, units: dict[str, list[str]], fisher: dict[s
              ) -> dict[str, dict[int, float]]:
     """``0.5 * sum(F * (Q_b(W) - W)^2)`` per unit and width."""
     modules = dict(model.named_modules())
-    table: dict[str, dict[int, float]] = {}
-    for unit, names in units.items():
-        table[unit] = {}
-        for b in bits:
-            total = 0.0
-            for n in names:
-                w = weight_matrix(modules[n]).detach().float()
-                deq = dequantized(w, b, group_size, engine, symmetric)
-                total += 0.5 * float((fisher[n] * (deq - w).pow(2)).sum())
-            table[unit][b] = total
-    return table
+
+    def cost(n: str, b: int) -> float:
+        w = weight_matrix(modules[n]).detach().float()
+        return 0.5 * float((fisher[n] * (dequantized(w, b, group_size, engine, symmetric) - w).pow(2)).sum())
+
+    return _unit_table(units, bits, cost)
+
+
+def _unit_table(units: dict[str, list[str]], formats: list, cost: Callable[[str, Any], float]
+                ) -> dict[str, dict[Any, float]]:
+    """``{unit: {format: sum of cost(member, format) over the unit's linears}}``."""
+    return {unit: {fmt: sum(cost(n, fmt) for n in members) for fmt in formats} for unit, members in units.items()}
 
 
 def analyze(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, texts: list[str], *,
@@ -211,20 +212,16 @@ def output_fisher(model: torch.nn.Module, family: ArchSpec, batch: dict[str, tor
     modules = dict(model.named_modules())
     inputs, grads = _output_statistics(model, family, batch, names, draws, seed)
     tokens = float(batch["attention_mask"].sum())
-    table: dict[str, dict[Any, float]] = {}
     cache: dict[tuple, torch.Tensor] = {}
+
+    def cost(n: str, fmt: Any) -> float:
+        w = weight_matrix(modules[n]).detach().float()
+        deq = _probe(w, fmt, group_size, engine, symmetric, (hessians or {}).get(n), cache, n)
+        delta_y = inputs[n] @ (deq - w).t()
+        return 0.5 * float((grads[n] * delta_y.pow(2)).sum()) / tokens
+
     with torch.no_grad():
-        for unit, members in units.items():
-            table[unit] = {}
-            for fmt in formats:
-                total = 0.0
-                for n in members:
-                    w = weight_matrix(modules[n]).detach().float()
-                    deq = _probe(w, fmt, group_size, engine, symmetric, (hessians or {}).get(n), cache, n)
-                    delta_y = inputs[n] @ (deq - w).t()
-                    total += 0.5 * float((grads[n] * delta_y.pow(2)).sum()) / tokens
-                table[unit][fmt] = total
-    return table
+        return _unit_table(units, formats, cost)
 
 
 def _probe(w: torch.Tensor, fmt, group_size: int, engine: bool, symmetric: bool, hessian: torch.Tensor | None,

@@ -6,11 +6,14 @@ batcher and stops the worker threads. A second signal forces the exit.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from autolite.errors import AutoliteError
 from autolite.serve.app import ServeConfig, create_app
@@ -77,3 +80,30 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
     config = ServeConfig(**options)
     check_host(host, config.api_key)
     run_server(load_engine(model, config, device), config, host, port)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, log_level: str = "warning", timeout_s: float = 60.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a daemon thread on a free loopback port; yields its base URL once
+    ``/health`` answers (tests and benchmarks that need a real socket)."""
+    import httpx
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout_s)

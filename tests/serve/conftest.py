@@ -14,6 +14,7 @@ import time
 import pytest
 
 from autolite.serve import Engine, ServeConfig, create_app
+from autolite.serve.server import serve_in_thread as live_server
 
 
 class SlowEngine(Engine):
@@ -46,34 +47,6 @@ async def client_for(engine: Engine, **config):
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             client.app = app
             yield client
-
-
-@contextlib.contextmanager
-def live_server(app):
-    """Run ``app`` under uvicorn in a thread on a free loopback port; yields its base URL."""
-    import threading
-
-    import httpx
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def run(coro):
