@@ -53,6 +53,11 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     return module.in_features, module.out_features
 
 
+def shape_key(module: nn.Module) -> tuple[int, int, bool]:
+    """``(in_features, out_features, has_bias)``: layers with equal keys time alike (kernel choice)."""
+    return (*linear_shape(module), getattr(module, "bias", None) is not None)
+
+
 def head_names(model: nn.Module) -> set[str]:
     """Fully qualified names of output heads (the output embedding and known classifier names)."""
     names = set()

@@ -201,7 +201,7 @@ def _plan(model: nn.Module, config: Int8Dynamic, ctx: PassContext) -> dict[str, 
     plan: dict[str, str] = {}
     for name, module in common.target_linears(model, include_head=config.include_head, skip=config.skip,
                                               layers=config.layers):
-        shape = (*common.linear_shape(module), module.bias is not None)
+        shape = common.shape_key(module)
         if shape not in by_shape:
             best, timings = choose_kernel(module, candidates, config.rows)
             slower = timings[best] > timings["fp32"]

@@ -132,7 +132,7 @@ def _faster_than_fp32(targets: dict[str, nn.Module], rows: int, ctx: PassContext
     """The targets whose shape runs faster as a static INT8 layer than as FP32 at ``rows`` tokens."""
     verdict: dict[tuple, bool] = {}
     for module in targets.values():
-        shape = (*common.linear_shape(module), getattr(module, "bias", None) is not None)
+        shape = common.shape_key(module)
         if shape in verdict:
             continue
         x = torch.randn(rows, shape[0])
@@ -144,8 +144,7 @@ def _faster_than_fp32(targets: dict[str, nn.Module], rows: int, ctx: PassContext
         if not verdict[shape]:
             ctx.note(f"int8-static: {shape[0]}x{shape[1]} layers stay FP32 (INT8 slower at {rows} tokens: "
                      f"fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms)")
-    return {n: m for n, m in targets.items()
-            if verdict[(*common.linear_shape(m), getattr(m, "bias", None) is not None)]}
+    return {n: m for n, m in targets.items() if verdict[common.shape_key(m)]}
 
 
 def apply_int8_static(model: nn.Module, config: Int8Static, ctx: PassContext) -> nn.Module:
