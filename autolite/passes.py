@@ -41,7 +41,9 @@ class PassContext:
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def note(self, message: str) -> None:
-        """Record something the user should read in the report (a fallback, a skipped layer)."""
+        """Record something the user should read in the report (a fallback, a skipped layer), once."""
+        if message in self.notes:
+            return
         log.info(message)
         self.notes.append(message)
 

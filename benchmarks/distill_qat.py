@@ -8,7 +8,7 @@ PTQ: the ``w4gG`` preset (GPTQ, asymmetric, INT8 per-row embedding), calibrated 
 (or ``--start DIR``: that model saved by ``autolite compress``/``distill_mixed_quant.py --save-dir``).
 QAT (``--init gptq``): fake-quant layers initialised from the GPTQ codes (latent weight = dequantized codes,
 LSQ scales = the stored scales, zeros fixed), so step 0 is the PTQ model; then logit distillation (KL,
-T = 1) from the FP32 model on the calibration split (AdamW, warm-up then cosine decay, batch ``--batch-size``
+T = 1) from the FP32 model on the calibration split (``--extra-text``: plus the bundled distillation corpus) (AdamW, warm-up then cosine decay, batch ``--batch-size``
 texts of up to ``--max-length`` tokens); then converted back to the same packed modules. ``--lr`` takes a
 comma list: one QAT run per value, each from the same GPTQ start. Scored on the held-out split
 (decoders: perplexity; encoders: embedding cosine vs FP32); sizes are the state dicts.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import autolite
 from autolite.data import load_texts
+from autolite.data.distill_corpus import distill_training_texts
 from autolite.distill import TrainConfig
 from autolite.quant.mixed import format_bits, parse_format
 from autolite.quant.qat import convert_qat, gptq_start, run_qat
@@ -68,6 +69,9 @@ def main() -> None:
     parser.add_argument("--lr", default="2e-5", help="comma list: one QAT run per learning rate")
     parser.add_argument("--texts", type=int, default=None, help="held-out texts for scoring (default all)")
     parser.add_argument("--save-dir", default=None, help="also save the QAT models under this folder")
+    parser.add_argument("--extra-text", action="store_true",
+                        help="QAT also trains on the bundled distillation corpus (GPTQ still calibrates on the "
+                             "calibration split only)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.minutes is None and args.steps is None:
@@ -84,8 +88,9 @@ def main() -> None:
     rows.append({"config": f"PTQ {args.format} GPTQ (preset)", "bits": stored, "file_mib": state_mib(start),
                  "quantize_min": (time.perf_counter() - began) / 60, **score(start, base, tok, family, heldout)})
     print(json.dumps(rows[-1]), flush=True)
+    train = distill_training_texts(extra=True) if args.extra_text else calib
     for lr in (float(v) for v in args.lr.split(",")):
-        rows.append({"bits": stored, **qat_row(base, tok, family, start, calib, heldout, bits, group, lr, args)})
+        rows.append({"bits": stored, **qat_row(base, tok, family, start, train, heldout, bits, group, lr, args)})
         print(json.dumps(rows[-1]), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")

@@ -147,20 +147,42 @@ def eager_attention(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
 
 def optimize_graph(path: Path, config: Any, family: Any) -> str:
     """ONNX Runtime's transformer optimizer in place; returns which fused operators it produced."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     model_type = OPTIMIZER_TYPES.get(family.name)
     if model_type is None:
         return f"optimize: ONNX Runtime has no transformer optimizer for {family.name}; graph left as exported"
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
+    heads, hidden = attention_size(config)
+    options = FusionOptions(model_type)
+    options.enable_attention = heads > 0  # pruned layers with different head counts: no one Attention shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimized = optimize_model(str(path), model_type=model_type, num_heads=int(heads or 0),
-                                   hidden_size=int(hidden or 0))
+        optimized = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden,
+                                   optimization_options=options)
     fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     optimized.save_model_to_file(str(path))
-    return f"optimize ({model_type}): fused {fused or 'nothing'}"
+    skipped = "" if heads > 0 else "; attention not fused (layers keep different head counts)"
+    return f"optimize ({model_type}): fused {fused or 'nothing'}{skipped}"
+
+
+def attention_size(config: Any) -> tuple[int, int]:
+    """(heads, attention width) for ORT's attention fusion; (0, 0) when pruned layers differ in head count.
+
+    A head-pruned BERT keeps its config's head count (its head size derives from it), so the pruned layout
+    autolite records in the config says how many heads the graph really has."""
+    from autolite.prune.surgery import LAYOUT_KEY
+
+    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0) or 0)
+    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "dim", 0) or 0)
+    kept = {entry["heads"] for entry in (getattr(config, LAYOUT_KEY, None) or {}).values() if "heads" in entry}
+    if not kept or not heads:
+        return heads, hidden
+    if len(kept) > 1:
+        return 0, 0
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kept_heads = kept.pop()
+    return kept_heads, kept_heads * head_dim
 
 
 def quantize_graph(path: Path, per_channel: bool = False, ops: tuple[str, ...] = ("MatMul",)) -> str:

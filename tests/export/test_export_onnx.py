@@ -53,3 +53,18 @@ def test_onnx_rejects_unsupported_precision_and_dtype(tmp_path, load_model):
     with pytest.raises(UnsupportedExportError, match="takes an FP32 model"):
         autolite.export(model.to(torch.bfloat16), tok, tmp_path / "b", format="onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("skip_layers, fused", [([], True), ([0], False)])
+def test_onnx_int8_head_pruned_bert(tmp_path, load_model, fast_texts, skip_layers, fused):
+    """A head-pruned BERT keeps its config's head count: the fusion must use the pruned one (or skip)."""
+    from autolite.prune import PruneHeads
+
+    model, tok, family = load_model("tiny-bert")
+    pruned = autolite.compress(model, [PruneHeads(ratio=0.5, importance="magnitude", skip_layers=skip_layers)],
+                               tokenizer=tok, family=family)
+    result = autolite.export(pruned, tok, tmp_path / "onnx", format="onnx", precision="int8", optimize=True,
+                             max_texts=fast_texts)
+    assert ("Attention" in result.notes[0]) is fused
+    assert ("attention not fused" in result.notes[0]) is not fused
+    assert result.validation.passed and result.validation.cosine > 0.99
