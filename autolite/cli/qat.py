@@ -32,6 +32,7 @@ def qat(model: str = MODEL_ARG,
     from autolite.cli import console
     from autolite.cli.distill import _data
     from autolite.distill import TrainConfig
+    from autolite.distill.checkpoint import has_checkpoint
     from autolite.errors import RecipeError
     from autolite.quant.mixed import engine_format, parse_format
     from autolite.quant.qat import convert_qat, gptq_start, run_qat
@@ -56,7 +57,13 @@ def qat(model: str = MODEL_ARG,
     ckpt = out.with_name(out.name + ".checkpoint")
     from autolite.cli.distill import _train_progress
 
-    start = gptq_start(base, tokenizer, family, train.texts, group, embedding) if init == "gptq" else None
+    start = None
+    if init == "gptq":  # resuming: the checkpoint holds the trained codes, so the same modules by rounding do
+        resuming = has_checkpoint(ckpt)
+        if resuming:
+            console.print(f"resuming from {ckpt}: GPTQ skipped (the checkpoint holds the trained weights)")
+        start = gptq_start(base, tokenizer, family, train.texts, group, embedding,
+                           method="rtn" if resuming else "gptq")
     with _train_progress(config) as progress:  # after GPTQ: one live progress display at a time
         result = run_qat(base, tokenizer, family, bits, train, config, heldout=heldout, group_size=group,
                          mode=mode, checkpoint_dir=ckpt, progress=progress, init=init, start=start)

@@ -357,15 +357,16 @@ def qat_codes(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, t
 
 
 def gptq_start(model: nn.Module, tokenizer, family, texts: list[str] | None, group_size: int = 64,
-               embedding: bool = True, calib_tokens: int = 8192) -> nn.Module:
+               embedding: bool = True, calib_tokens: int = 8192, method: str = "gptq") -> nn.Module:
     """A copy of ``model`` quantized as the ``w4gG`` presets (GPTQ, asymmetric, INT8 embedding when asked):
-    the starting point of ``init="gptq"``."""
+    the starting point of ``init="gptq"``. ``method="rtn"`` builds the same modules by rounding alone, for a
+    run resumed from a checkpoint (which holds every trained weight, scale and zero)."""
     import copy
 
     from autolite.passes import compress
     from autolite.quant.weight_only import WeightOnly
 
-    config = WeightOnly(bits=4, group_size=group_size, symmetric=False, method="gptq", embedding=embedding,
+    config = WeightOnly(bits=4, group_size=group_size, symmetric=False, method=method, embedding=embedding,
                         calib_tokens=calib_tokens)
     return compress(copy.deepcopy(model), [config], calib=texts, tokenizer=tokenizer, family=family)
 
@@ -396,5 +397,7 @@ def run_qat(model: nn.Module, tokenizer, family, bits: int | dict[str, int], dat
     else:
         student = prepare_qat(copy.deepcopy(model), family, bits, group_size, mode=mode, act_bits=act_bits,
                               init=init)
+    for param in student.parameters():  # trains the same set whatever the teacher's (frozen) flags say
+        param.requires_grad_(True)
     return distill(model, student, tokenizer, family, config, data, heldout, checkpoint_dir=checkpoint_dir,
                    progress=progress)

@@ -81,6 +81,9 @@ def check_available(model: torch.nn.Module, family: Any) -> None:
         raise BackendUnavailableError("this model already runs in ONNX Runtime")
 
 
+GRAPH_BUILDER_VERSION = 2  # bump when export/optimize changes what a cached graph holds (2: pruned-head fusion)
+
+
 def graph_key(model: torch.nn.Module, config: OnnxRuntime) -> str:
     """Hash of the weights, the model config and the build options (names the cached graph)."""
     import onnxruntime
@@ -88,7 +91,8 @@ def graph_key(model: torch.nn.Module, config: OnnxRuntime) -> str:
     digest = hashlib.blake2b(digest_size=16)
     settings = {k: v for k, v in model.config.to_dict().items() if k != "autolite"}  # not the recorded recipe
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    digest.update(repr((dataclasses.astuple(config), torch.__version__, onnxruntime.__version__)).encode())
+    versions = (GRAPH_BUILDER_VERSION, torch.__version__, onnxruntime.__version__)
+    digest.update(repr((dataclasses.astuple(config), versions)).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())

@@ -75,3 +75,27 @@ def test_gptq_init_needs_int4(gptq_model):
                 start=packed)
     with pytest.raises(RecipeError, match="packed INT4"):
         prepare_qat_from_packed(copy.deepcopy(model))
+
+
+def test_resume_from_rounding_start_equals_uninterrupted(gptq_model, tmp_path):
+    """A resumed run may skip GPTQ: the checkpoint holds every trained weight, scale, zero and embedding row."""
+    model, tok, family, packed = gptq_model
+    config = TrainConfig(steps=4, batch_size=4, max_length=24, lr=5e-3, warmup_steps=1, eval_every=100,
+                         checkpoint_every=2, alpha=1.0, temperature=1.0, augment=0.0)
+
+    def run(start, ckpt, progress=None):
+        return run_qat(model, tok, family, 4, TextData(CALIB), config, group_size=32, mode="lsq", init="gptq",
+                       start=start, checkpoint_dir=ckpt, progress=progress)
+
+    full = run(packed, None)
+
+    def interrupt(step, _record):
+        if step == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run(packed, tmp_path / "ckpt", interrupt)
+    rounded = gptq_start(model, tok, family, CALIB, group_size=32, embedding=True, method="rtn")
+    resumed = run(rounded, tmp_path / "ckpt")
+    assert resumed.step == full.step == 4
+    for (name, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b), name
