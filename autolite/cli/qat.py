@@ -32,21 +32,11 @@ def qat(model: str = MODEL_ARG,
     from autolite.cli import console
     from autolite.cli.distill import _data
     from autolite.distill import TrainConfig
-    from autolite.distill.checkpoint import has_checkpoint
-    from autolite.errors import RecipeError
-    from autolite.quant.mixed import engine_format, parse_format
-    from autolite.quant.qat import convert_qat, gptq_start, run_qat
+    from autolite.quant.qat import convert_qat, run_qat
 
     if out.exists() and not force:
         raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
-    bits, group = parse_format(fmt, 64)
-    if engine_format(fmt, 64, 1024) is None:
-        raise RecipeError(f"--format {fmt} has no packed engine module; use w4g32/w4g64/w4g128/w4g256/w8")
-    if init not in ("auto", "gptq", "search", "minmax"):
-        raise RecipeError(f"--init must be auto, gptq, search or minmax, got '{init}'")
-    init = ("gptq" if bits == 4 else "search") if init == "auto" else init
-    if init == "gptq" and bits != 4:
-        raise RecipeError(f"--init gptq starts from GPTQ INT4 weights; use a w4gG format or --init search with {fmt}")
+    bits, group, init = _format_and_init(fmt, init)
     budget = {} if minutes is not None or steps is not None else {"minutes": 5.0}
     config = TrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, max_length=max_length,
                          seed=seed, eval_every=eval_every, checkpoint_every=eval_every, warmup_steps=5,
@@ -57,13 +47,7 @@ def qat(model: str = MODEL_ARG,
     ckpt = out.with_name(out.name + ".checkpoint")
     from autolite.cli.distill import _train_progress
 
-    start = None
-    if init == "gptq":  # resuming: the checkpoint holds the trained codes, so the same modules by rounding do
-        resuming = has_checkpoint(ckpt)
-        if resuming:
-            console.print(f"resuming from {ckpt}: GPTQ skipped (the checkpoint holds the trained weights)")
-        start = gptq_start(base, tokenizer, family, train.texts, group, embedding,
-                           method="rtn" if resuming else "gptq")
+    start = _gptq_start(base, tokenizer, family, train.texts, group, embedding, ckpt) if init == "gptq" else None
     with _train_progress(config) as progress:  # after GPTQ: one live progress display at a time
         result = run_qat(base, tokenizer, family, bits, train, config, heldout=heldout, group_size=group,
                          mode=mode, checkpoint_dir=ckpt, progress=progress, init=init, start=start)
@@ -80,6 +64,35 @@ def qat(model: str = MODEL_ARG,
     rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in summary.items()]
     console.print(rows_table(f"{model}: QAT to {fmt}", ("metric", "value"), rows))
     console.print(f"saved to {out}/ (packed weight-only modules; reloads with autolite.load)")
+
+
+def _format_and_init(fmt: str, init: str) -> tuple[int, int | None, str]:
+    """(bits, group, init) for ``--format`` and ``--init``, or a RecipeError that says what would work."""
+    from autolite.errors import RecipeError
+    from autolite.quant.mixed import engine_format, parse_format
+
+    bits, group = parse_format(fmt, 64)
+    if engine_format(fmt, 64, 1024) is None:
+        raise RecipeError(f"--format {fmt} has no packed engine module; use w4g32/w4g64/w4g128/w4g256/w8")
+    if init not in ("auto", "gptq", "search", "minmax"):
+        raise RecipeError(f"--init must be auto, gptq, search or minmax, got '{init}'")
+    init = ("gptq" if bits == 4 else "search") if init == "auto" else init
+    if init == "gptq" and bits != 4:
+        raise RecipeError(f"--init gptq starts from GPTQ INT4 weights; use a w4gG format or --init search with {fmt}")
+    return bits, group, init
+
+
+def _gptq_start(base, tokenizer, family, texts: list[str], group: int | None, embedding: bool, ckpt: Path):
+    """The packed INT4 start; when resuming, the same modules by rounding alone (the checkpoint holds the
+    trained codes, scales and zeros), so GPTQ is not run again."""
+    from autolite.cli import console
+    from autolite.distill.checkpoint import has_checkpoint
+    from autolite.quant.qat import gptq_start
+
+    resuming = has_checkpoint(ckpt)
+    if resuming:
+        console.print(f"resuming from {ckpt}: GPTQ skipped (the checkpoint holds the trained weights)")
+    return gptq_start(base, tokenizer, family, texts, group or 64, embedding, method="rtn" if resuming else "gptq")
 
 
 def _save(model, tokenizer, out: Path, summary, history, force: bool) -> None:
