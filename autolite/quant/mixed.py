@@ -322,6 +322,13 @@ def _engine_plan(model: torch.nn.Module, config: MixedPrecision, plan: dict[str,
             and engine_format(plan[n], config.group_size, linear_shape(m)[0]) is not None}
 
 
+def packed_layers(model: torch.nn.Module, config: MixedPrecision) -> set[str]:
+    """Names of the linears a recorded mixed_precision pass rebuilds as packed engine modules on load."""
+    from autolite.arch import family_of
+
+    return set(_engine_plan(model, config, resolve_bits(model, family_of(model), config)))
+
+
 def _gptq_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: dict[str, Format],
                         ctx: PassContext) -> set[str]:
     """GPTQ, block by block, of the planned engine layers; linears sharing an input share its Hessian and

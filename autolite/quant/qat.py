@@ -280,6 +280,7 @@ def convert_qat(model: nn.Module, engine: bool = True) -> nn.Module:
     fake-quant model's for calls above the kernels' row threshold (the packed kernels take BF16 activations).
     """
     real: dict[tuple[int, int | None], list[str]] = {}
+    known = _rebuilt_on_load(model)  # before the swap: the recipe's layer names resolve on float-like modules
     for name, module in list(model.named_modules()):
         if not isinstance(module, FakeQuantLinear):
             continue
@@ -292,7 +293,7 @@ def convert_qat(model: nn.Module, engine: bool = True) -> nn.Module:
             layer = _float_layer(module)
         _set_module(model, name, layer.to(module.weight.device))
     if real:
-        _record_engine_layers(model, real)
+        _record_engine_layers(model, real, known)
     return model
 
 
@@ -333,14 +334,29 @@ def _engine_layer(module: FakeQuantLinear) -> nn.Module | None:
     return layer
 
 
-def _record_engine_layers(model: nn.Module, real: dict[tuple[int, int | None], list[str]]) -> None:
-    """Record one ``weight-only`` pass per (bits, group) so that a saved model reloads its packed layers
-    (layers a recorded ``weight-only`` pass already rebuilds, as after QAT from GPTQ, are not recorded twice)."""
-    from autolite.config import Recipe
-    from autolite.passes import applied_recipe, record_recipe
+def _rebuilt_on_load(model: nn.Module) -> set[str]:
+    """Linears a pass already recorded in the model's recipe rebuilds as packed modules on load."""
+    from autolite.passes import applied_recipe
+    from autolite.quant.mixed import MixedPrecision, packed_layers
     from autolite.quant.weight_only import WeightOnly
 
-    known = {n for c in applied_recipe(model).passes if isinstance(c, WeightOnly) for n in c.layers or []}
+    known: set[str] = set()
+    for config in applied_recipe(model).passes:
+        if isinstance(config, WeightOnly):
+            known |= set(config.layers or [])
+        elif isinstance(config, MixedPrecision):  # QAT from a mixed model keeps each layer's group
+            known |= packed_layers(model, config)
+    return known
+
+
+def _record_engine_layers(model: nn.Module, real: dict[tuple[int, int | None], list[str]], known: set[str]) -> None:
+    """Record one ``weight-only`` pass per (bits, group) so that a saved model reloads its packed layers
+    (``known`` layers, which a recorded ``weight-only`` or ``mixed_precision`` pass already rebuilds, as after
+    QAT from GPTQ or from a mixed model, are not recorded twice)."""
+    from autolite.config import Recipe
+    from autolite.passes import record_recipe
+    from autolite.quant.weight_only import WeightOnly
+
     real = {key: [n for n in names if n not in known] for key, names in real.items()}
     real = {key: names for key, names in real.items() if names}
     if not real:

@@ -113,3 +113,25 @@ def test_gptq_aware_sensitivity_sees_smaller_int4_error(load_model):
         assert gptq[name]["w8"] == pytest.approx(rtn[name]["w8"], rel=1e-6)  # INT8 stays round-to-nearest
     for fmt in ("w4g32", "w4g64"):
         assert sum(r[fmt] for r in gptq.values()) < 0.8 * sum(r[fmt] for r in rtn.values())
+
+
+def test_qat_from_mixed_model_trains_int4_layers_and_reloads(load_model, tmp_path):
+    """QAT can start from a mixed model: its INT4 layers (each at its own group) train, INT8 ones stay packed."""
+    from autolite.data import TextData
+    from autolite.distill import TrainConfig
+    from autolite.quant.qat import convert_qat, run_qat
+
+    model, tok, family = load_model("tiny-llama")
+    mixed = _mixed(model, tok, family, PLAN, embedding=True)
+    config = TrainConfig(steps=3, batch_size=4, max_length=24, lr=5e-3, warmup_steps=1, eval_every=100,
+                         alpha=1.0, temperature=1.0, augment=0.0)
+    result = run_qat(model, tok, family, 4, TextData(CALIB), config, mode="lsq", init="gptq", start=mixed)
+    real = convert_qat(result.student.eval())
+    groups = {n: m.group for n, m in real.named_modules() if isinstance(m, WeightOnlyInt4Linear)}
+    assert groups == {n: m.group for n, m in mixed.named_modules() if isinstance(m, WeightOnlyInt4Linear)}
+    with torch.no_grad():
+        assert not torch.allclose(_logits(real, tok, family), _logits(mixed, tok, family), atol=1e-4)
+    autolite.save_model(real, tok, tmp_path / "qat")
+    loaded, tok2, family2 = autolite.load(tmp_path / "qat")
+    with torch.no_grad():
+        assert torch.equal(_logits(loaded, tok2, family2), _logits(real, tok, family))
