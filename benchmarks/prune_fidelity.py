@@ -147,6 +147,14 @@ def write(case: str, rows: list[dict], args) -> Path:
     return out
 
 
+def _kept_points(path: Path, rows: list[dict]) -> list[dict]:
+    """Rows of the saved curve at (heads, FFN) points this run does not measure."""
+    if not path.exists():
+        return []
+    ours = {(r["heads"], r["ffn"]) for r in rows}
+    return [r for r in json.loads(path.read_text()) if (r["heads"], r["ffn"]) not in ours]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Cosine vs fraction of parameters removed, one line per importance, solid with recovery, dashed without."""
     import matplotlib
@@ -210,6 +218,8 @@ def main() -> None:
     case = args.case + ("_quick" if args.quick else "")
 
     def save(rows: list[dict]) -> None:
+        if minilm_case and not args.quick:  # a partial --order run keeps the other points of the saved curve
+            rows = _kept_points(Path(args.out) / "prune_minilm.json", rows) + rows
         out = write(case, rows, args)
         if minilm_case and not args.quick:
             plot(rows, Path(args.out) / "prune_minilm_curve.png")
