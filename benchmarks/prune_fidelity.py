@@ -23,6 +23,7 @@ import torch
 
 import autolite
 from autolite.data import load_texts
+from autolite.data.distill_corpus import distill_training_texts
 from autolite.passes import PassContext
 from autolite.prune import PruneFFN, PruneHeads
 from autolite.prune.recover import recover, recovery_batches
@@ -65,7 +66,8 @@ def _point(model, tok, family, ctx, recipe, args, evaluate) -> list[dict]:
                                                        if isinstance(v, float)), flush=True)
     on_eval(0)
     if args.recover_steps:
-        batches = recovery_batches(tok, ctx.calib, family, torch.device("cpu"), batch_size=args.recover_batch,
+        texts = distill_training_texts(extra=True).texts if args.extra_text else ctx.calib
+        batches = recovery_batches(tok, texts, family, torch.device("cpu"), batch_size=args.recover_batch,
                                    augment=args.augment)
         every = args.eval_every or args.recover_steps
         recover(small, model, family, batches, args.recover_steps, lr=args.recover_lr, on_eval=on_eval,
@@ -200,6 +202,8 @@ def main() -> None:
     parser.add_argument("--reconstruct-samples", type=int, default=128, help="texts for the least-squares refit")
     parser.add_argument("--no-reconstruct", action="store_true", help="plain cut, no least-squares refit")
     parser.add_argument("--max-texts", type=int, default=None, help="held-out texts evaluated (default all 92)")
+    parser.add_argument("--extra-text", action="store_true", help="recover on the calibration split plus the "
+                        "bundled distillation corpus (scores and refit still use the calibration split)")
     parser.add_argument("--quick", action="store_true", help="minilm: only the 30%% heads + 40%% FFN point")
     parser.add_argument("--order", type=lambda v: [int(i) for i in v.split(",")], default=[2, 0, 3, 1],
                         help="curve points to run, in this order (indices into 0.1/0.1, 0.2/0.25, 0.3/0.4, 0.4/0.5)")
@@ -215,13 +219,14 @@ def main() -> None:
     args.methods = args.methods or ("taylor" if args.quick else "magnitude,taylor,head_mask")
     if args.threads:
         torch.set_num_threads(args.threads)
-    case = args.case + ("_quick" if args.quick else "")
+    case = args.case + ("_quick" if args.quick else "") + ("_extra" if args.extra_text else "")
 
     def save(rows: list[dict]) -> None:
-        if minilm_case and not args.quick:  # a partial --order run keeps the other points of the saved curve
+        curve = minilm_case and not args.quick and not args.extra_text
+        if curve:  # a partial --order run keeps the other points of the saved curve
             rows = _kept_points(Path(args.out) / "prune_minilm.json", rows) + rows
         out = write(case, rows, args)
-        if minilm_case and not args.quick:
+        if curve:
             plot(rows, Path(args.out) / "prune_minilm_curve.png")
         print(f"wrote {out}", flush=True)
     save(minilm(args, save) if minilm_case else smollm2(args))
