@@ -155,19 +155,20 @@ def optimize_graph(path: Path, config: Any, family: Any) -> str:
         return f"optimize: ONNX Runtime has no transformer optimizer for {family.name}; graph left as exported"
     heads, hidden = attention_size(config)
     options = FusionOptions(model_type)
-    options.enable_attention = heads > 0  # pruned layers with different head counts: no one Attention shape
+    options.enable_attention = heads >= 0  # pruned layers with different head counts: no one Attention shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimized = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden,
-                                   optimization_options=options)
+        optimized = optimize_model(str(path), model_type=model_type, num_heads=max(heads, 0),
+                                   hidden_size=max(hidden, 0), optimization_options=options)
     fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     optimized.save_model_to_file(str(path))
-    skipped = "" if heads > 0 else "; attention not fused (layers keep different head counts)"
+    skipped = "" if heads >= 0 else "; attention not fused (layers keep different head counts)"
     return f"optimize ({model_type}): fused {fused or 'nothing'}{skipped}"
 
 
 def attention_size(config: Any) -> tuple[int, int]:
-    """(heads, attention width) for ORT's attention fusion; (0, 0) when pruned layers differ in head count.
+    """(heads, attention width) for ORT's attention fusion (0 = let ORT detect it); (-1, -1) when pruned
+    layers differ in head count, so no one Attention shape fits.
 
     A head-pruned BERT keeps its config's head count (its head size derives from it), so the pruned layout
     autolite records in the config says how many heads the graph really has."""
@@ -179,7 +180,7 @@ def attention_size(config: Any) -> tuple[int, int]:
     if not kept or not heads:
         return heads, hidden
     if len(kept) > 1:
-        return 0, 0
+        return -1, -1
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     kept_heads = kept.pop()
     return kept_heads, kept_heads * head_dim
