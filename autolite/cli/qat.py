@@ -13,6 +13,9 @@ from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
 def qat(model: str = MODEL_ARG,
         fmt: str = typer.Option("w4g64", "--format", "-f", help="w4g32 | w4g64 | w4g128 | w4g256 | w8"),
         data: Path = DATA_OPT,
+        extra_text: bool = typer.Option(True, "--extra-text/--no-extra-text", help="Without --data: QAT also "
+                                        "trains on the bundled distillation corpus (GPTQ calibrates on the "
+                                        "calibration split only)."),
         minutes: float = typer.Option(None, "--minutes", help="Training time budget (minutes)."),
         steps: int = typer.Option(None, "--steps", help="Training step budget."),
         out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
@@ -41,13 +44,14 @@ def qat(model: str = MODEL_ARG,
     config = TrainConfig(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, max_length=max_length,
                          seed=seed, eval_every=eval_every, checkpoint_every=eval_every, warmup_steps=5,
                          alpha=1.0, temperature=1.0, augment=0.0, **budget)
-    train, heldout = _data(data)
+    train, heldout = _data(data, extra_text)
+    calib = _data(data)[0] if extra_text and data is None else train  # GPTQ: the calibration split only
     with progress_bar(f"loading {model}"):
         base, tokenizer, family = autolite.load(model)
     ckpt = out.with_name(out.name + ".checkpoint")
     from autolite.cli.distill import _train_progress
 
-    start = _gptq_start(base, tokenizer, family, train.texts, group, embedding, ckpt) if init == "gptq" else None
+    start = _gptq_start(base, tokenizer, family, calib.texts, group, embedding, ckpt) if init == "gptq" else None
     with _train_progress(config) as progress:  # after GPTQ: one live progress display at a time
         result = run_qat(base, tokenizer, family, bits, train, config, heldout=heldout, group_size=group,
                          mode=mode, checkpoint_dir=ckpt, progress=progress, init=init, start=start)

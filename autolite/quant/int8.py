@@ -63,6 +63,7 @@ class DynamicInt8Linear(common.QuantizedLinearBase):
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("kernel", torch.tensor([KERNELS.index(kernel)], dtype=torch.int8))
+        self._kernel_name = kernel  # the buffer saves it; reading it back in forward would break torch.compile
         self._packed = None
 
     @classmethod
@@ -71,7 +72,7 @@ class DynamicInt8Linear(common.QuantizedLinearBase):
 
     @property
     def kernel_name(self) -> str:
-        return KERNELS[int(self.kernel[0])]
+        return self._kernel_name
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -81,6 +82,7 @@ class DynamicInt8Linear(common.QuantizedLinearBase):
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self._packed = None
         super()._load_from_state_dict(*args, **kwargs)
+        self._kernel_name = KERNELS[int(self.kernel[0])]
 
     def prepack(self) -> None:
         """Pack the weight for the chosen engine (done lazily on the first forward otherwise)."""
