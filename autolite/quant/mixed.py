@@ -93,8 +93,7 @@ def dequantized(weight: torch.Tensor, fmt: Format, group_size: int = 64, engine:
         return (torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None]).to(weight.dtype)
     if real is not None:
         q, scale, zero = wo.quantize_int4(w, real[1], symmetric=symmetric)
-        groups = (q.float().view(w.shape[0], -1, real[1]) - zero.float()[..., None]) * scale.float()[..., None]
-        return groups.reshape(w.shape).to(weight.dtype)
+        return wo.dequantize_int4(q, scale, zero, real[1]).to(weight.dtype)
     bits, group = parse_format(fmt, group_size)
     return fake_quantize_weight(weight, bits, group)
 

@@ -229,16 +229,16 @@ def _probe(w: torch.Tensor, fmt, group_size: int, engine: bool, symmetric: bool,
     """``w`` quantized to ``fmt``: GPTQ for engine INT4 formats when a Hessian is given, else as stored by RTN."""
     from autolite.quant.gptq import gptq_quantize
     from autolite.quant.mixed import engine_format
+    from autolite.quant.weight_only import dequantize_int4
 
     real = engine_format(fmt, group_size, w.shape[1]) if engine and hessian is not None else None
     if real is None or real[0] != 4:
         return dequantized(w, fmt, group_size, engine, symmetric).float()
     if (name, real) not in cache:  # w4g128 on a width 128 does not divide is w4g64: computed once
         q, scale, zero = gptq_quantize(w, hessian, real[1], symmetric, name=name)
-        groups = (q.float().view(w.shape[0], -1, real[1]) - zero.float()[..., None]) * scale.float()[..., None]
         if len(cache) > 32:  # entries are reused only within one unit's formats
             cache.clear()
-        cache[(name, real)] = groups.reshape(w.shape)
+        cache[(name, real)] = dequantize_int4(q, scale, zero, real[1])
     return cache[(name, real)]
 
 

@@ -84,6 +84,14 @@ def quantize_int4(weight: torch.Tensor, group: int, symmetric: bool, search: boo
     return q, scale.to(SCALE_DTYPE), zero.to(torch.uint8)
 
 
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(out, in)`` weights of INT4 codes ``q`` with per-group ``scale`` and ``zero`` ``(out, in / group)``,
+    computed in ``dtype``."""
+    groups = (q.to(dtype).view(q.shape[0], -1, group) - zero.to(dtype)[..., None]) * scale.to(dtype)[..., None]
+    return groups.reshape(q.shape)
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """(out, in) codes in [0, 15] -> (out, in/2) uint8, even column in the low nibble."""
     return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
@@ -165,9 +173,7 @@ class WeightOnlyInt4Linear(common.QuantizedLinearBase):
         super()._load_from_state_dict(*args, **kwargs)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        q = unpack_int4(self.weight_packed).view(self.out_features, -1, self.group).to(dtype)
-        w = (q - self.weight_zero.to(dtype)[..., None]) * self.weight_scale.to(dtype)[..., None]
-        return w.reshape(self.out_features, self.in_features)
+        return dequantize_int4(unpack_int4(self.weight_packed), self.weight_scale, self.weight_zero, self.group, dtype)
 
     def kernel_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The CPU kernel's tile-packed weight and its (groups, out, 2) scale/zero table (cached)."""
