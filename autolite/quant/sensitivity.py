@@ -246,14 +246,10 @@ def gptq_hessians(model: torch.nn.Module, family: ArchSpec, tokenizer: Any, text
                   seq_len: int = 128, max_tokens: int = 8192, batch: int = 8) -> dict[str, torch.Tensor]:
     """Each named linear's GPTQ Hessian ``2/n XᵀX`` from the float model's activations on the calibration
     windows GPTQ uses (linears fed the same tensor share one)."""
-    from autolite.quant.sequential import _collect_hessians, calibration_windows
+    from autolite.quant.sequential import _collect_hessians, calibration_windows, window_batches
 
     windows = calibration_windows(tokenizer, texts, seq_len, max_tokens)
-    extra = {"use_cache": False} if family.kind == "decoder" else {}
-    calls = []
-    for start in range(0, len(windows), batch):
-        ids = torch.cat([w for w in windows[start:start + batch] if w.shape[1] == windows[start].shape[1]])
-        calls.append(((), {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}))
+    calls = [((), inputs) for inputs in window_batches(windows, family.kind, batch)]
     modules = dict(model.named_modules())
     hessians, groups = _collect_hessians(model, {n: modules[n] for n in names}, calls)
     shared = {owner: hessians[owner].hessian() for owner in groups}

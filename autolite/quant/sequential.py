@@ -67,18 +67,26 @@ def capture_inputs(model: nn.Module, first: nn.Module, windows: list[torch.Tenso
         raise _Captured
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
-    extra = {"use_cache": False} if kind == "decoder" else {}
     try:
         with torch.no_grad():
-            for start in range(0, len(windows), batch):
-                ids = torch.cat(_same_length(windows[start:start + batch]))
+            for inputs in window_batches(windows, kind, batch):
                 try:
-                    model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
+                    model(**inputs)
                 except _Captured:
                     pass
     finally:
         handle.remove()
     return captured
+
+
+def window_batches(windows: list[torch.Tensor], kind: str, batch: int) -> list[dict[str, torch.Tensor]]:
+    """The model's keyword arguments for each batch of ``batch`` same-length windows."""
+    extra = {"use_cache": False} if kind == "decoder" else {}
+    calls = []
+    for start in range(0, len(windows), batch):
+        ids = torch.cat(_same_length(windows[start:start + batch]))
+        calls.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra})
+    return calls
 
 
 def _same_length(windows: list[torch.Tensor]) -> list[torch.Tensor]:
