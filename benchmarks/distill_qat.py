@@ -24,18 +24,15 @@ import autolite
 from autolite.data import load_texts
 from autolite.data.distill_corpus import distill_training_texts
 from autolite.distill import TrainConfig
-from autolite.quant.mixed import format_bits, parse_format
-from autolite.quant.qat import convert_qat, gptq_start, run_qat
+from autolite.quant.mixed import parse_format, unit_bits_table
+from autolite.quant.qat import convert_qat, gptq_start, run_qat, transformer_linears
 from distill_mixed_quant import score, state_mib  # sibling script: same size and fidelity measures
 
 
 def stored_bits(model, family, fmt: str) -> float:
     """Stored bits per weight of ``fmt`` over the transformer linears (scales and zeros counted)."""
-    from autolite.quant.common import linear_shape
-    from autolite.quant.qat import transformer_linears
-
-    sizes = [(m.weight.numel(), linear_shape(m)[0]) for m in transformer_linears(model, family).values()]
-    return sum(n * format_bits(fmt, fan_in) for n, fan_in in sizes) / sum(n for n, _ in sizes)
+    linears = list(transformer_linears(model, family))
+    return unit_bits_table(model, {"linears": linears}, [fmt], 64)["linears"][fmt]
 
 
 def qat_row(base, tok, family, start, calib, heldout, bits, group, lr, args) -> dict:
