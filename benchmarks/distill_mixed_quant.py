@@ -31,7 +31,8 @@ from autolite.data import load_texts
 from autolite.eval.bench import model_size
 from autolite.quant.mixed import (ENGINE_FORMATS, MixedPrecision, allocate_bits, average_bits, expand_units,
                                   unit_bits_table)
-from autolite.quant.sensitivity import Sensitivity, analyze
+from autolite.quant.sensitivity import (ESTIMATOR_TABLES, Sensitivity, analyze, estimator_losses,
+                                       estimator_options)
 
 
 def state_mib(model: torch.nn.Module) -> float:
@@ -51,9 +52,7 @@ def sensitivity(base, tok, family, calib, args) -> Sensitivity:
     if cache is not None and cache.exists():
         return Sensitivity.from_dict(json.loads(cache.read_text(encoding="utf-8")))
     table = analyze(base, tok, family, calib, bits=ENGINE_FORMATS, max_texts=args.calib_texts, max_length=64,
-                    gradient=args.estimator == "fisher", measured=args.estimator == "measured",
-                    output=args.estimator in ("output", "gptq"), symmetric=args.method == "rtn",
-                    gptq=args.estimator == "gptq")
+                    symmetric=args.method == "rtn", **estimator_options(args.estimator))
     if cache is not None:
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(table.to_dict()), encoding="utf-8")
@@ -85,8 +84,7 @@ def run_row(label, preset, bits_map, base, tok, family, heldout, calib, table, b
 
 def configs(table: Sensitivity, bpw, args) -> list[tuple[str, str | None, dict | None]]:
     """(label, preset or None, bits map or None) of every row."""
-    losses = {"output": table.output, "gptq": table.output, "fisher": table.estimated,
-              "measured": table.measured}[args.estimator]
+    losses = estimator_losses(table, args.estimator)
     rows = []
     for fmt in (f for f in args.uniform.split(",") if f):
         if args.method == "gptq":
@@ -105,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model", nargs="?", default="smollm2")
     parser.add_argument("--method", default="gptq", choices=["gptq", "rtn"])
-    parser.add_argument("--estimator", default="output", choices=["output", "gptq", "fisher", "measured"])
+    parser.add_argument("--estimator", default="output", choices=list(ESTIMATOR_TABLES))
     parser.add_argument("--texts", type=int, default=None, help="held-out texts for scoring (default all)")
     parser.add_argument("--calib-texts", type=int, default=32, help="calibration texts for the sensitivity")
     parser.add_argument("--budgets", default="4.5,4.375", help="mixed rows: stored bits/weight budgets")

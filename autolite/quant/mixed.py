@@ -254,21 +254,18 @@ def resolve_bits(model: torch.nn.Module, family, config: MixedPrecision) -> dict
 
 
 def plan_from_budget(model: torch.nn.Module, config: MixedPrecision, ctx: PassContext) -> dict[str, Format]:
-    from autolite.quant.sensitivity import analyze
+    from autolite.quant.sensitivity import analyze, estimator_losses, estimator_options, sensitivity_units
 
     if not ctx.calib or ctx.tokenizer is None:
         raise RecipeError("mixed_precision with avg_bits needs calibration texts and a tokenizer")
-    from autolite.quant.sensitivity import sensitivity_units
 
     check_budget(model, sensitivity_units(model, ctx.family, config.granularity), list(config.candidates),
                  config.group_size, config.avg_bits, config.engine)
     table = analyze(model, ctx.tokenizer, ctx.family, ctx.calib, bits=tuple(config.candidates),
                     group_size=config.group_size, granularity=config.granularity,
-                    max_texts=config.sensitivity_texts, gradient=config.estimator == "fisher",
-                    measured=config.estimator == "measured", output=config.estimator in ("output", "gptq"),
-                    engine=config.engine, symmetric=config.symmetric, gptq=config.estimator == "gptq")
-    losses = {"measured": table.measured, "fisher": table.estimated, "output": table.output,
-              "gptq": table.output}[config.estimator]
+                    max_texts=config.sensitivity_texts, engine=config.engine, symmetric=config.symmetric,
+                    **estimator_options(config.estimator))
+    losses = estimator_losses(table, config.estimator)
     bpw = unit_bits_table(model, table.members, list(config.candidates), config.group_size, config.engine)
     plan = allocate_bits(losses, table.numel, config.avg_bits, config.group_size, bpw=bpw)
     texts = min(len(ctx.calib), config.sensitivity_texts)

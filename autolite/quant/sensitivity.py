@@ -63,6 +63,20 @@ class Sensitivity:
         return cls(**{**data, "bits": [key(b) for b in data["bits"]], **kinds})
 
 
+ESTIMATOR_TABLES = {"measured": "measured", "fisher": "estimated", "output": "output", "gptq": "output"}
+
+
+def estimator_options(estimator: str) -> dict[str, bool]:
+    """The :func:`analyze` switches that compute ``estimator``'s table (one of ``ESTIMATOR_TABLES``)."""
+    return {"gradient": estimator == "fisher", "measured": estimator == "measured",
+            "output": ESTIMATOR_TABLES[estimator] == "output", "gptq": estimator == "gptq"}
+
+
+def estimator_losses(table: Sensitivity, estimator: str) -> dict[str, dict[Any, float]]:
+    """``table``'s per-unit losses that ``estimator`` ranks by."""
+    return getattr(table, ESTIMATOR_TABLES[estimator])
+
+
 def sensitivity_units(model: torch.nn.Module, family: ArchSpec, granularity: str = "linear") -> dict[str, list[str]]:
     """Units to probe: each linear (``granularity="linear"``) or each transformer layer (``"layer"``)."""
     linears = list(transformer_linears(model, family))
