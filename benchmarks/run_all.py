@@ -32,7 +32,7 @@ CASES = {
     "bert-base-prune-h40-f50-b32": ("random:bert-base", "recipes/bert-prune-h40-f50.yaml", 32, 128, 5),
     "bert-base-fast-dense-b32": ("random:bert-base", "fast-dense", 32, 128, 5),
     "bert-base-fast-dense-b1": ("random:bert-base", "fast-dense", 1, 128, 10),
-    "bert-base-prune-h40-f50-fast-b32": ("random:bert-base", "recipes/bert-prune-h40-f50-fast.yaml", 32, 128, 5),
+    "bert-base-prune-h40-f50-fast-b32": ("random:bert-base", "recipes/bert-prune-h40-f50-fast.yaml", 32, 128, 10),
     "bert-base-ort-int8-b32": ("random:bert-base", "ort-int8", 32, 128, 5),
     "bert-base-ort-int8-b1": ("random:bert-base", "ort-int8", 1, 128, 10),
     "minilm-ort-int8-b32": ("minilm", "ort-int8", 32, 128, 10),
