@@ -5,7 +5,8 @@ Each candidate (a preset name or a list of pass dicts) is applied to a copy of t
 requested ``batch x seq`` interleaved with the FP32 eager model (so machine drift hits both), and checked
 against it (encoders: mean embedding cosine >= ``min_cosine``; decoders/seq2seq: perplexity change <=
 ``max_ppl_change``). The decision is cached per (machine, model, shape, candidates) under the autolite
-cache dir, and the chosen passes are recorded in ``chosen`` so ``autolite.load`` replays them.
+cache dir (each candidate with the seconds it took to try, ``search_s``), and the chosen passes are recorded
+in ``chosen`` so ``autolite.load`` replays them.
 
 Candidates include the ONNX Runtime backend (``ort-fp32``, ``ort-int8``; encoders only: elsewhere it is
 skipped with the reason in the notes). Dynamo is reset before each compiled candidate: the candidates are
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,7 @@ def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict
         if not _native_ok(passes, ctx):
             measured[name] = {"skipped": "precision not native on this machine"}
             continue
+        start = time.perf_counter()
         candidate = _build(model, passes, ctx)
         if isinstance(candidate, str):
             measured[name] = {"skipped": candidate}
@@ -128,6 +131,7 @@ def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict
         result = compare(model, candidate, ctx.tokenizer, ctx.family, batch=config.batch, seq=config.seq,
                          runs=config.runs, warmup=1, data=texts, fidelity_texts=32)
         measured[name] = _verdict(result, config, ctx.family.kind)
+        measured[name]["search_s"] = round(time.perf_counter() - start, 1)  # build + compile + timing + fidelity
         log.info("fast-dense candidate %s: %s", name, measured[name])
     kept = {n: m for n, m in measured.items() if m.get("ok")}
     if not kept:

@@ -32,6 +32,7 @@ def test_fast_dense_measures_caches_and_reloads(load_model, cache_dir, tmp_path,
     # the chosen candidate's own notes may follow the decision note
     assert any("fast-dense at batch 2 x seq 16 chose" in note for note in ctx.notes)
     assert decision["measured"]["int8-dynamic"]["cosine"] > 0.99
+    assert all(m["search_s"] > 0 for m in decision["measured"].values())  # what each candidate cost to try
     # A second run with the same model/shape reads the cache instead of measuring.
     model2, _, _ = load_model("tiny-bert")
     ctx2 = PassContext(family=family, tokenizer=tok, calib=texts)
