@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from autolite.errors import AutoliteError
+from autolite.errors import AutoliteError, BackendUnavailableError
 from autolite.serve.app import ServeConfig, create_app
 from autolite.serve.engine import Engine
 
@@ -82,6 +82,13 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
     run_server(load_engine(model, config, device), config, host, port)
 
 
+def _healthy(url: str, httpx: Any) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: Any, log_level: str = "warning", timeout_s: float = 60.0) -> Iterator[str]:
     """Run ``app`` under uvicorn in a daemon thread on a free loopback port; yields its base URL once
@@ -97,12 +104,11 @@ def serve_in_thread(app: Any, log_level: str = "warning", timeout_s: float = 60.
     thread.start()
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        while not _healthy(url, httpx):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise BackendUnavailableError(f"the server on {url} did not answer /health within {timeout_s:g} s; "
+                                              "its log above says why (a model that fails to load stops it)")
+            time.sleep(0.05)
         yield url
     finally:
         server.should_exit = True

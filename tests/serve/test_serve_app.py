@@ -176,3 +176,17 @@ def test_two_workers_split_the_cpus_and_both_serve(srv):
     replies, health = srv.run(body())
     assert all(r.status_code == 200 for r in replies)
     assert len(health["workers"]) == 2 and "worker 1: CPUs" in health["workers"][1]
+
+
+def test_serve_in_thread_fails_clearly_when_health_never_answers():
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from autolite.errors import BackendUnavailableError
+    from autolite.serve.server import serve_in_thread
+
+    app = FastAPI()
+    app.get("/health")(lambda: JSONResponse({"status": "loading"}, status_code=503))
+    with pytest.raises(BackendUnavailableError, match="did not answer /health within 1 s"):
+        with serve_in_thread(app, log_level="error", timeout_s=1):
+            pass
