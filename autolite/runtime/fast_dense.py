@@ -131,7 +131,7 @@ def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict
         result = compare(model, candidate, ctx.tokenizer, ctx.family, batch=config.batch, seq=config.seq,
                          runs=config.runs, warmup=1, data=texts, fidelity_texts=32)
         measured[name] = _verdict(result, config, ctx.family.kind)
-        measured[name]["search_s"] = round(time.perf_counter() - start, 1)  # build + compile + timing + fidelity
+        measured[name]["search_s"] = round(time.perf_counter() - start, 3)  # build + compile + timing + fidelity
         log.info("fast-dense candidate %s: %s", name, measured[name])
     kept = {n: m for n, m in measured.items() if m.get("ok")}
     if not kept:
