@@ -30,6 +30,7 @@ from autolite.prune.recover import recover, recovery_batches
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prune"  # not *.json beside the bench results
 CURVE = [(0.1, 0.1), (0.2, 0.25), (0.3, 0.4), (0.4, 0.5)]
+REFIT_TEXTS = 128  # --reconstruct-samples default (a run with another count is saved under its own name)
 TABLE: list[str] = []
 
 
@@ -199,7 +200,8 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="default: taylor with --quick, else "
                                                           "magnitude,taylor,head_mask")
     parser.add_argument("--calib-samples", type=int, default=32, help="texts scored for importance")
-    parser.add_argument("--reconstruct-samples", type=int, default=128, help="texts for the least-squares refit")
+    parser.add_argument("--reconstruct-samples", type=int, default=REFIT_TEXTS,
+                        help="texts for the least-squares refit")
     parser.add_argument("--no-reconstruct", action="store_true", help="plain cut, no least-squares refit")
     parser.add_argument("--max-texts", type=int, default=None, help="held-out texts evaluated (default all 92)")
     parser.add_argument("--extra-text", action="store_true", help="recover on the calibration split plus the "
@@ -219,10 +221,11 @@ def main() -> None:
     args.methods = args.methods or ("taylor" if args.quick else "magnitude,taylor,head_mask")
     if args.threads:
         torch.set_num_threads(args.threads)
-    case = args.case + ("_quick" if args.quick else "") + ("_extra" if args.extra_text else "")
+    case = args.case + ("_quick" if args.quick else "") + ("_extra" if args.extra_text else "") + \
+        (f"_recon{args.reconstruct_samples}" if args.reconstruct_samples != REFIT_TEXTS else "")
 
     def save(rows: list[dict]) -> None:
-        curve = minilm_case and not args.quick and not args.extra_text
+        curve = case == "minilm"  # the default curve (not --quick, --extra-text or another refit count)
         if curve:  # a partial --order run keeps the other points of the saved curve
             rows = _kept_points(Path(args.out) / "prune_minilm.json", rows) + rows
         out = write(case, rows, args)
