@@ -32,8 +32,10 @@ import httpx
 import psutil
 
 from autolite.data import load_texts
+from autolite.errors import BackendUnavailableError
 from autolite.runtime.hardware import probe
 from autolite.serve.loadgen import default_bodies, run_load, short_sentences
+from autolite.serve.server import wait_healthy
 
 log = logging.getLogger("serve_batching")
 CLI = "from autolite.cli import main; main()"
@@ -55,17 +57,12 @@ def start_server(model: str, batch: int, wait_ms: float, threads: int | None) ->
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not start within 180 s")
+    try:
+        wait_healthy(url, lambda: proc.poll() is None, timeout_s=180)
+    except BackendUnavailableError as exc:
+        proc.kill()
+        raise RuntimeError(f"{exc}: {proc.stderr.read()[-2000:]}") from None
+    return proc, url
 
 
 def mean_batch(url: str) -> float:

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from autolite.errors import AutoliteError, BackendUnavailableError
 from autolite.serve.app import ServeConfig, create_app
@@ -82,18 +82,28 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
     run_server(load_engine(model, config, device), config, host, port)
 
 
-def _healthy(url: str, httpx: Any) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+def wait_healthy(url: str, alive: Callable[[], bool], timeout_s: float) -> None:
+    """Poll ``url``/health until it answers 200; a clear error once ``alive()`` is false (the server thread or
+    process has stopped) or after ``timeout_s`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if not alive() or time.monotonic() > deadline:
+            raise BackendUnavailableError(f"the server on {url} did not answer /health within {timeout_s:g} s; "
+                                          "its log says why (a model that fails to load stops it)")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
 def serve_in_thread(app: Any, log_level: str = "warning", timeout_s: float = 60.0) -> Iterator[str]:
     """Run ``app`` under uvicorn in a daemon thread on a free loopback port; yields its base URL once
     ``/health`` answers (tests and benchmarks that need a real socket)."""
-    import httpx
     import uvicorn
 
     with socket.socket() as sock:
@@ -102,13 +112,9 @@ def serve_in_thread(app: Any, log_level: str = "warning", timeout_s: float = 60.
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout_s
+    url = f"http://127.0.0.1:{port}"
     try:
-        while not _healthy(url, httpx):
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise BackendUnavailableError(f"the server on {url} did not answer /health within {timeout_s:g} s; "
-                                              "its log above says why (a model that fails to load stops it)")
-            time.sleep(0.05)
+        wait_healthy(url, thread.is_alive, timeout_s)
         yield url
     finally:
         server.should_exit = True

@@ -3,30 +3,25 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import httpx
 import pytest
 
-from autolite.errors import AutoliteError
+from autolite.errors import AutoliteError, BackendUnavailableError
 from autolite.serve.loadgen import check_loopback_url, default_bodies, run_load
+from autolite.serve.server import wait_healthy
 
 
 @pytest.fixture(scope="module")
 def server(slow_server_process):
     """The subprocess server started at the beginning of the session (see conftest), once it is healthy."""
     proc, url = slow_server_process
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            proc.log.seek(0)
-            pytest.fail(f"server exited early: {proc.log.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    pytest.fail("server did not start within 120 s")
+    try:
+        wait_healthy(url, lambda: proc.poll() is None, timeout_s=120)
+    except BackendUnavailableError as exc:
+        proc.log.seek(0)
+        pytest.fail(f"{exc}: {proc.log.read()[-2000:]}")
+    return proc, url
 
 
 def test_loadgen_refuses_non_loopback_hosts():
