@@ -34,6 +34,7 @@ def qat(model: str = MODEL_ARG,
     import autolite
     from autolite.cli import console
     from autolite.cli.distill import _data
+    from autolite.data.distill_corpus import distill_training_texts
     from autolite.distill import TrainConfig
     from autolite.quant.qat import convert_qat, run_qat
 
@@ -45,7 +46,8 @@ def qat(model: str = MODEL_ARG,
                          seed=seed, eval_every=eval_every, checkpoint_every=eval_every, warmup_steps=5,
                          alpha=1.0, temperature=1.0, augment=0.0, **budget)
     train, heldout = _data(data, extra_text)
-    calib = _data(data)[0] if extra_text and data is None else train  # GPTQ: the calibration split only
+    # GPTQ calibrates on the calibration split only, not on the extra corpus
+    calib = distill_training_texts(extra=False) if extra_text and data is None else train
     with progress_bar(f"loading {model}"):
         base, tokenizer, family = autolite.load(model)
     ckpt = out.with_name(out.name + ".checkpoint")
