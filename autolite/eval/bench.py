@@ -19,6 +19,7 @@ import torch
 
 from autolite.arch import ArchSpec
 from autolite.data import corpus
+from autolite.eval.energy import EnergyMeter, summarize
 from autolite.eval.forward import ensure_pad_token, model_device, model_inputs
 
 
@@ -37,18 +38,36 @@ class Timing:
     def median_ms(self) -> float:
         return statistics.median(self.samples_ms)
 
+    @property
+    def energy(self) -> dict[str, Any] | None:
+        """Joules per inference, when the samples came from :func:`interleaved` (see :mod:`autolite.eval.energy`)."""
+        joules = getattr(self.samples_ms, "joules", None)
+        if joules is None:
+            return None
+        return summarize(joules, self.batch, self.samples_ms.energy_source, self.samples_ms.energy_note)
+
     def to_dict(self) -> dict[str, Any]:
         return {"median_ms": self.median_ms, "min_ms": min(self.samples_ms), "max_ms": max(self.samples_ms),
                 "runs": len(self.samples_ms), "throughput_per_s": self.batch * 1000.0 / self.median_ms,
                 "first_call_s": self.first_call_s, "peak_mem_mb": self.peak_mem_mb,
-                "size_mb": self.size_mb, "params": self.params, "samples_ms": self.samples_ms}
+                "size_mb": self.size_mb, "params": self.params, "energy": self.energy,
+                "samples_ms": list(self.samples_ms)}
 
 
-def bench_inputs(tokenizer: Any, family: ArchSpec, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    """``batch x seq`` token ids cut from the tokenized corpus (no padding), attention mask all ones."""
+class SampleList(list):
+    """Latency samples (ms) of one model, carrying the energy of each timed call (joules) alongside."""
+
+    joules: list[float]
+    energy_source: str = ""
+    energy_note: str = ""
+
+
+def bench_inputs(tokenizer: Any, family: ArchSpec, batch: int, seq: int,
+                 texts: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``batch x seq`` token ids cut from the tokenized corpus (or ``texts``; no padding), attention mask all ones."""
     ensure_pad_token(tokenizer)
     ids: list[int] = []
-    for text in corpus().texts:
+    for text in texts or corpus().texts:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(ids) >= batch * seq:
             break
@@ -73,16 +92,23 @@ def forward_fn(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.
 
 def interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int,
                 progress: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """Time each function ``runs`` times, alternating between them, after ``warmup`` calls each."""
+    """Time each function ``runs`` times, alternating between them, after ``warmup`` calls each.
+
+    Each returned list is a :class:`SampleList` that also holds the energy of every timed call."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    meter = EnergyMeter()
+    samples: dict[str, SampleList] = {name: SampleList() for name in fns}
+    for series in samples.values():
+        series.joules, series.energy_source, series.energy_note = [], meter.source, meter.note
     for _ in range(runs):
         for name, fn in fns.items():
+            meter.start()
             start = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - start) * 1000.0)
+            samples[name].joules.append(meter.stop())
         if progress:
             progress()
     return samples
