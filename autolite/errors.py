@@ -35,3 +35,7 @@ class BackendUnavailableError(AutoliteError):
 
 class NumericsError(AutoliteError):
     """A model produced NaN/inf or a result failed its validation threshold."""
+
+
+class ArgumentError(AutoliteError):
+    """An API argument has the wrong type or an out-of-range value (e.g. ``None`` for a model)."""

@@ -1,6 +1,7 @@
 """The pass registry and ``compress``: config class -> handler(model, config, ctx) -> model."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import logging
@@ -9,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from autolite.config import PassConfig, Recipe, load_recipe
-from autolite.errors import RecipeError
+from autolite.errors import ArgumentError, RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,21 @@ def handler_for(config: PassConfig) -> PassHandler:
 
 
 def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None, *,
-             tokenizer: Any = None, family: Any = None, ctx: PassContext | None = None) -> torch.nn.Module:
-    """Apply every pass of ``recipe`` (a Recipe, list of configs, file or preset name) in order.
+             tokenizer: Any = None, family: Any = None, ctx: PassContext | None = None,
+             inplace: bool = False) -> torch.nn.Module:
+    """Return a compressed copy of ``model``: every pass of ``recipe`` (a Recipe, a list of configs or of
+    ``{"pass": ...}`` dicts, a YAML/JSON file or a preset name) applied in order.
 
-    The applied recipe is recorded in ``model.config.autolite`` so that a saved model can be rebuilt
-    by ``autolite.load``. Returns the (possibly new) model object.
+    ``model`` itself is left unchanged (it can serve as the reference) unless ``inplace=True`` (or
+    :func:`compress_`), which transforms it in place and saves the copy's memory. The applied recipe is
+    recorded in the result's ``config.autolite`` so that a saved model can be rebuilt by ``autolite.load``.
     """
     import_builtin_passes()
     recipe = load_recipe(recipe)
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise ArgumentError(f"compress() needs an HF model (torch.nn.Module with a config), got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
     if family is None:
         from autolite.arch import family_of
         family = family_of(model)
@@ -102,6 +110,12 @@ def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None
         model = handler_for(config).apply(model, config, ctx)
     record_recipe(model, recipe, ctx.notes)
     return model
+
+
+def compress_(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None, **options: Any) -> torch.nn.Module:
+    """:func:`compress` in place: ``model`` itself is transformed (no copy) and returned; it is no longer
+    the original afterwards (load a fresh reference to compare with)."""
+    return compress(model, recipe, calib, inplace=True, **options)
 
 
 def record_recipe(model: torch.nn.Module, recipe: Recipe, notes: list[str] | None = None) -> None:
