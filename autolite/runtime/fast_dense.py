@@ -1,17 +1,17 @@
 """The ``fast-dense`` pass: measure candidate dense recipes for this model on this machine, keep the fastest
 whose fidelity stays in bounds, cache the decision, apply it.
 
-Each candidate (a preset name or a list of pass dicts) is applied to a copy of the model, timed at the
-requested ``batch x seq`` interleaved with the FP32 eager model (so machine drift hits both), and checked
-against it (encoders: mean embedding cosine >= ``min_cosine``; decoders/seq2seq: perplexity change <=
-``max_ppl_change``). The decision is cached per (machine, model, shape, candidates) under the autolite
-cache dir (each candidate with the seconds it took to try, ``search_s``), and the chosen passes are recorded
-in ``chosen`` so ``autolite.load`` replays them.
+The search (:mod:`autolite.runtime.dense_search`) predicts from the machine's measured GEMM peaks which
+candidates can still win, checks fidelity first (encoders: mean embedding cosine >= ``min_cosine``;
+decoders/seq2seq: perplexity change <= ``max_ppl_change``), and races each candidate against the leader at
+the requested ``batch x seq``, interleaved with the FP32 eager model, stopping a loser after a run or two.
+The decision is cached per (machine, model, shape, candidates) under the autolite cache dir (each candidate
+with the seconds it took to try, ``search_s``; a corrupted entry is ignored and re-measured), and the chosen
+passes are recorded in ``chosen`` so ``autolite.load`` replays them.
 
-Candidates include the ONNX Runtime backend (``ort-fp32``, ``ort-int8``; encoders only: elsewhere it is
-skipped with the reason in the notes). Dynamo is reset before each compiled candidate: the candidates are
-deep copies with their own parameter objects, and guards on earlier copies' parameter ids would otherwise
-pile up to dynamo's recompile limit (after which torch silently runs the rest eagerly).
+Candidates include the ONNX Runtime backend (``ort-fp32``, ``ort-int8`` dynamic, ``ort-int8-static``
+calibrated QDQ) and OpenVINO (``openvino`` BF16 where native, ``openvino-int8`` NNCF); encoders only:
+elsewhere they are skipped with the reason in the notes. Dynamo is reset before each compiled candidate.
 """
 from __future__ import annotations
 
@@ -20,19 +20,22 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from autolite.config import PassConfig, load_recipe
-from autolite.errors import BackendUnavailableError, RecipeError
+from autolite.config import PassConfig
+from autolite.passes import load_recipe
+from autolite.errors import RecipeError
 from autolite.passes import PassContext, handler_for, register_pass
+from autolite.runtime import dense_search
+from autolite.runtime.dense_search import build as _build  # noqa: F401 - the benchmarks' candidate builder
+from autolite.runtime.dense_search import fresh_compile_cache, machine_key, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
+SEARCH_VERSION = 2  # bump when the search changes what a cached decision means (2: predicted floors + race)
 DEFAULT_CANDIDATES = ["fp32", "int8-dynamic", "compile", "int8-dynamic+compile", "bf16-compile", "ort-fp32",
                       "ort-int8"]
 COMBINED = {"int8-dynamic+compile": [{"pass": "int8-dynamic"},
@@ -44,7 +47,9 @@ class FastDense(PassConfig):
     """Pick the fastest dense recipe that keeps fidelity, by measurement at ``batch x seq``.
 
     ``candidates``: preset names (or "int8-dynamic+compile"); BF16/FP16 ones are skipped where the CPU
-    has no native support. ``use_cache``: reuse an earlier decision for the same machine/model/shape.
+    has no native support. ``runs``: the most timed runs per candidate (a loser stops sooner);
+    ``budget_s``: once spent, candidates not yet tried are skipped (the best so far wins).
+    ``use_cache``: reuse an earlier decision for the same machine/model/shape.
     ``chosen``: filled in with the applied passes (replayed on load).
     """
 
@@ -52,6 +57,7 @@ class FastDense(PassConfig):
     batch: int = 8
     seq: int = 128
     runs: int = 3
+    budget_s: float = 90.0
     min_cosine: float = 0.99
     max_ppl_change: float = 0.02
     candidates: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_CANDIDATES))
@@ -59,8 +65,8 @@ class FastDense(PassConfig):
     chosen: list[dict] | None = None
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.seq < 2 or self.runs < 1:
-            raise RecipeError("fast-dense needs batch >= 1, seq >= 2 and runs >= 1")
+        if self.batch < 1 or self.seq < 2 or self.runs < 1 or self.budget_s <= 0:
+            raise RecipeError("fast-dense needs batch >= 1, seq >= 2, runs >= 1 and budget_s > 0")
         if not self.candidates:
             raise RecipeError("fast-dense needs at least one candidate recipe")
         for name in self.candidates:
@@ -84,16 +90,11 @@ def _native_ok(passes: list[dict], ctx: PassContext) -> bool:
 
 def cache_key(model: torch.nn.Module, config: FastDense) -> str:
     """Hash of the machine, torch, the model (config + weight sample), the shape and the candidates."""
-    from autolite.runtime.hardware import probe
-
-    info = probe()
-    machine = [info.cpu_model, info.logical_cores, sorted(k for k, v in info.isa.items() if v),
-               [g.get("name") for g in info.gpus], torch.__version__, torch.get_num_threads()]
     first = next(model.parameters())
     sample = first.detach().flatten()[:4096].float().sum().item()
     numel = sum(p.numel() for p in model.parameters())
     model_id = [model.config.model_type, numel, round(sample, 6)]
-    blob = json.dumps([machine, model_id, config.batch, config.seq, config.candidates, config.min_cosine,
+    blob = json.dumps([SEARCH_VERSION, machine_key(), model_id, config.batch, config.seq, config.candidates, config.min_cosine,
                        config.max_ppl_change], default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -104,74 +105,52 @@ def cache_path(key: str) -> Path:
     return cache_root() / "fast-dense" / f"{key}.json"
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)
-
-
 def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict[str, Any]:
-    """Time and check every candidate; returns ``{"chosen": name, "passes": [...], "measured": {...}}``."""
-    from autolite.eval.compare import compare
-
-    measured: dict[str, dict[str, Any]] = {}
-    texts = list(ctx.calib or [])[:32] or None
+    """Search the candidates; returns ``{"chosen": name, "passes": [...], "measured": {...}, "search_s"}``."""
+    start = time.perf_counter()
+    candidates, measured = [], {}
     for name in config.candidates:
         passes = candidate_passes(name)
-        if not _native_ok(passes, ctx):
+        if _native_ok(passes, ctx):
+            candidates.append((name, passes))
+        else:
             measured[name] = {"skipped": "precision not native on this machine"}
-            continue
-        start = time.perf_counter()
-        candidate = _build(model, passes, ctx)
-        if isinstance(candidate, str):
-            measured[name] = {"skipped": candidate}
-            continue
-        result = compare(model, candidate, ctx.tokenizer, ctx.family, batch=config.batch, seq=config.seq,
-                         runs=config.runs, warmup=1, data=texts, fidelity_texts=32)
-        measured[name] = _verdict(result, config, ctx.family.kind)
-        measured[name]["search_s"] = round(time.perf_counter() - start, 3)  # build + compile + timing + fidelity
-        log.info("fast-dense candidate %s: %s", name, measured[name])
-    kept = {n: m for n, m in measured.items() if m.get("ok")}
+    measured.update(dense_search.search(model, candidates, ctx, batch=config.batch, seq=config.seq,
+                                        runs=config.runs, budget_s=config.budget_s,
+                                        fidelity_ok=lambda f: _verdict(f, config, ctx.family.kind)))
+    measured = {name: measured[name] for name in config.candidates}  # the order asked for
+    kept = {n: m for n, m in measured.items() if m.get("ok") and "stopped" not in m}
     if not kept:
         raise RecipeError(f"fast-dense: no candidate kept fidelity ({measured}); loosen the bounds")
-    chosen = max(kept, key=lambda n: kept[n]["speedup"])
-    return {"chosen": chosen, "passes": candidate_passes(chosen), "measured": measured}
+    chosen = min(kept, key=lambda n: kept[n]["median_ms"])
+    return {"chosen": chosen, "passes": candidate_passes(chosen), "measured": measured,
+            "search_s": round(time.perf_counter() - start, 3)}
 
 
-def _build(model: torch.nn.Module, passes: list[dict], ctx: PassContext) -> torch.nn.Module | str:
-    """The candidate applied to a copy of ``model``, or why this machine/model cannot run it."""
-    from autolite.passes import compress, import_builtin_passes
-
-    import_builtin_passes()
-    inner = PassContext(family=ctx.family, tokenizer=ctx.tokenizer, calib=ctx.calib, labels=ctx.labels)
-    configs = [PassConfig.from_dict(p) for p in passes]
-    fresh_compile_cache(configs)
-    try:
-        return compress(copy.deepcopy(model), configs, tokenizer=ctx.tokenizer, family=ctx.family, ctx=inner)
-    except BackendUnavailableError as exc:
-        return f"unavailable: {exc}"
-
-
-def fresh_compile_cache(configs: list[PassConfig]) -> None:
-    """Reset dynamo before compiling a candidate: each candidate is a deep copy with its own parameter
-    objects, and guards on the previous copies' parameter ids would otherwise pile up to the recompile limit."""
-    if any(c.name == "compile" for c in configs):
-        torch._dynamo.reset()
-
-
-def _verdict(result: dict[str, Any], config: FastDense, kind: str) -> dict[str, Any]:
-    fidelity = result["fidelity"]
-    verdict = {"speedup": round(result["speedup"], 3), "median_ms": round(result["candidate"]["median_ms"], 2),
-               "baseline_ms": round(result["baseline"]["median_ms"], 2)}
+def _verdict(fidelity: dict[str, Any], config: FastDense, kind: str) -> dict[str, Any]:
     if kind == "encoder":
-        verdict["cosine"] = fidelity.get("cosine", 0.0)
-        verdict["ok"] = verdict["cosine"] >= config.min_cosine
-    else:
-        verdict["ppl_change"] = fidelity.get("perplexity_rel_change", float("inf"))
-        verdict["ok"] = abs(verdict["ppl_change"]) <= config.max_ppl_change
-    return verdict
+        cosine = fidelity.get("cosine", 0.0)
+        return {"cosine": cosine, "ok": cosine >= config.min_cosine}
+    change = fidelity.get("perplexity_rel_change", float("inf"))
+    return {"ppl_change": change, "ok": abs(change) <= config.max_ppl_change}
+
+
+def _load_decision(path: Path) -> dict[str, Any] | None:
+    """A cached decision, or None when absent or corrupted (then it is measured again and rewritten)."""
+    decision = read_json(path, ("chosen", "passes", "measured"))
+    if decision is not None and not (isinstance(decision["passes"], list) and isinstance(decision["measured"], dict)
+                                     and decision["chosen"] in decision["measured"]):
+        log.warning("ignoring a corrupted fast-dense decision %s (measuring again)", path.name)
+        return None
+    return decision
+
+
+def _describe(verdict: dict[str, Any]) -> str:
+    if "skipped" in verdict:
+        return verdict["skipped"]
+    if not verdict.get("ok"):
+        return "fidelity out of bounds"
+    return f"{verdict['speedup']}x" + (" (stopped early)" if "stopped" in verdict else "")
 
 
 def apply_fast_dense(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> torch.nn.Module:
@@ -181,15 +160,14 @@ def apply_fast_dense(model: torch.nn.Module, config: FastDense, ctx: PassContext
     if shape:
         config.batch, config.seq = int(shape[0]), int(shape[1])
     path = cache_path(cache_key(model, config))
-    decision = json.loads(path.read_text()) if config.use_cache and path.is_file() else None
+    decision = _load_decision(path) if config.use_cache else None
     if decision is None:
         decision = measure(model, config, ctx)
-        _write_json_atomic(path, decision)
-        source = "measured"
+        write_json_atomic(path, decision)
+        source = f"measured in {decision['search_s']:.0f} s"
     else:
         source = f"cached ({path.name})"
-    summary = "; ".join(f"{n}: " + (f"{m['speedup']}x" + ("" if m["ok"] else " (fidelity out of bounds)")
-                                     if "speedup" in m else m["skipped"]) for n, m in decision["measured"].items())
+    summary = "; ".join(f"{n}: {_describe(m)}" for n, m in decision["measured"].items())
     ctx.note(f"fast-dense at batch {config.batch} x seq {config.seq} chose {decision['chosen']} [{source}]: {summary}")
     why = compile_gain_note(decision["measured"])
     if why:

@@ -1,0 +1,227 @@
+"""The fast-dense search: predict which candidates can win from the machine's measured kernel peaks, time only
+those, and race each against the leader so a loser stops after a run or two.
+
+1. **Peaks** (:func:`machine_peaks`): FP32, BF16 (where native) and INT8 GEMM throughput of this machine,
+   measured once and cached per machine (a corrupted cache file is ignored and re-measured).
+2. **Floors**: a candidate's linear layers cannot run faster than ``linear FLOPs / peak of its layer kind``
+   (INT8 for quantized candidates, BF16 for BF16 ones, else FP32). Other backends' kernels may beat torch's
+   measured peak by a margin, so the bound is taken ``FLOOR_SLACK`` lower. Candidates are tried
+   lowest floor first; one whose floor is above the leader's median is skipped unbuilt ("cannot win").
+3. **Race** (successive halving over runs): the baseline runs once per round, interleaved with the
+   candidate; each round doubles the candidate's runs (1, 2, 4, ... up to ``runs``) and the candidate stops
+   as soon as its fastest run is slower than the leader's median.
+4. **Fidelity** is checked before a candidate is timed (a candidate out of bounds is never timed), and the
+   whole search respects ``budget_s``: once spent, the remaining candidates are skipped with that reason.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from autolite.config import PassConfig
+from autolite.errors import BackendUnavailableError
+from autolite.passes import PassContext
+
+log = logging.getLogger(__name__)
+FLOOR_SLACK = 0.7  # another backend's GEMM may beat torch's measured peak by up to ~1/0.7
+PEAKS_VERSION = 1
+INT8_PASSES = {"int8-dynamic", "int8-static"}
+
+
+def time_once(name: str, fn: Callable[[], Any]) -> float:
+    """Milliseconds of one call of ``fn`` (``name`` says whose; tests replace this with a fake clock)."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def machine_key() -> str:
+    """The machine, torch and thread count, hashed (what a cached peak or decision depends on)."""
+    import hashlib
+
+    from autolite.runtime.hardware import probe
+
+    info = probe()
+    machine = [info.cpu_model, info.logical_cores, sorted(k for k, v in info.isa.items() if v),
+               [g.get("name") for g in info.gpus], torch.__version__, torch.get_num_threads()]
+    return hashlib.sha256(json.dumps(machine, default=str).encode()).hexdigest()[:20]
+
+
+def read_json(path: Path, required: tuple[str, ...]) -> dict | None:
+    """A cached JSON object with ``required`` keys, or None when absent or corrupted (never trusted then)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict) or any(k not in data for k in required):
+        log.warning("ignoring a corrupted cache entry %s (rebuilding it)", path.name)
+        return None
+    return data
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and a rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(tmp, path)
+
+
+def machine_peaks(measure: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """FP32 / BF16 / INT8 GEMM peaks of this machine (GFLOP/s, GOP/s), measured once and cached."""
+    from autolite.loading import cache_root
+    from autolite.runtime.roofline import measure_peaks
+
+    path = cache_root() / "peaks" / f"{machine_key()}-v{PEAKS_VERSION}.json"
+    peaks = read_json(path, ("gemm_gflops", "int8_gemm_gops"))
+    if peaks is None or not all(isinstance(v, (int, float)) and v > 0
+                                for v in (peaks["gemm_gflops"], peaks["int8_gemm_gops"])):
+        peaks = (measure or measure_peaks)()
+        write_json_atomic(path, peaks)
+    return peaks
+
+
+def linear_gflop(model: torch.nn.Module, tokens: int) -> float:
+    """GFLOP of the model's linear layers for ``tokens`` tokens (``2 x tokens x in x out`` each)."""
+    from autolite.runtime.roofline import dense_floor
+
+    return dense_floor({"rows": {}}, {"gemm_gflops": 1.0}, model, tokens).get("linear_gflop", 0.0)
+
+
+def layer_kind(passes: list[dict]) -> str:
+    """The GEMM kind a candidate's linears run in: "int8", "bf16" or "fp32"."""
+    for p in passes:
+        if p.get("pass") in INT8_PASSES or (p.get("pass") in ("onnxruntime", "openvino")
+                                           and str(p.get("precision", "")).startswith("int8")):
+            return "int8"
+    for p in passes:
+        if p.get("dtype") in ("bf16", "fp16", "auto") or (p.get("pass") == "openvino"
+                                                           and p.get("precision") in ("auto", "bf16")):
+            return "bf16"
+    return "fp32"
+
+
+def floor_ms(gflop: float, kind: str, peaks: dict[str, Any]) -> float:
+    """Lower bound (ms) on a forward whose linears run at ``kind``'s peak (times ``FLOOR_SLACK``)."""
+    peak = {"int8": peaks.get("int8_gemm_gops"), "bf16": peaks.get("bf16_gemm_gflops")}.get(kind)
+    peak = peak or peaks["gemm_gflops"]
+    return gflop / peak * 1e3 * FLOOR_SLACK
+
+
+class Race:
+    """Times candidates against the baseline and a leader; one round = 1 baseline run + k candidate runs."""
+
+    def __init__(self, baseline_fn: Callable[[], Any], runs: int) -> None:
+        self.baseline_fn, self.runs = baseline_fn, runs
+        self.baseline_ms: list[float] = []
+        self.leader: tuple[str, float] | None = None  # (name, median ms)
+
+    def baseline_median(self) -> float:
+        return statistics.median(self.baseline_ms)
+
+    def run(self, name: str, fn: Callable[[], Any]) -> dict[str, Any]:
+        """Race ``fn`` (already warmed up): rounds of 1, 2, 4... runs until ``runs`` or it cannot win."""
+        samples: list[float] = []
+        k = 1
+        while len(samples) < self.runs:
+            self.baseline_ms.append(time_once("baseline", self.baseline_fn))
+            samples += [time_once(name, fn) for _ in range(min(k, self.runs - len(samples)))]
+            if self.leader and min(samples) > self.leader[1]:
+                break
+            k *= 2
+        median = statistics.median(samples)
+        verdict = {"median_ms": round(median, 2), "runs": len(samples)}
+        if len(samples) < self.runs:
+            verdict["stopped"] = (f"after {len(samples)} of {self.runs} runs: fastest {min(samples):.1f} ms > "
+                                  f"leader {self.leader[0]} {self.leader[1]:.1f} ms")
+        elif self.leader is None or median < self.leader[1]:
+            self.leader = (name, median)
+        return verdict
+
+
+def build(model: torch.nn.Module, passes: list[dict], ctx: PassContext) -> torch.nn.Module | str:
+    """The candidate applied to a copy of ``model``, or why this machine/model cannot run it."""
+    from autolite.passes import compress, import_builtin_passes
+
+    import_builtin_passes()
+    inner = PassContext(family=ctx.family, tokenizer=ctx.tokenizer, calib=ctx.calib, labels=ctx.labels,
+                        shape=ctx.shape)
+    configs = [PassConfig.from_dict(p) for p in passes]
+    fresh_compile_cache(configs)
+    try:
+        return compress(copy.deepcopy(model), configs, tokenizer=ctx.tokenizer, family=ctx.family, ctx=inner)
+    except BackendUnavailableError as exc:
+        return f"unavailable: {exc}"
+
+
+def fresh_compile_cache(configs: list[PassConfig]) -> None:
+    """Reset dynamo before compiling a candidate: each candidate is a deep copy with its own parameter
+    objects, and guards on the previous copies' parameter ids would otherwise pile up to the recompile limit."""
+    if any(c.name == "compile" for c in configs):
+        torch._dynamo.reset()
+
+
+def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx: PassContext, *,
+           batch: int, seq: int, runs: int, budget_s: float,
+           fidelity_ok: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Measure ``candidates`` (name, passes) on ``model`` at ``batch x seq``; returns name -> verdict.
+
+    A timed verdict has ``speedup``, ``median_ms``, ``baseline_ms``, ``runs``, ``ok``, the fidelity numbers,
+    ``search_s`` and, when stopped early, ``stopped``; a skipped one has ``skipped`` (the reason).
+    """
+    from autolite.eval.bench import bench_inputs, forward_fn
+    from autolite.eval.fidelity import evaluate
+
+    start = time.perf_counter()
+    inputs = bench_inputs(ctx.tokenizer, ctx.family, batch, seq)
+    race = Race(forward_fn(model, ctx.family, inputs), runs)
+    race.baseline_fn()  # warm-up
+    peaks = machine_peaks()
+    gflop = linear_gflop(model, batch * seq)
+    floors = {name: floor_ms(gflop, layer_kind(passes), peaks) for name, passes in candidates}
+    texts = list(ctx.calib or [])[:32] or None
+    measured: dict[str, dict[str, Any]] = {}
+    for name, passes in sorted(candidates, key=lambda c: floors[c[0]]):  # stable: ties keep the given order
+        began = time.perf_counter()
+        reason = _skip_reason(floors[name], race, began - start, budget_s)
+        candidate = reason or build(model, passes, ctx)
+        if isinstance(candidate, str):
+            measured[name] = {"skipped": candidate}
+            continue
+        verdict = fidelity_ok(evaluate(candidate, ctx.tokenizer, reference=model, data=texts, family=ctx.family,
+                                       max_texts=32, max_length=seq))
+        if verdict["ok"]:
+            fn = forward_fn(candidate, ctx.family, inputs)
+            fn()  # warm-up (and compilation)
+            verdict.update(race.run(name, fn))
+            verdict["speedup"] = round(race.baseline_median() / verdict["median_ms"], 3)
+            verdict["baseline_ms"] = round(race.baseline_median(), 2)
+        verdict["search_s"] = round(time.perf_counter() - began, 3)  # build + compile + fidelity + timing
+        measured[name] = verdict
+        log.info("fast-dense candidate %s: %s", name, verdict)
+        del candidate
+    return measured
+
+
+def _skip_reason(floor: float, race: Race, spent: float, budget_s: float) -> str | None:
+    """Why ``name`` is not tried at all: the budget is spent, or its floor is above the leader."""
+    if race.leader is None:
+        return None
+    if spent > budget_s:
+        return f"search budget ({budget_s:.0f} s) spent"
+    if floor >= race.leader[1]:
+        return (f"cannot win: its linears alone need >= {floor:.1f} ms at this machine's measured GEMM peak, "
+                f"the leader {race.leader[0]} takes {race.leader[1]:.1f} ms")
+    return None

@@ -1,0 +1,158 @@
+"""fast-dense search: floors from measured peaks skip candidates that cannot win, losers stop early (fake clock),
+a spent budget stops the search, corrupted cache entries are rebuilt, ONNX Runtime is picked and reloaded."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import pytest
+import torch
+
+import autolite
+from autolite.passes import PassContext
+from autolite.runtime import dense_search, fast_dense
+from autolite.runtime.fast_dense import FastDense, cache_key, cache_path
+from autolite.runtime.ort import is_onnxruntime
+
+PEAKS = {"gemm_gflops": 100.0, "int8_gemm_gops": 400.0, "bf16_gemm_gflops": 200.0}
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """``fake_clock({"baseline": 10, "fp32": 9, ...})``: each timed call of a candidate takes that many ms;
+    returns the list of names timed, in order. Peaks are fixed (no measuring)."""
+    monkeypatch.setattr(dense_search, "machine_peaks", lambda measure=None: dict(PEAKS))
+    monkeypatch.setattr("autolite.quant.int8.available_kernels", lambda: ["fbgemm"])  # no kernel timing
+
+    def install(times: dict[str, float]) -> list[str]:
+        calls: list[str] = []
+
+        def time_once(name, fn):
+            calls.append(name)
+            return times[name]
+        monkeypatch.setattr(dense_search, "time_once", time_once)
+        return calls
+    return install
+
+
+def _measure(model, tok, family, texts, **kwargs):
+    config = FastDense(batch=2, seq=16, **kwargs)
+    return fast_dense.measure(model, config, PassContext(family=family, tokenizer=tok, calib=texts))
+
+
+def test_a_loser_stops_after_one_run(load_model, texts, fake_clock):
+    calls = fake_clock({"baseline": 10.0, "int8-dynamic": 2.0, "fp32": 9.0})
+    model, tok, family = load_model("tiny-bert")
+    result = _measure(model, tok, family, texts, runs=4, candidates=["fp32", "int8-dynamic"])
+    measured = result["measured"]
+    assert result["chosen"] == "int8-dynamic"
+    assert calls.index("int8-dynamic") < calls.index("fp32")  # the lower INT8 floor is tried first
+    assert measured["int8-dynamic"]["runs"] == 4 and measured["int8-dynamic"]["speedup"] == 5.0
+    assert measured["fp32"]["runs"] == 1 and "after 1 of 4 runs" in measured["fp32"]["stopped"]
+    assert calls.count("fp32") == 1
+
+
+def test_a_close_candidate_gets_more_runs_and_can_take_the_lead(load_model, texts, fake_clock):
+    fake_clock({"baseline": 10.0, "int8-dynamic": 5.0, "fp32": 4.0})
+    model, tok, family = load_model("tiny-bert")
+    result = _measure(model, tok, family, texts, runs=3, candidates=["fp32", "int8-dynamic"])
+    assert result["chosen"] == "fp32" and result["measured"]["fp32"]["runs"] == 3
+
+
+def test_a_candidate_whose_floor_is_above_the_leader_is_never_built(load_model, texts, fake_clock, monkeypatch):
+    fake_clock({"baseline": 10.0, "int8-dynamic": 2.0})
+    monkeypatch.setattr(dense_search, "linear_gflop", lambda model, tokens: 1.0)  # 1 GFLOP: FP32 floor 7 ms
+    built = []
+    real_build = dense_search.build
+    monkeypatch.setattr(dense_search, "build", lambda m, passes, ctx: built.append(passes) or real_build(m, passes, ctx))
+    model, tok, family = load_model("tiny-bert")
+    result = _measure(model, tok, family, texts, candidates=["fp32", "int8-dynamic"])
+    assert "cannot win" in result["measured"]["fp32"]["skipped"] and "7.0 ms" in result["measured"]["fp32"]["skipped"]
+    assert built == [[{"pass": "int8-dynamic", **_int8_defaults()}]]
+
+
+def _int8_defaults() -> dict:
+    return {k: v for k, v in fast_dense.candidate_passes("int8-dynamic")[0].items() if k != "pass"}
+
+
+def test_a_spent_budget_skips_the_rest(load_model, texts, fake_clock, monkeypatch):
+    fake_clock({"baseline": 10.0, "int8-dynamic": 2.0, "fp32": 1.0})
+    model, tok, family = load_model("tiny-bert")
+    result = _measure(model, tok, family, texts, budget_s=1e-6, candidates=["fp32", "int8-dynamic"])
+    assert result["chosen"] == "int8-dynamic" and "budget" in result["measured"]["fp32"]["skipped"]
+
+
+def test_a_corrupted_cache_entry_is_ignored_and_rebuilt(load_model, texts, fake_clock, caplog):
+    fake_clock({"baseline": 10.0, "fp32": 9.0})
+    model, tok, family = load_model("tiny-bert")
+    config = FastDense(batch=2, seq=16, runs=1, candidates=["fp32"])
+    path = cache_path(cache_key(model, config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for garbage in ('{"chosen": "fp32", "pass', '{"chosen": "nope", "passes": [], "measured": {}}', "[1, 2]"):
+        path.write_text(garbage)
+        ctx = PassContext(family=family, tokenizer=tok, calib=texts)
+        with caplog.at_level(logging.WARNING):
+            autolite.compress(copy.deepcopy(model), [copy.deepcopy(config)], tokenizer=tok, family=family, ctx=ctx)
+        assert "corrupted" in caplog.text and any("[measured in" in note for note in ctx.notes)
+        assert json.loads(path.read_text())["chosen"] == "fp32"
+        caplog.clear()
+
+
+def test_corrupted_peaks_are_measured_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOLITE_CACHE", str(tmp_path))
+    measured = []
+    fake = lambda: measured.append(1) or dict(PEAKS)  # noqa: E731
+    assert dense_search.machine_peaks(fake) == PEAKS and len(measured) == 1
+    assert dense_search.machine_peaks(fake) == PEAKS and len(measured) == 1  # cached
+    for path in (tmp_path / "peaks").glob("*.json"):
+        path.write_text('{"gemm_gflops": -1, "int8_gemm_gops": "x"}')
+    assert dense_search.machine_peaks(fake) == PEAKS and len(measured) == 2
+
+
+def test_fast_dense_picks_ort_by_measurement_and_reloads(load_model, texts, tmp_path, fake_clock):
+    fake_clock({"baseline": 10.0, "fp32": 10.0, "ort-int8": 3.0})
+    model, tok, family = load_model("tiny-bert")
+    ctx = PassContext(family=family, tokenizer=tok, calib=texts)
+    config = FastDense(batch=2, seq=16, runs=1, candidates=["fp32", "ort-int8"])
+    chosen = autolite.compress(copy.deepcopy(model), [config], tokenizer=tok, family=family, ctx=ctx)
+    assert is_onnxruntime(chosen)
+    assert any("chose ort-int8" in note and "ort-int8: 3.333x" in note for note in ctx.notes)
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        before = chosen(**batch).logits
+    autolite.save_model(chosen, tok, tmp_path / "fd")
+    loaded, _, _ = autolite.load(tmp_path / "fd")
+    assert is_onnxruntime(loaded)
+    with torch.no_grad():
+        assert torch.equal(before, loaded(**batch).logits)
+
+
+def test_fast_dense_skips_ort_for_a_decoder_and_says_why(load_model, texts, fake_clock):
+    fake_clock({"baseline": 10.0, "fp32": 10.0, "ort-int8": 3.0})
+    model, tok, family = load_model("tiny-llama")
+    result = _measure(model, tok, family, texts, runs=1, candidates=["fp32", "ort-int8"])
+    assert result["chosen"] == "fp32"
+    assert "encoders only" in result["measured"]["ort-int8"]["skipped"]
+
+
+def _compiled_candidates_hit_limit(model, family, tok, caplog, reset: bool, monkeypatch) -> bool:
+    if not reset:
+        monkeypatch.setattr(dense_search, "fresh_compile_cache", lambda configs: None)
+    torch._dynamo.reset()
+    ctx = PassContext(family=family, tokenizer=tok)
+    inputs = tok(["a short text", "another one"], return_tensors="pt", padding=True)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch._dynamo"), torch.no_grad():
+        for _ in range(torch._dynamo.config.recompile_limit + 1):
+            candidate = dense_search.build(model, [{"pass": "compile", "backend": "eager"}], ctx)
+            candidate(**inputs)
+    return "recompile_limit" in caplog.text or "cache_size_limit" in caplog.text
+
+
+def test_compiled_candidates_do_not_hit_the_recompile_limit(load_model, caplog, monkeypatch):
+    model, tok, family = load_model("tiny-bert")
+    with torch._dynamo.config.patch(recompile_limit=1):  # same mechanism, fewer compiles
+        assert not _compiled_candidates_hit_limit(model, family, tok, caplog, True, monkeypatch)
+        assert _compiled_candidates_hit_limit(model, family, tok, caplog, False, monkeypatch)  # the reset matters
+    torch._dynamo.reset()
