@@ -20,7 +20,7 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
     """Compress MODEL with a recipe and save it (safetensors + recipe + report.md) to --out."""
     import autolite
     from autolite.cli import console
-    from autolite.config import load_recipe
+    from autolite.passes import load_recipe
     from autolite.data import load_texts
     from autolite.export.hf import write_model_files
     from autolite.io import atomic_dir
@@ -38,7 +38,7 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
     ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels,
                       shape=(batch, seq))
     with progress_bar(f"applying recipe {recipe_obj.name}"):
-        small = autolite.compress(original, recipe_obj, tokenizer=tokenizer, family=family, ctx=ctx)
+        small = autolite.compress(original, recipe_obj, tokenizer=tokenizer, family=family, ctx=ctx, inplace=True)
     small.config.autolite["source"] = model
     result = _measure(baseline, small, tokenizer, family, model, recipe_obj, ctx, batch, seq, runs, data) if bench else None
     with atomic_dir(out, overwrite=force) as tmp:

@@ -49,7 +49,7 @@ def prune(model: str = MODEL_ARG,
     reference = copy.deepcopy(original)
     ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels)
     ctx.teacher = reference
-    small = autolite.compress(original, recipe, tokenizer=tokenizer, family=family, ctx=ctx)
+    small = autolite.compress(original, recipe, tokenizer=tokenizer, family=family, ctx=ctx, inplace=True)
     small.config.autolite["source"] = model
     held = load_texts(data, split="heldout" if data is None else "all")
     with progress_bar("fidelity vs the original"):
