@@ -1,0 +1,117 @@
+"""The user's labeled data for a search: checked, split once (the test share set aside first), scored.
+
+Splits are drawn with a fixed seed before any trial runs and stored by index in the search state, so a
+resumed search scores on exactly the same rows. ``calib`` feeds the passes (calibration, recovery, exit
+heads); ``val`` scores the trials (its first ``SMALL_VAL`` rows are the cheap first-stage proxy); ``test``
+is read only for the final pick and the FP32 model beside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autolite.data import TextData, load_texts
+from autolite.errors import DataError
+from autolite.eval.forward import tokenize
+
+TEST_SHARE = 0.2  # of --data, when no --test file is given
+VAL_SHARE = 0.3  # of what is left: the rest calibrates the passes
+SMALL_VAL = 96  # rows of the first-stage accuracy proxy
+MIN_ROWS = 20
+
+
+@dataclasses.dataclass
+class Splits:
+    """Disjoint calibration / validation / test rows, and where the test rows came from."""
+
+    calib: TextData
+    val: TextData
+    test: TextData
+    test_source: str
+
+    @property
+    def small_val(self) -> TextData:
+        return self.val.head(min(SMALL_VAL, len(self.val)))
+
+
+def load_labeled(path: str | Path, what: str) -> TextData:
+    """A .csv/.jsonl file with ``text`` and integer ``label`` on every row, else a one-line error."""
+    data = load_texts(path)
+    if data.labels is None:
+        raise DataError(f"{what} {path} has no labels: autolite optimize needs a 'label' column (integer class ids) "
+                        "on every row")
+    return data
+
+
+def num_labels(model: torch.nn.Module) -> int:
+    """Classes of the model's sequence-classification head; a one-line error for a model without one."""
+    if "ForSequenceClassification" not in type(model).__name__:
+        raise DataError(f"the model is a {type(model).__name__}, not a sequence classifier: autolite optimize scores "
+                        "accuracy on labeled data, so give a model with a classification head")
+    return int(model.config.num_labels)
+
+
+def check_labels(data: TextData, classes: int, what: str) -> None:
+    """Every label must be a class of the model's head."""
+    outside = sorted({label for label in data.labels or [] if not 0 <= label < classes})
+    if outside:
+        raise DataError(f"{what} has label(s) {outside[:5]} but the model's head has {classes} classes "
+                        f"(0..{classes - 1}): the label set differs from the model's; pass data labeled for it")
+
+
+def fingerprint(*datas: TextData) -> str:
+    """A hash of texts and labels (a resumed search must see the same data)."""
+    digest = hashlib.sha256()
+    for data in datas:
+        for text, label in zip(data.texts, data.labels or [None] * len(data)):
+            digest.update(f"{label}\t{text}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def split_indices(n: int, has_test: bool, seed: int = 0) -> dict[str, list[int]]:
+    """Shuffled, disjoint row indices of --data: test (unless a --test file is given), val, calib."""
+    if n < MIN_ROWS:
+        raise DataError(f"--data has {n} labeled rows; autolite optimize needs at least {MIN_ROWS} "
+                        "(to calibrate, validate and test)")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_test = 0 if has_test else max(1, round(TEST_SHARE * n))
+    rest = order[n_test:]
+    n_val = max(4, round(VAL_SHARE * len(rest)))
+    return {"test": order[:n_test], "val": rest[:n_val], "calib": rest[n_val:]}
+
+
+def make_splits(data: TextData, test: TextData | None, indices: dict[str, list[int]]) -> Splits:
+    def pick(rows: list[int], name: str) -> TextData:
+        return TextData([data.texts[i] for i in rows], [data.labels[i] for i in rows], f"{data.source}:{name}")
+
+    if test is None:
+        return Splits(pick(indices["calib"], "calib"), pick(indices["val"], "val"), pick(indices["test"], "test"),
+                      f"held-out {TEST_SHARE:.0%} of --data ({len(indices['test'])} rows, set aside before the search)")
+    return Splits(pick(indices["calib"], "calib"), pick(indices["val"], "val"), test,
+                  f"--test {test.source} ({len(test)} rows)")
+
+
+@torch.no_grad()
+def predictions(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int,
+                batch_size: int = 32) -> torch.Tensor:
+    """Predicted class per text ``(N,)``; texts run length-sorted (little padding), results in input order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts), dtype=torch.long)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = tokenize(tokenizer, [texts[i] for i in rows], max_length)
+        logits = model(**batch).logits  # (B, C)
+        out[torch.tensor(rows)] = logits.float().argmax(-1)
+    return out
+
+
+def accuracy(model: torch.nn.Module, tokenizer: Any, data: TextData, max_length: int) -> float:
+    """Accuracy in percent on ``data``'s labels."""
+    predicted = predictions(model, tokenizer, data.texts, max_length)
+    return 100.0 * float((predicted == torch.tensor(data.labels)).float().mean())

@@ -1,0 +1,141 @@
+"""The search space: structural pruning x dynamic inference x precision/backend, as Optuna suggestions.
+
+A trial's recipe has two parts. The *structural* part (prune layers / heads / FFN, then a short recovery
+that distills from the original model) is expensive and cached per setting; the *runtime* part (dynamic
+passes, then one dense backend candidate) is cheap to apply on top. Dynamic passes are discovered at run time:
+every registered pass from ``autolite.dynamic`` that builds with its defaults (routing, which needs a second
+model, is left out). A dynamic config may declare ``search_space: ClassVar[dict[str, list]]`` to have its
+fields searched; a ``max_drop`` field is set from the search's own budget.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import torch
+
+from autolite.config import PassConfig, known_passes
+from autolite.errors import RecipeError
+from autolite.passes import import_builtin_passes
+from autolite.runtime.fast_dense import candidate_passes
+
+BACKENDS = ["fp32", "bf16", "int8-dynamic", "int8-static", "ort-fp32", "ort-int8", "compile",
+            "int8-dynamic+compile"]
+RATIOS = {"layers": [0.0, 0.33, 0.5, 0.67], "heads": [0.0, 0.25, 0.5], "ffn": [0.0, 0.25, 0.5, 0.75]}
+STRUCTURAL_PASSES = {"layers": "prune-layers", "heads": "prune-heads", "ffn": "prune-ffn"}
+
+
+def native_backends() -> list[str]:
+    """The dense candidates this machine runs natively (BF16 only with native BF16 support)."""
+    from autolite.runtime.precision import native_dtypes
+
+    bf16 = "bf16" in native_dtypes(torch.device("cpu"))
+    return [b for b in BACKENDS if bf16 or "bf16" not in b]
+
+
+def dynamic_passes() -> dict[str, type[PassConfig]]:
+    """Registered dynamic-inference passes usable with their defaults: ``{name: config class}``."""
+    import_builtin_passes()
+    found = {}
+    for name in known_passes():
+        try:
+            config = PassConfig.from_dict({"pass": name})
+        except RecipeError:
+            continue
+        module = type(config).__module__
+        if module.startswith("autolite.dynamic.") and "rout" not in name:
+            found[name] = type(config)
+    return found
+
+
+@dataclasses.dataclass
+class Space:
+    """What a search may choose from (recorded in optimize.json)."""
+
+    backends: list[str]
+    dynamic: list[str]
+    ratios: dict[str, list[float]]
+    recover_steps: int
+    max_drop: float
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Draw one configuration from ``trial`` (an Optuna trial); returns its params."""
+        params = {kind: trial.suggest_categorical(kind, values) for kind, values in self.ratios.items()}
+        classes = dynamic_passes()
+        for name in self.dynamic:
+            params[f"dyn:{name}"] = trial.suggest_categorical(f"dyn:{name}", [False, True])
+            if params[f"dyn:{name}"]:
+                for field, values in _dynamic_fields(classes[name], self.max_drop).items():
+                    params[f"dyn:{name}:{field}"] = trial.suggest_categorical(f"dyn:{name}:{field}", values)
+        params["backend"] = trial.suggest_categorical("backend", self.backends)
+        return params
+
+    def seeds(self) -> list[dict[str, Any]]:
+        """Trials to run first: every dense backend on the unpruned model (what ``fast-dense`` alone can do)."""
+        base = {kind: 0.0 for kind in self.ratios}
+        base.update({f"dyn:{name}": False for name in self.dynamic})
+        return [dict(base, backend=b) for b in self.backends]
+
+
+def _dynamic_fields(config_cls: type[PassConfig], max_drop: float) -> dict[str, list]:
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    space = dict(getattr(config_cls, "search_space", None) or {})
+    if "max_drop" in fields:
+        space.setdefault("max_drop", [round(max_drop / 2, 3), max_drop])
+    return {k: v for k, v in space.items() if k in fields}
+
+
+def make_space(max_drop: float, recover_steps: int, backends: list[str] | None = None,
+               num_layers: int | None = None) -> Space:
+    """The default space for a classifier on this machine."""
+    ratios = {k: list(v) for k, v in RATIOS.items()}
+    if num_layers is not None and num_layers < 3:
+        ratios["layers"] = [0.0, 0.5]
+    chosen = native_backends() if backends is None else backends
+    return Space(backends=chosen, dynamic=sorted(dynamic_passes()), ratios=ratios,
+                 recover_steps=recover_steps, max_drop=max_drop)
+
+
+def structural_passes(params: dict[str, Any], recover_steps: int) -> list[dict[str, Any]]:
+    """Layers, heads, FFN cut by the params' ratios; the last cut carries the recovery (distillation)."""
+    passes: list[dict[str, Any]] = []
+    for kind in ("layers", "heads", "ffn"):
+        ratio = float(params.get(kind, 0.0))
+        if ratio > 0:
+            passes.append({"pass": STRUCTURAL_PASSES[kind], "ratio": ratio})
+    if passes and recover_steps > 0:
+        if passes[-1]["pass"] == "prune-layers":  # prune-layers has no recovery: a zero-ratio FFN pass does it
+            passes.append({"pass": "prune-ffn", "ratio": 0.0})
+        passes[-1]["recover_steps"] = recover_steps
+    return passes
+
+
+def runtime_passes(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dynamic passes switched on (with their searched fields), then the dense backend's passes."""
+    passes = []
+    for key, value in sorted(params.items()):
+        if key.startswith("dyn:") and key.count(":") == 1 and value:
+            name = key.split(":", 1)[1]
+            fields = {k.rsplit(":", 1)[1]: v for k, v in params.items() if k.startswith(f"{key}:")}
+            passes.append({"pass": name, **fields})
+    return passes + candidate_passes(params["backend"])
+
+
+def structural_key(passes: list[dict[str, Any]]) -> str:
+    """A stable name for a structural setting (the cache key of its pruned model)."""
+    if not passes:
+        return "dense"
+    return "-".join(f"{p['pass'].split('-')[1]}{p.get('ratio', 0):g}" for p in passes) + (
+        f"-r{passes[-1].get('recover_steps', 0)}")
+
+
+def describe(params: dict[str, Any]) -> str:
+    """A short label for plots and tables, e.g. ``L0.5 H0.25 F0 +early-exit ort-int8``."""
+    label = " ".join(f"{k[0].upper()}{params.get(k, 0):g}" for k in ("layers", "heads", "ffn"))
+    dyn = "".join(f" +{k.split(':')[1]}" for k, v in sorted(params.items()) if k.count(":") == 1 and v is True)
+    return f"{label}{dyn} {params.get('backend', '?')}"
+
+
+def params_json(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)

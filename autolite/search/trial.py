@@ -1,0 +1,159 @@
+"""One trial in three stages, cheapest first (successive halving by proxies):
+
+1. build the candidate, accuracy on the small validation proxy: clearly out of budget -> pruned;
+2. speed against FP32 eager, interleaved in this process (``autolite.eval.bench``): dominated by a finished
+   trial that is both faster and at least as accurate on the proxy -> pruned;
+3. accuracy on the full validation split -> the trial's objective values.
+
+A :class:`Worker` keeps what trials share: the original model, its FP32 forward at ``batch x seq`` and the
+structurally pruned models (in memory, and on disk under the search state so a resumed search reuses them).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import autolite
+from autolite.config import PassConfig
+from autolite.errors import AutoliteError
+from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
+from autolite.passes import PassContext, compress
+from autolite.runtime.fast_dense import fresh_compile_cache
+from autolite.search.data import Splits, accuracy
+from autolite.search.space import runtime_passes, structural_key, structural_passes
+
+log = logging.getLogger(__name__)
+MEMORY_CACHE = 3  # pruned models kept in memory (more are on disk)
+
+
+@dataclasses.dataclass
+class Setup:
+    """The fixed settings of one search (stored in its state directory)."""
+
+    model: str
+    batch: int
+    seq: int
+    max_drop: float
+    objective: str
+    recover_steps: int
+    state_dir: str
+    speed_runs: int = 3
+    threads: int | None = None
+
+
+class Pruned(Exception):
+    """A trial stopped at a cheap stage; ``attrs`` holds what it measured and why."""
+
+    def __init__(self, attrs: dict[str, Any]) -> None:
+        super().__init__(attrs.get("pruned", ""))
+        self.attrs = attrs
+
+
+class Worker:
+    """Runs trials in one process (the driver, or a Ray worker)."""
+
+    def __init__(self, setup: Setup, splits: Splits) -> None:
+        if setup.threads:
+            torch.set_num_threads(setup.threads)
+        self.setup, self.splits = setup, splits
+        self.original, self.tokenizer, self.family = autolite.load(setup.model)
+        self.inputs = bench_inputs(self.tokenizer, self.family, setup.batch, setup.seq, texts=splits.val.texts)
+        self.baseline = forward_fn(self.original, self.family, self.inputs)
+        self._cache: collections.OrderedDict[str, torch.nn.Module] = collections.OrderedDict()
+
+    def context(self) -> PassContext:
+        ctx = PassContext(family=self.family, tokenizer=self.tokenizer, calib=list(self.splits.calib.texts),
+                          labels=list(self.splits.calib.labels), shape=(self.setup.batch, self.setup.seq))
+        ctx.teacher = self.original  # recovery distills from the original model, not from a pass's input
+        return ctx
+
+    def structural(self, passes: list[dict[str, Any]]) -> torch.nn.Module:
+        """The pruned (+ recovered) model for ``passes``: memory, then disk, else built and stored."""
+        key = structural_key(passes)
+        if not passes:
+            return self.original
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        path = Path(self.setup.state_dir) / "cache" / key
+        if (path / "config.json").is_file():
+            model = autolite.load(path)[0]
+        else:
+            configs = [PassConfig.from_dict(p) for p in passes]
+            model = compress(self.original, configs, tokenizer=self.tokenizer, family=self.family, ctx=self.context())
+            autolite.save_model(model, self.tokenizer, path, overwrite=True)
+        self._cache[key] = model
+        while len(self._cache) > MEMORY_CACHE:
+            self._cache.popitem(last=False)
+        return model
+
+    def build(self, params: dict[str, Any]) -> tuple[torch.nn.Module, list[dict[str, Any]], list[str]]:
+        """The candidate model, its whole recipe (pass dicts) and the passes' notes."""
+        structure = structural_passes(params, self.setup.recover_steps)
+        runtime = runtime_passes(params)
+        base = self.structural(structure)
+        ctx = self.context()
+        configs = [PassConfig.from_dict(p) for p in runtime]
+        fresh_compile_cache(configs)
+        model = compress(base, configs, tokenizer=self.tokenizer, family=self.family, ctx=ctx)
+        return model, structure + runtime, ctx.notes
+
+    def speed(self, model: torch.nn.Module, runs: int, warmup: int = 1) -> dict[str, Any]:
+        """FP32 eager and ``model`` timed A B A B at ``batch x seq`` on validation text; median ms, energy."""
+        fns = {"fp32": self.baseline, "candidate": forward_fn(model, self.family, self.inputs)}
+        samples = interleaved(fns, runs=runs, warmup=warmup)
+        medians = {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
+        joules = {name: sorted(s.joules)[len(s) // 2] / self.setup.batch for name, s in samples.items()}
+        return {"fp32_ms": medians["fp32"], "ms": medians["candidate"], "speedup": medians["fp32"] / medians["candidate"],
+                "joules": joules["candidate"], "fp32_joules": joules["fp32"],
+                "energy_source": samples["candidate"].energy_source}
+
+    def run(self, params: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+        """All three stages; returns the trial's attributes or raises :class:`Pruned`."""
+        start = time.perf_counter()
+        attrs: dict[str, Any] = {}
+        model, recipe, notes = self.build(params)
+        attrs.update(recipe=recipe, notes=notes[-6:], build_s=round(time.perf_counter() - start, 2))
+        attrs["small_acc"] = accuracy(model, self.tokenizer, self.splits.small_val, self.setup.seq)
+        slack = proxy_slack(gate["ref_small"], len(self.splits.small_val))
+        if attrs["small_acc"] < gate["ref_small"] - gate["max_drop"] - slack:
+            raise Pruned(dict(attrs, stage=1, pruned=f"proxy accuracy {attrs['small_acc']:.1f}% is more than "
+                              f"{gate['max_drop'] + slack:.1f} points below FP32's {gate['ref_small']:.1f}%"))
+        attrs.update(self.speed(model, self.setup.speed_runs))
+        attrs["size_mb"] = model_size(model)[0]
+        attrs["score"] = score(attrs, self.setup.objective)
+        for other in gate.get("incumbents", []):
+            if other["small_acc"] >= attrs["small_acc"] and other["score"] >= 1.05 * attrs["score"]:
+                raise Pruned(dict(attrs, stage=2, pruned=f"dominated by trial {other['number']} on the proxy"))
+        attrs["val_acc"] = accuracy(model, self.tokenizer, self.splits.val, self.setup.seq)
+        attrs.update(stage=3, seconds=round(time.perf_counter() - start, 2))
+        return attrs
+
+
+def proxy_slack(reference: float, rows: int) -> float:
+    """Two standard errors of an accuracy (points) on ``rows`` rows: the proxy's noise margin (at least 1)."""
+    p = min(max(reference / 100.0, 0.05), 0.95)
+    return max(1.0, 200.0 * math.sqrt(p * (1 - p) / max(rows, 1)))
+
+
+def score(attrs: dict[str, Any], objective: str) -> float:
+    """Higher is better: speed-up over FP32 eager (latency, throughput) or 1 / MiB (size)."""
+    return 1.0 / max(attrs["size_mb"], 1e-9) if objective == "size" else attrs["speedup"]
+
+
+def run_safely(worker: Worker, params: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    """``Worker.run`` as a plain result: ``{"state": complete|pruned|failed, "attrs": {...}}``."""
+    try:
+        return {"state": "complete", "attrs": worker.run(params, gate)}
+    except Pruned as exc:
+        return {"state": "pruned", "attrs": exc.attrs}
+    except (AutoliteError, RuntimeError, ValueError) as exc:  # a candidate this model/machine cannot run
+        log.info("trial %s failed: %s", params, exc)
+        return {"state": "failed", "attrs": {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}}
