@@ -51,10 +51,10 @@ def _register_verbs() -> None:
     if _state["registered"]:
         return
     _state["registered"] = True
-    from autolite.cli import (bench, compress, distill, evaluate, export, info, loadtest, prune, qat, sensitivity,
-                              serve)
+    from autolite.cli import (bench, compress, distill, evaluate, export, info, loadtest, optimize, prune, qat,
+                              sensitivity, serve)
 
-    for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity, qat):
+    for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity, qat, optimize):
         module.register(app)
 
 

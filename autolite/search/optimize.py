@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autolite.errors import AutoliteError, RecipeError
+from autolite.runtime.fast_dense import candidate_passes
 from autolite.search import data as sdata
 from autolite.search.space import Space, make_space
 from autolite.search.study import gate, open_study, run_local
@@ -55,6 +56,8 @@ class Options:
             raise RecipeError(f"--max-drop is in accuracy points, 0..100, got {self.max_drop:g}")
         if self.objective not in OBJECTIVES:
             raise RecipeError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
+        for name in self.backends or []:
+            candidate_passes(name)  # a one-line RecipeError for an unknown candidate
         if self.batch < 1 or self.seq < 2 or self.recover_steps < 0:
             raise RecipeError("--batch must be >= 1, --seq >= 2 and --recover-steps >= 0")
 
