@@ -25,6 +25,9 @@ BUILTIN_PASS_MODULES = [
     "autolite.quant.int8_static",
     "autolite.runtime.ort",
     "autolite.runtime.fast_dense",
+    "autolite.dynamic.early_exit",
+    "autolite.dynamic.router",
+    "autolite.dynamic.head_select",
 ]
 
 Handler = Callable[[torch.nn.Module, PassConfig, "PassContext"], torch.nn.Module]
