@@ -67,6 +67,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     """The serving app for ``engine``; its batcher and worker threads live in the app's lifespan."""
     config = config or ServeConfig()
     metrics = ServeMetrics()
+    metrics.watch_routes(engine.model)  # a routed model's rows per path (no-op otherwise)
     plans = plan_workers(config.workers, threads=config.threads)
     state: dict[str, Any] = {"status": "starting", "batcher": None, "workers": [p.describe() for p in plans]}
 

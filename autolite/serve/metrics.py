@@ -1,7 +1,10 @@
 """Prometheus metrics of one serving app, in its own registry (two apps in one process never clash)."""
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -42,6 +45,26 @@ class ServeMetrics:
         if seconds > 0:
             self.tokens_per_second.set(real_tokens / seconds)
 
+    def watch_routes(self, model: Any) -> None:
+        """Export a routed (fast/main path) model's rows per path as ``autolite_route_rows_total{path}``."""
+        counts = getattr(model, "route_counts", None)
+        if counts is not None:
+            self.registry.register(_RouteRows(counts))
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _RouteRows:
+    """Collector over the model's cumulative per-path row counts (fast, escalated = fast then main, main)."""
+
+    def __init__(self, counts: Any) -> None:
+        self.counts = counts
+
+    def collect(self):
+        family = CounterMetricFamily("autolite_route_rows", "Rows answered per path of a routed model "
+                                     "(fast; escalated: fast then main; main).", labels=["path"])
+        for path in ("fast", "escalated", "main"):
+            family.add_metric([path], self.counts.get(path, 0))
+        yield family

@@ -90,3 +90,30 @@ def test_bad_settings_and_models_without_classifier_are_errors(bert):
     bare = transformers.BertModel(bert[0].config)
     with pytest.raises(RecipeError, match="sequence classifier"):
         autolite.compress(bare, [Route()], calib=TEXTS, tokenizer=bert[1])
+
+
+def test_server_counts_rows_per_path(bert):
+    import asyncio
+
+    import httpx
+
+    from autolite.serve import Engine, ServeConfig, create_app
+
+    unit, _ = routed(bert, max_tokens=6, cascade=False)
+    app = create_app(Engine(unit, bert[1], autolite.arch.family_of(unit.main), name="pair"),
+                     ServeConfig(threads=1))
+
+    def rows(path: str) -> float:
+        return app.state.metrics.registry.get_sample_value("autolite_route_rows_total", {"path": path}) or 0.0
+
+    async def body():
+        async with app.router.lifespan_context(app):
+            before = {p: rows(p) for p in PATHS}
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                reply = await client.post("/v1/classify", json={"input": ["Ok.", TEXTS[2], TEXTS[3]]})
+            return reply, before
+
+    reply, before = asyncio.run(body())
+    assert reply.status_code == 200 and len(reply.json()["data"]) == 3
+    assert rows("fast") - before["fast"] == 1 and rows("main") - before["main"] == 2
