@@ -41,6 +41,8 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
         from autolite.runtime.roofline import floor_line
 
         console.print(f"  {floor_line(result['roofline'].get('floor') or {}, result['baseline']['median_ms'])}")
+    if "routing" in result:
+        _print_routing(result["routing"])
     for note in result["notes"]:
         console.print(f"  note: {note}")
     if json_out:
@@ -58,6 +60,18 @@ def _print_roofline(roofline: dict) -> None:
              f"INT8 GEMM {peaks.get('int8_gemm_gops', 0):.0f} GOP/s, "
              f"copy {peaks['bandwidth_gbs']:.1f} GB/s)")
     console.print(rows_table(title, headers, [tuple(row) for row in roofline["rows"]]))
+
+
+def _print_routing(routing: dict) -> None:
+    from autolite.cli import console
+
+    rows = [(path, f"{100 * p['share']:.1f}%", str(p["rows"]),
+             f"{100 * p['accuracy']:.2f}" if "accuracy" in p else "-") for path, p in routing["paths"].items()]
+    console.print(rows_table(f"routes on {routing['texts']} texts (max_tokens {routing['max_tokens']}, "
+                             f"tau {routing['tau']:.3f})", ("path", "share", "rows", "accuracy"), rows))
+    ms = routing["ms_per_batch"]
+    console.print(f"  ms per batch of {routing['batch']}: routed {ms['routed']:.2f}, main only {ms['main']:.2f}, "
+                  f"fast only {ms['fast']:.2f} ({routing['speedup_vs_main']:.2f}x vs main)")
 
 
 def register(app: typer.Typer) -> None:

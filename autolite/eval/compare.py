@@ -65,6 +65,9 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
                      data=load_texts(data, split="heldout") if data is None else calib, progress=progress)
     if roofline:
         result["roofline"] = roofline_of(candidate, tokenizer, family, batch, seq)
+    if hasattr(candidate, "path_report"):  # a routed unit (autolite.dynamic.router): shares, per-path latency
+        texts = calib if data is not None else load_texts(None, split="heldout")
+        result["routing"] = candidate.path_report(tokenizer, texts.texts, labels=texts.labels, batch=batch)
     result.update(model=spec, family=family.name, recipe=recipe.to_dict(), notes=ctx.notes,
                   machine=probe().to_dict(), autolite_version=autolite.__version__,
                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
