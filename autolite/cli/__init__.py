@@ -124,9 +124,9 @@ def usage_error(exc: click_exceptions.UsageError) -> int:
     message = exc.format_message()
     if isinstance(exc, click_exceptions.NoSuchOption):
         message = f"{exc.message}; {nearest(exc.option_name, option_names(exc.ctx), 'option')}"
-    elif message.startswith("No such command") and "Did you mean" not in message:
+    elif message.startswith("No such command"):  # typer's own suggestion replaced by the same wording as options
         verb = message.split("'")[1] if "'" in message else ""
-        message = f"{message.rstrip('.')}; {nearest(verb, sorted(app_verbs()), 'verb')}"
+        message = f"No such command '{verb}'; {nearest(verb, sorted(app_verbs()), 'verb')}"
     hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
     err_console.print(f"error: {message}{hint}", highlight=False, markup=False, soft_wrap=True)
     return EXIT_USAGE

@@ -5,30 +5,22 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, MODEL_ARG, RECIPE_OPT, progress_bar, rows_table, write_json_atomic
+from autolite.cli.common import (BATCH_OPT, DATA_OPT, MODEL_ARG, RECIPE_OPT, RUNS_OPT, SEQ_OPT, THREADS_OPT, WARMUP_OPT,
+                                 flag, progress_bar, rows_table, write_json_atomic)
 
 
 def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
-          batch: int = typer.Option(8, help="Sequences per forward."),
-          seq: int = typer.Option(128, help="Tokens per sequence."),
-          threads: int = typer.Option(None, help="Intra-op threads (default: torch's choice)."),
-          runs: int = typer.Option(10, help="Timed runs per model (>= 5), after warm-up."),
-          warmup: int = typer.Option(2, help="Untimed warm-up runs per model."),
-          data: Path = DATA_OPT,
+          batch: int = BATCH_OPT, seq: int = SEQ_OPT, threads: int = THREADS_OPT, runs: int = RUNS_OPT,
+          warmup: int = WARMUP_OPT, data: Path = DATA_OPT,
           device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA when present)."),
-          roofline: bool = typer.Option(False, "--roofline", help="Also report GFLOP/s and GB/s per layer kind "
+          roofline: bool = flag(False, "--roofline", help="Also report GFLOP/s and GB/s per layer kind "
                                         "of the candidate against this machine's measured peaks."),
           json_out: Path = typer.Option(None, "--json", help="Write the full result as JSON.")) -> None:
     """Measure latency, throughput, memory, size and fidelity of MODEL+recipe against FP32 eager."""
     from autolite.cli import console
-    from autolite.errors import AutoliteError
     from autolite.eval.compare import bench_model
     from autolite.report.tables import comparison_rows
 
-    if runs < 5:
-        raise AutoliteError("--runs must be at least 5 for a meaningful median")
-    if batch < 1 or seq < 2:
-        raise AutoliteError("--batch must be >= 1 and --seq >= 2")
     with progress_bar(f"bench {model} [{recipe}] (load, compress, warm-up, {runs} interleaved runs)",
                       total=runs) as advance:
         result = bench_model(model, recipe, batch=batch, seq=seq, runs=runs, warmup=warmup,

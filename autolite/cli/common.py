@@ -11,9 +11,37 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# Every option declares its type and range once, here or in its verb's signature (typer min/max): the
+# range is checked before any work, and a value outside it is a usage mistake (exit 2, option named).
 MODEL_ARG = typer.Argument("minilm", help="minilm | smollm2 | random:<preset> | HF directory | .gguf file")
 RECIPE_OPT = typer.Option("default", "--recipe", "-r", help="Preset name or YAML/JSON recipe file.")
 DATA_OPT = typer.Option(None, "--data", help="Text file (.txt/.csv/.jsonl with text[,label]); default: embedded corpus.")
+BATCH_OPT = typer.Option(8, "--batch", min=1, help="Sequences per timed forward.")
+SEQ_OPT = typer.Option(128, "--seq", min=2, help="Tokens per sequence (at most the model's positions).")
+RUNS_OPT = typer.Option(10, "--runs", min=5, help="Timed runs per model (>= 5 for a meaningful median), after warm-up.")
+WARMUP_OPT = typer.Option(2, "--warmup", min=0, help="Untimed warm-up runs per model.")
+THREADS_OPT = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: torch's choice).")
+MAX_TEXTS_OPT = typer.Option(None, "--max-texts", min=1, help="Use at most N texts.")
+FORCE_OPT = typer.Option(False, "--force", metavar="", help="Replace the output if it exists.")
+
+
+def positive(value: float | None) -> float | None:
+    """typer callback: a number that must be > 0 (typer's min cannot say "open")."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not > 0")
+    return value
+
+
+def fraction(value: float) -> float:
+    """typer callback: a share in [0, 1)."""
+    if not 0 <= value < 1:
+        raise typer.BadParameter(f"{value:g} is not in [0, 1)")
+    return value
+
+
+def flag(default: bool, *decls: str, help: str) -> Any:
+    """A boolean option shown without a ``<bool>`` type column (``--x/--no-x`` already says it)."""
+    return typer.Option(default, *decls, metavar="", help=help)
 
 
 @contextmanager

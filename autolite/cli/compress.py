@@ -6,17 +6,14 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, MODEL_ARG, RECIPE_OPT, progress_bar, rows_table
+from autolite.cli.common import (BATCH_OPT, DATA_OPT, FORCE_OPT, MODEL_ARG, RECIPE_OPT, RUNS_OPT, SEQ_OPT, flag,
+                                 progress_bar, rows_table)
 
 
 def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA_OPT,
              out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
-             force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
-             batch: int = typer.Option(8, help="Batch size of the before/after measurement."),
-             seq: int = typer.Option(128, help="Sequence length of the before/after measurement."),
-             runs: int = typer.Option(10, help="Timed runs per model (after warm-up)."),
-             bench: bool = typer.Option(True, "--bench/--no-bench", help="Measure before/after for report.md.")
-             ) -> None:
+             force: bool = FORCE_OPT, batch: int = BATCH_OPT, seq: int = SEQ_OPT, runs: int = RUNS_OPT,
+             bench: bool = flag(True, "--bench/--no-bench", help="Measure before/after for report.md.")) -> None:
     """Compress MODEL with a recipe and save it (safetensors + recipe + report.md) to --out."""
     import autolite
     from autolite.cli import console

@@ -5,15 +5,15 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table, write_json_atomic
+from autolite.cli.common import DATA_OPT, MAX_TEXTS_OPT, MODEL_ARG, progress_bar, rows_table, write_json_atomic
 
 
 def eval_command(model: str = MODEL_ARG,
                  reference: str = typer.Option(None, "--reference", help="Reference model; default: the source "
                                                "recorded in a compressed model, else none."),
                  data: Path = DATA_OPT,
-                 max_texts: int = typer.Option(None, help="Evaluate on the first N texts only."),
-                 max_length: int = typer.Option(128, help="Truncate texts to this many tokens."),
+                 max_texts: int = MAX_TEXTS_OPT,
+                 max_length: int = typer.Option(128, min=2, help="Truncate texts to this many tokens."),
                  json_out: Path = typer.Option(None, "--json", help="Also write the metrics to this JSON file.")
                  ) -> None:
     """Compare MODEL with a reference: cosine/agreement/accuracy (encoders), perplexity (decoders)."""

@@ -6,21 +6,22 @@ from typing import Optional
 
 import typer
 
-from autolite.cli.common import MODEL_ARG, progress_bar, rows_table
+from autolite.cli.common import FORCE_OPT, MAX_TEXTS_OPT, MODEL_ARG, flag, progress_bar, rows_table
 
 
 def export(model: str = MODEL_ARG,
-           format: str = typer.Option("hf", "--format", "-f", help="hf | st | onnx | mlx"),
+           format: str = typer.Option("hf", "--format", "-f", help="hf | st | onnx | mlx | gguf"),
            out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
            precision: str = typer.Option("fp32", help="onnx: fp32 | int8 (ONNX Runtime dynamic quantization)."),
-           optimize: bool = typer.Option(False, "--optimize", help="onnx: ONNX Runtime transformer optimizer "
+           optimize: bool = flag(False, "--optimize", help="onnx: ONNX Runtime transformer optimizer "
                                                                     "(fused attention where it matches)."),
-           bits: Optional[int] = typer.Option(None, "--bits", help="mlx: quantize to 4 or 8 bits (MLX group-wise)."),
-           group_size: int = typer.Option(64, "--group-size", help="mlx: quantization group size, 32 or 64."),
-           validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the export against the "
-                                                                                "source on the corpus."),
-           max_texts: Optional[int] = typer.Option(None, "--max-texts", help="Validate on at most N corpus texts."),
-           force: bool = typer.Option(False, "--force", help="Replace --out if it exists.")) -> None:
+           bits: Optional[int] = typer.Option(None, "--bits", min=4, max=8, help="mlx: quantize to 4 or 8 bits "
+                                              "(MLX group-wise)."),
+           group_size: int = typer.Option(64, "--group-size", min=32, max=64, help="mlx: quantization group size, "
+                                          "32 or 64."),
+           validate: bool = flag(True, "--validate/--no-validate", help="Run the export against the source on the "
+                                 "corpus."),
+           max_texts: Optional[int] = MAX_TEXTS_OPT, force: bool = FORCE_OPT) -> None:
     """Export MODEL to --out in --format; the export is validated against the source and the difference printed."""
     import autolite
     from autolite.cli import console

@@ -5,8 +5,10 @@ import json
 
 import typer
 
+from autolite.cli.common import flag
 
-def info(as_json: bool = typer.Option(False, "--json", help="Print the probe as JSON.")) -> None:
+
+def info(as_json: bool = flag(False, "--json", help="Print the probe as JSON.")) -> None:
     """Show CPU, cores, NUMA, caches, ISA flags, GPUs, library versions and the chosen backend."""
     from autolite.cli import console
     from autolite.cli.common import rows_table

@@ -6,19 +6,19 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, rows_table, write_json_atomic
+from autolite.cli.common import DATA_OPT, positive, rows_table, write_json_atomic
 from autolite.errors import AutoliteError
 
 
 def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL (loopback only); "
                                        "default path /v1/embeddings."),
-             concurrency: int = typer.Option(64, help="Concurrent clients."),
-             requests: int = typer.Option(2000, help="Requests to send (upper bound)."),
-             duration: float = typer.Option(60.0, help="Seconds to run (upper bound)."),
-             warmup: int = typer.Option(64, help="Untimed requests first."),
+             concurrency: int = typer.Option(64, min=1, help="Concurrent clients."),
+             requests: int = typer.Option(2000, min=1, help="Requests to send (upper bound)."),
+             duration: float = typer.Option(60.0, callback=positive, help="Seconds to run (upper bound)."),
+             warmup: int = typer.Option(64, min=0, help="Untimed requests first."),
              api_key: str = typer.Option(None, envvar="AUTOLITE_API_KEY", help="Bearer key, if the server needs one."),
              client: str = typer.Option("raw", help="raw (asyncio streams, least CPU) or httpx."),
-             max_words: int = typer.Option(16, help="Use texts of at most this many words."),
+             max_words: int = typer.Option(16, min=1, help="Use texts of at most this many words."),
              encoding_format: str = typer.Option("float", help="Embeddings: float (JSON numbers) or base64 "
                                                  "(float32 bytes, as OpenAI's SDK asks)."),
              data: Path = DATA_OPT,

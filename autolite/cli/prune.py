@@ -6,22 +6,25 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
+from autolite.cli.common import DATA_OPT, FORCE_OPT, MODEL_ARG, fraction, positive, progress_bar, rows_table
 
 
 def prune(model: str = MODEL_ARG,
-          heads: float = typer.Option(0.0, "--heads", help="Fraction of attention heads to remove, in [0, 1)."),
-          ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1)."),
+          heads: float = typer.Option(0.0, "--heads", callback=fraction,
+                                      help="Fraction of attention heads to remove, in [0, 1)."),
+          ffn: float = typer.Option(0.0, "--ffn", callback=fraction,
+                                    help="Fraction of FFN neurons to remove, in [0, 1)."),
           importance: str = typer.Option("taylor", help="taylor | head_mask | magnitude | l2 | wanda | attention "
                                                         "| ablation (the last two: heads only)."),
           scope: str = typer.Option("per_layer", help="per_layer (same count per layer) or global."),
-          round_to: int = typer.Option(1, "--round-to", help="Kept FFN neurons per layer: a multiple of this."),
-          recover_steps: int = typer.Option(0, "--recover-steps", help="Distillation steps from the original "
+          round_to: int = typer.Option(1, "--round-to", min=1, help="Kept FFN neurons per layer: a multiple of this."),
+          recover_steps: int = typer.Option(0, "--recover-steps", min=0, help="Distillation steps from the original "
                                             "(batch 16 of augmented calibration text; a few hundred for encoders)."),
-          recover_lr: float = typer.Option(1e-4, "--recover-lr", help="Peak learning rate of the recovery."),
+          recover_lr: float = typer.Option(1e-4, "--recover-lr", callback=positive,
+                                           help="Peak learning rate of the recovery."),
           data: Path = DATA_OPT,
           out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
-          force: bool = typer.Option(False, "--force", help="Replace --out if it exists.")) -> None:
+          force: bool = FORCE_OPT) -> None:
     """Prune MODEL's heads and FFN neurons (weights really shrink) and save it with report.md + importance.png."""
     import autolite
     from autolite.cli import console

@@ -6,25 +6,26 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
+from autolite.cli.common import DATA_OPT, FORCE_OPT, MODEL_ARG, flag, positive, progress_bar, rows_table
 
 
 def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
                 out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
                 bits: str = typer.Option("8,6,4,3,2", "--bits", help="Bit widths or engine formats to probe, "
                                          "e.g. 8,4,2 or w8,w4g32,w4g64,w4g128."),
-                group_size: int = typer.Option(64, "--group-size", help="Weights per quantization scale."),
+                group_size: int = typer.Option(64, "--group-size", min=1, help="Weights per quantization scale."),
                 granularity: str = typer.Option("linear", "--granularity", help="linear | layer"),
-                texts: int = typer.Option(16, "--texts", help="Calibration texts per probe."),
-                max_length: int = typer.Option(64, "--max-length", help="Tokens per text."),
-                gradient: bool = typer.Option(True, "--gradient/--no-gradient", help="Also the Fisher estimate."),
-                output: bool = typer.Option(False, "--output/--no-output",
+                texts: int = typer.Option(16, "--texts", min=1, help="Calibration texts per probe."),
+                max_length: int = typer.Option(64, "--max-length", min=2, help="Tokens per text."),
+                gradient: bool = flag(True, "--gradient/--no-gradient", help="Also the Fisher estimate."),
+                output: bool = flag(False, "--output/--no-output",
                                             help="Also the output-space Fisher estimate (used for --budget)."),
-                measure: bool = typer.Option(True, "--measure/--no-measure",
+                measure: bool = flag(True, "--measure/--no-measure",
                                              help="Measure each probe (slow on big models); else Fisher only."),
-                budget: float = typer.Option(None, "--budget", help="Average bits/weight: also write a mixed "
-                                             "recipe and the model quantized with it."),
-                force: bool = typer.Option(False, "--force", help="Replace --out if it exists.")) -> None:
+                budget: float = typer.Option(None, "--budget", callback=positive,
+                                             help="Average bits/weight: also write a mixed recipe and the model "
+                                                  "quantized with it."),
+                force: bool = FORCE_OPT) -> None:
     """Measure how much each layer's quantization to each bit width hurts MODEL's outputs."""
     import autolite
     from autolite.cli import console
@@ -66,7 +67,7 @@ def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
 
 
 def _widths(text: str) -> tuple:
-    from autolite.quant.mixed import parse_format
+    from autolite.quant.formats import parse_format
 
     values = [int(b) if b.strip().isdigit() else b.strip().lower() for b in text.split(",") if b.strip()]
     for value in values:
@@ -101,7 +102,7 @@ def _mixed(net, tokenizer, family, table, budget: float, tmp: Path, which: str) 
     avg = average_bits(plan, table.numel, table.group_size, bpw)
     config = MixedPrecision(bits=expand_units(plan, table.members), group_size=table.group_size)
     Recipe(passes=[config], name=f"mixed-{budget}").save(tmp / "mixed.yaml")
-    quantized = autolite.compress(net, [config], tokenizer=tokenizer, family=family)
+    quantized = autolite.compress(net, [config], tokenizer=tokenizer, family=family, inplace=True)  # net unused after
     (tmp / "model").mkdir()
     write_model_files(quantized, tokenizer, tmp / "model")
     counts = {str(b): sum(1 for v in plan.values() if v == b) for b in set(plan.values())}

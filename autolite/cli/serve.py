@@ -3,32 +3,35 @@ from __future__ import annotations
 
 import typer
 
-from autolite.cli.common import MODEL_ARG
+from autolite.cli.common import MODEL_ARG, flag, positive
 
 
 def serve(model: str = MODEL_ARG,
           host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
-          port: int = typer.Option(8000, help="TCP port."),
-          max_batch_size: int = typer.Option(32, help="Texts per forward; 1 = no batching."),
-          max_wait_ms: float = typer.Option(5.0, help="How long the oldest text may wait for a fuller batch."),
-          workers: int = typer.Option(1, help="Model workers (threads sharing the weights), cores split between them."),
-          threads: int = typer.Option(None, help="Intra-op threads per worker (default: its CPU count)."),
-          pin: bool = typer.Option(True, "--pin/--no-pin", help="Pin each worker to its CPUs."),
+          port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free port, printed)."),
+          max_batch_size: int = typer.Option(32, min=1, help="Texts per forward; 1 = no batching."),
+          max_wait_ms: float = typer.Option(5.0, min=0, help="How long the oldest text may wait for a fuller batch."),
+          workers: int = typer.Option(1, min=1, help="Model workers (threads sharing the weights), cores split "
+                                                     "between them."),
+          threads: int = typer.Option(None, min=1, help="Intra-op threads per worker (default: its CPU count)."),
+          pin: bool = flag(True, "--pin/--no-pin", help="Pin each worker to its CPUs."),
           api_key: str = typer.Option(None, envvar="AUTOLITE_API_KEY",
                                       help="Require 'Authorization: Bearer KEY' (or set AUTOLITE_API_KEY)."),
-          max_tokens: int = typer.Option(None, help="Tokens per text (default: the model's context, <= 512)."),
-          truncate: bool = typer.Option(False, "--truncate/--no-truncate",
+          max_tokens: int = typer.Option(None, min=1, help="Tokens per text (default: the model's context, <= 512)."),
+          truncate: bool = flag(False, "--truncate/--no-truncate",
                                         help="Cut texts over --max-tokens instead of answering 413."),
-          max_texts: int = typer.Option(256, help="Texts per request."),
-          max_body_bytes: int = typer.Option(1024 * 1024, help="Request body limit in bytes."),
-          max_queue: int = typer.Option(1024, help="Queued texts before answering 429."),
-          max_new_tokens: int = typer.Option(256, help="Largest max_tokens a completion may ask for."),
-          timeout: float = typer.Option(30.0, help="Seconds a request may wait for its answer (then 504)."),
-          normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise embeddings."),
+          max_texts: int = typer.Option(256, min=1, help="Texts per request."),
+          max_body_bytes: int = typer.Option(1024 * 1024, min=1, help="Request body limit in bytes."),
+          max_queue: int = typer.Option(1024, min=1, help="Queued texts before answering 429."),
+          max_new_tokens: int = typer.Option(256, min=1, help="Largest max_tokens a completion may ask for."),
+          timeout: float = typer.Option(30.0, callback=positive,
+                                        help="Seconds a request may wait for its answer (then 504)."),
+          normalize: bool = flag(True, "--normalize/--no-normalize", help="L2-normalise embeddings."),
           device: str = typer.Option("auto", help="auto (the hardware probe's choice), cpu or cuda."),
-          ray: bool = typer.Option(False, "--ray", help="Serve as a Ray Serve deployment (needs autolite[ray])."),
-          replicas: int = typer.Option(1, help="With --ray: model replicas, each with its own batcher."),
-          cpus_per_replica: float = typer.Option(1.0, help="With --ray: CPUs Ray reserves per replica."),
+          ray: bool = flag(False, "--ray", help="Serve as a Ray Serve deployment (needs autolite\\[ray])."),
+          replicas: int = typer.Option(1, min=1, help="With --ray: model replicas, each with its own batcher."),
+          cpus_per_replica: float = typer.Option(1.0, callback=positive,
+                                                 help="With --ray: CPUs Ray reserves per replica."),
           ray_address: str = typer.Option(None, help="With --ray: 'auto' or HOST:PORT joins a running Ray cluster "
                                                      "(default: start a local one).")) -> None:
     """Serve MODEL over HTTP: /v1/embeddings, /v1/classify, /v1/completions, /health, /metrics."""
