@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import types
 import typing
 from typing import Any
@@ -72,3 +73,13 @@ def describe(hint: Any) -> str:
     if origin is dict and args:
         return f"a mapping of {describe(args[0])} to ({describe(args[1])})"
     return _NAMES.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
+def syntax_error(exc: Exception) -> str:
+    """``line L, column C: problem`` from a YAML or JSON parse error (files a user wrote by hand)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {getattr(exc, 'problem', None) or exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -108,6 +108,9 @@ def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None
         from autolite.arch import family_of
         family = family_of(model)
     ctx = ctx or PassContext(family=family, tokenizer=tokenizer, calib=calib)
+    positions = getattr(model.config, "max_position_embeddings", None)  # T5: relative positions, no limit
+    if ctx.shape is not None and positions and ctx.shape[1] > positions:
+        raise ArgumentError(f"sequence length {ctx.shape[1]} is longer than the model's {positions} positions")
     for config in recipe.passes:
         log.info("applying pass %s", config.to_dict())
         model = handler_for(config).apply(model, config, ctx)
