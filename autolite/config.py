@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import yaml
 
 from autolite.errors import RecipeError
+from autolite.fields import check_field_types, syntax_error
 
 _CONFIG_CLASSES: dict[str, type["PassConfig"]] = {}
 
@@ -37,6 +38,15 @@ class PassConfig:
         super().__init_subclass__(**kwargs)
         if cls.name:
             _CONFIG_CLASSES[cls.name] = cls
+        own = cls.__dict__.get("__post_init__")
+        if own is not None:  # field types (from the annotations) are checked before the config's own checks
+            def post_init(self: "PassConfig", _own: Any = own) -> None:
+                check_field_types(self)
+                _own(self)
+            cls.__post_init__ = post_init
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise as ``{"pass": name, "version": v, **fields}``."""
@@ -85,6 +95,9 @@ class Recipe:
             data = {"passes": data}
         if not isinstance(data, dict) or not isinstance(data.get("passes"), list):
             raise RecipeError("a recipe must be a mapping with a 'passes' list (or a plain list of passes)")
+        unknown = sorted(set(data) - {"name", "passes"})
+        if unknown:
+            raise RecipeError(f"a recipe has no top-level key(s) {unknown}; allowed: ['name', 'passes']")
         passes = [PassConfig.from_dict(entry) for entry in data["passes"]]
         return cls(passes=passes, name=name or data.get("name", "custom"))
 
@@ -105,8 +118,8 @@ def load_recipe(spec: "str | Path | Recipe | list[PassConfig] | None") -> Recipe
         spec = "default"
     if isinstance(spec, Recipe):
         return spec
-    if isinstance(spec, list):
-        return Recipe(passes=list(spec))
+    if isinstance(spec, (list, tuple)):  # configs or {"pass": ...} dicts
+        return Recipe(passes=[p if isinstance(p, PassConfig) else PassConfig.from_dict(p) for p in spec])
     text = str(spec)
     path = Path(text)
     if text.endswith((".yaml", ".yml", ".json")) or path.is_file():
@@ -120,6 +133,5 @@ def _recipe_from_file(path: Path) -> Recipe:
     try:
         raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
     except (ValueError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0]
-        raise RecipeError(f"recipe file {path} is not valid YAML/JSON: {first}") from exc
+        raise RecipeError(f"recipe file {path} is not valid YAML/JSON: {syntax_error(exc)}") from exc
     return Recipe.from_dict(raw, name=path.stem)
