@@ -59,6 +59,7 @@ def matches(value: Any, hint: Any) -> bool:
 
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
           list: "a list", dict: "a mapping"}
+_PLURALS = {str: "strings", int: "integers", float: "numbers", bool: "true/false values"}
 
 
 def describe(hint: Any) -> str:
@@ -69,9 +70,9 @@ def describe(hint: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(arg) for arg in args)
     if origin in (list, tuple) and args:
-        return f"a list of ({describe(args[0])})"
+        return f"a list of {_PLURALS.get(args[0], f'({describe(args[0])})')}"
     if origin is dict and args:
-        return f"a mapping of {describe(args[0])} to ({describe(args[1])})"
+        return f"a mapping of {_PLURALS.get(args[0], describe(args[0]))} to {_PLURALS.get(args[1], describe(args[1]))}"
     return _NAMES.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
