@@ -10,14 +10,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from autolite.config import PassConfig, Recipe, load_recipe  # noqa: E402
+from autolite.config import PassConfig, Recipe  # noqa: E402
 from autolite.errors import AutoliteError  # noqa: E402
 from autolite.eval.fidelity import evaluate  # noqa: E402
 from autolite.export.hf import save_model  # noqa: E402
 import autolite.export as export  # noqa: E402  (callable: autolite.export(model, tok, out, format=...))
 from autolite.loading import load  # noqa: E402
 from autolite.search import optimize  # noqa: E402
-from autolite.passes import compress  # noqa: E402
+from autolite.passes import compress, load_recipe  # noqa: E402
 
 __all__ = ["AutoliteError", "PassConfig", "Recipe", "compress", "evaluate", "load", "load_recipe", "optimize",
            "save_model", "export", "__version__"]

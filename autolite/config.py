@@ -6,19 +6,18 @@ A recipe is an ordered list of pass configs. It is written as YAML/JSON::
       - {pass: precision, dtype: bf16}
       - {pass: compile, backend: inductor, freeze: true}
 
-or named by a preset (``autolite.presets``).
+or named by a preset (``autolite.presets``); ``autolite.passes.load_recipe`` resolves either.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
 from autolite.errors import RecipeError
-from autolite.fields import check_field_types, syntax_error
+from autolite.fields import check_field_types
 
 _CONFIG_CLASSES: dict[str, type["PassConfig"]] = {}
 
@@ -106,32 +105,3 @@ class Recipe:
 
     def __str__(self) -> str:
         return self.name
-
-
-def load_recipe(spec: "str | Path | Recipe | list[PassConfig] | None") -> Recipe:
-    """Resolve a recipe: a Recipe, a list of configs, a YAML/JSON file, or a preset name."""
-    from autolite import presets
-    from autolite.passes import import_builtin_passes
-
-    import_builtin_passes()
-    if spec is None:
-        spec = "default"
-    if isinstance(spec, Recipe):
-        return spec
-    if isinstance(spec, (list, tuple)):  # configs or {"pass": ...} dicts
-        return Recipe(passes=[p if isinstance(p, PassConfig) else PassConfig.from_dict(p) for p in spec])
-    text = str(spec)
-    path = Path(text)
-    if text.endswith((".yaml", ".yml", ".json")) or path.is_file():
-        return _recipe_from_file(path)
-    return presets.get_preset(text)
-
-
-def _recipe_from_file(path: Path) -> Recipe:
-    if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist; pass a YAML/JSON file or a preset name")
-    try:
-        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (ValueError, yaml.YAMLError) as exc:
-        raise RecipeError(f"recipe file {path} is not valid YAML/JSON: {syntax_error(exc)}") from exc
-    return Recipe.from_dict(raw, name=path.stem)

@@ -4,13 +4,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import json
 import logging
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 
-from autolite.config import PassConfig, Recipe, load_recipe
+from autolite import presets
+from autolite.arch import family_of
+from autolite.config import PassConfig, Recipe
 from autolite.errors import ArgumentError, RecipeError
+from autolite.fields import syntax_error
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +30,9 @@ BUILTIN_PASS_MODULES = [
     "autolite.quant.weight_only",
     "autolite.quant.int8_static",
     "autolite.runtime.ort",
+    "autolite.runtime.openvino",
     "autolite.runtime.fast_dense",
+    "autolite.dynamic.token_drop",
     "autolite.dynamic.early_exit",
     "autolite.dynamic.router",
     "autolite.dynamic.head_select",
@@ -80,6 +88,32 @@ def import_builtin_passes() -> None:
         importlib.import_module(name)
 
 
+def load_recipe(spec: "str | Path | Recipe | list[PassConfig] | None") -> Recipe:
+    """Resolve a recipe: a Recipe, a list of configs, a YAML/JSON file, or a preset name."""
+    import_builtin_passes()
+    if spec is None:
+        spec = "default"
+    if isinstance(spec, Recipe):
+        return spec
+    if isinstance(spec, (list, tuple)):  # configs or {"pass": ...} dicts
+        return Recipe(passes=[p if isinstance(p, PassConfig) else PassConfig.from_dict(p) for p in spec])
+    text = str(spec)
+    path = Path(text)
+    if text.endswith((".yaml", ".yml", ".json")) or path.is_file():
+        return _recipe_from_file(path)
+    return presets.get_preset(text)
+
+
+def _recipe_from_file(path: Path) -> Recipe:
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist; pass a YAML/JSON file or a preset name")
+    try:
+        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (ValueError, yaml.YAMLError) as exc:
+        raise RecipeError(f"recipe file {path} is not valid YAML/JSON: {syntax_error(exc)}") from exc
+    return Recipe.from_dict(raw, name=path.stem)
+
+
 def handler_for(config: PassConfig) -> PassHandler:
     import_builtin_passes()
     handler = _HANDLERS.get(type(config))
@@ -105,7 +139,6 @@ def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None
     if not inplace:
         model = copy.deepcopy(model)
     if family is None:
-        from autolite.arch import family_of
         family = family_of(model)
     ctx = ctx or PassContext(family=family, tokenizer=tokenizer, calib=calib)
     positions = getattr(model.config, "max_position_embeddings", None)  # T5: relative positions, no limit

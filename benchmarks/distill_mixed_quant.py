@@ -29,8 +29,8 @@ import torch
 import autolite
 from autolite.data import load_texts
 from autolite.eval.bench import model_size
-from autolite.quant.mixed import (ENGINE_FORMATS, MixedPrecision, allocate_bits, average_bits, expand_units,
-                                  unit_bits_table)
+from autolite.quant.formats import ENGINE_FORMATS
+from autolite.quant.mixed import MixedPrecision, allocate_bits, average_bits, expand_units, unit_bits_table
 from autolite.quant.sensitivity import (ESTIMATOR_TABLES, Sensitivity, analyze, estimator_losses,
                                        estimator_options)
 

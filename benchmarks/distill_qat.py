@@ -24,8 +24,11 @@ import autolite
 from autolite.data import load_texts
 from autolite.data.distill_corpus import distill_training_texts
 from autolite.distill import TrainConfig
-from autolite.quant.mixed import parse_format, unit_bits_table
-from autolite.quant.qat import convert_qat, gptq_start, run_qat, transformer_linears
+from autolite.quant.common import transformer_linears
+from autolite.quant.formats import parse_format
+from autolite.quant.mixed import unit_bits_table
+from autolite.quant.qat import convert_qat
+from autolite.quant.qat_train import gptq_start, run_qat
 from distill_mixed_quant import score, state_mib  # sibling script: same size and fidelity measures
 
 

@@ -1,7 +1,8 @@
 import pytest
 
 import autolite
-from autolite.config import PassConfig, Recipe, load_recipe
+from autolite.config import PassConfig, Recipe
+from autolite.passes import load_recipe
 from autolite.errors import RecipeError
 from autolite.runtime.compile import Compile
 from autolite.runtime.precision import Precision

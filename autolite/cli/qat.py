@@ -36,7 +36,8 @@ def qat(model: str = MODEL_ARG,
     from autolite.cli.distill import _data
     from autolite.data.distill_corpus import distill_training_texts
     from autolite.distill import TrainConfig
-    from autolite.quant.qat import convert_qat, run_qat
+    from autolite.quant.qat import convert_qat
+    from autolite.quant.qat_train import run_qat
 
     if out.exists() and not force:
         raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
@@ -75,7 +76,7 @@ def qat(model: str = MODEL_ARG,
 def _format_and_init(fmt: str, init: str) -> tuple[int, int | None, str]:
     """(bits, group, init) for ``--format`` and ``--init``, or a RecipeError that says what would work."""
     from autolite.errors import RecipeError
-    from autolite.quant.mixed import engine_format, parse_format
+    from autolite.quant.formats import engine_format, parse_format
 
     bits, group = parse_format(fmt, 64)
     if engine_format(fmt, 64, 1024) is None:
@@ -93,7 +94,7 @@ def _gptq_start(base, tokenizer, family, texts: list[str], group: int | None, em
     trained codes, scales and zeros), so GPTQ is not run again."""
     from autolite.cli import console
     from autolite.distill.checkpoint import has_checkpoint
-    from autolite.quant.qat import gptq_start
+    from autolite.quant.qat_train import gptq_start
 
     resuming = has_checkpoint(ckpt)
     if resuming:

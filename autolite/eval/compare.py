@@ -47,7 +47,7 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
                 threads: int | None = None, data: Any = None, device: str = "cpu", roofline: bool = False,
                 progress: Callable[[], None] | None = None) -> dict[str, Any]:
     """``autolite bench``: load ``spec``, compress a copy with ``recipe``, compare it with FP32 eager."""
-    from autolite.config import load_recipe
+    from autolite.passes import load_recipe
     from autolite.data import load_texts
     from autolite.passes import PassContext, compress
     from autolite.runtime.hardware import probe

@@ -19,13 +19,6 @@ from autolite.errors import RecipeError
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls")
 
 
-class QuantizedLinearBase(nn.Module):
-    """Base of the quantized linears. ``weight`` is None: no float weight is stored, and transformers code
-    that probes ``.weight.dtype`` before a cast (T5's feed-forward ``wo``) then skips the cast."""
-
-    weight = None
-
-
 def is_conv1d(module: nn.Module) -> bool:
     """True for the transformers ``Conv1D`` (GPT-2 family) linear."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
@@ -39,6 +32,17 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight as ``(out_features, in_features)`` float32 (Conv1D transposed)."""
     weight = module.weight.detach()
     return (weight.t() if is_conv1d(module) else weight).float().contiguous()
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The live ``(out, in)`` weight of a Linear, or of a GPT-2 Conv1D (stored ``(in, out)``)."""
+    return module.weight.t() if is_conv1d(module) else module.weight
+
+
+def set_weight_matrix(module: nn.Module, value: torch.Tensor) -> None:
+    """Copy an ``(out, in)`` matrix into the module's weight (transposed for Conv1D)."""
+    with torch.no_grad():
+        module.weight.copy_(value.t() if is_conv1d(module) else value)
 
 
 def linear_bias(module: nn.Module) -> torch.Tensor | None:
@@ -90,6 +94,20 @@ def target_linears(model: nn.Module, *, include_head: bool = False, skip: list[s
         if name in heads or any(p.search(name) for p in patterns):
             continue
         yield name, module
+
+
+def transformer_linears(model: nn.Module, family: Any) -> dict[str, nn.Module]:
+    """Fully qualified name -> linear (q, k, v, o / qkv, up, gate, down / gate_up) of every transformer layer."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found: dict[str, nn.Module] = {}
+    for view in family.layers(model):
+        blocks = [view.attention] + ([view.cross_attention] if view.cross_attention else [])
+        modules = [getattr(b, k) for b in blocks for k in ("q", "k", "v", "qkv", "o")]
+        modules += [getattr(view.ffn, k) for k in ("gate_up", "gate", "up", "down")]
+        for module in modules:
+            if module is not None and getattr(module, "weight", None) is not None and id(module) in names:
+                found[names[id(module)]] = module
+    return found
 
 
 def check_layers_exist(model: nn.Module, layers: list[str]) -> None:

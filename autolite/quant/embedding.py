@@ -15,29 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCALE_DTYPE = torch.bfloat16
-
-
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric INT8 per row: ``(q (rows, cols) int8, scale (rows,) BF16)``."""
-    weight = weight.detach().float()
-    scale = (weight.abs().amax(1).clamp(min=1e-8) / 127.0).to(SCALE_DTYPE)
-    q = torch.round(weight / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def int8_rows_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                     kernel_max_rows: int) -> torch.Tensor:
-    """``x @ (weight_int8 * scale)ᵀ + bias``: the INT8 kernel for few rows on CPU, an INT8-weight GEMM above."""
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
-    if rows.shape[0] <= kernel_max_rows and rows.device.type == "cpu":
-        y = torch.ops.aten._weight_int8pack_mm(rows.to(SCALE_DTYPE), weight_int8, scale).to(x.dtype)
-    else:
-        y = F.linear(rows, weight_int8.to(x.dtype)) * scale.to(x.dtype)
-    if bias is not None:
-        y = y + bias.to(x.dtype)
-    return y.reshape(*x.shape[:-1], weight_int8.shape[0])
-
+from autolite.quant import common
+from autolite.quant.formats import SCALE_DTYPE, quantize_rows
+from autolite.quant.layers import WeightOnlyInt8Linear, int8_rows_linear
 
 class Int8Embedding(nn.Module):
     """Token embedding with INT8 rows and a BF16 scale per row."""
@@ -58,9 +38,7 @@ class Int8Embedding(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        from autolite.quant.common import realign_buffers
-
-        realign_buffers(self, ("weight_int8", "weight_scale"))  # the tied head's kernel reads them
+        common.realign_buffers(self, ("weight_int8", "weight_scale"))  # the tied head's kernel reads them
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None]
@@ -107,9 +85,6 @@ def quantize_embeddings(model: nn.Module, kernel_max_rows: int) -> dict[str, str
 
     Returns the record kept in the recipe: ``{fqn: "embedding" | "tied-head" | "head"}``.
     """
-    from autolite.quant import common
-    from autolite.quant.weight_only import WeightOnlyInt8Linear
-
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if not isinstance(emb, nn.Embedding) or _shared_by_several(model, emb):
         return {}  # e.g. T5's `shared` (encoder and decoder embed_tokens): stays float
@@ -132,9 +107,6 @@ def quantize_embeddings(model: nn.Module, kernel_max_rows: int) -> dict[str, str
 
 def restore_embeddings(model: nn.Module, record: dict[str, str], kernel_max_rows: int) -> None:
     """Swap in empty INT8 embedding/head modules as recorded by :func:`quantize_embeddings`."""
-    from autolite.quant import common
-    from autolite.quant.weight_only import WeightOnlyInt8Linear
-
     new_emb = None
     for name, kind in record.items():
         if kind == "embedding":

@@ -5,7 +5,7 @@ governed by the Hessian ``H = 2/n XᵀX``. Columns are quantized one at a time (
 does for speed) and the rounding error of each column is spread over the columns not yet quantized
 through the inverse Hessian's Cholesky factor, so later columns compensate for earlier ones.
 
-Group scales/zeros use the same range search as round-to-nearest (``weight_only.search_group_params``).
+Group scales/zeros use the same range search as round-to-nearest (``formats.search_group_params``).
 With ``act_order`` columns are visited by decreasing ``diag(H)`` (the most active inputs first) and the
 group parameters are fixed up front from the float weights ("static groups"), so groups stay
 contiguous in the original column order and the result is stored in exactly the packed format of
@@ -15,8 +15,12 @@ the walk reaches the group, on the error-compensated weights.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from autolite.errors import NumericsError
+from autolite.quant.common import linear_weight
+from autolite.quant.formats import SCALE_DTYPE, search_group_params
+from autolite.quant.layers import WeightOnlyInt4Linear
 
 
 class HessianAccumulator:
@@ -61,10 +65,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group: int, symme
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ codes ``q`` (out, in) uint8 in [0, 15], ``scale`` (out, in/group) BF16 and ``zero`` uint8.
 
-    Same contract as ``weight_only.quantize_int4``: ``w ≈ (q - zero) * scale`` group-wise.
+    Same contract as ``formats.quantize_int4``: ``w ≈ (q - zero) * scale`` group-wise.
     """
-    from autolite.quant.weight_only import SCALE_DTYPE, search_group_params
-
     w = weight.detach().float().clone()
     out_features, in_features = w.shape
     h = hessian.float().clone()
@@ -91,13 +93,25 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group: int, symme
     return codes.to(torch.uint8), scale.to(SCALE_DTYPE), zero.to(torch.uint8)
 
 
+def gptq_linears(linears: dict[str, nn.Module], hessian: torch.Tensor, group: int, symmetric: bool, *,
+                 damp: float, act_order: bool, kernel_max_rows: int, name: str) -> dict[str, WeightOnlyInt4Linear]:
+    """GPTQ of linears sharing one input (stacked by rows, one Hessian), split back into packed INT4 layers."""
+    weights = [linear_weight(m) for m in linears.values()]
+    q, scale, zero = gptq_quantize(torch.cat(weights), hessian, group, symmetric, damp=damp, act_order=act_order,
+                                   name=name)
+    out, start = {}, 0
+    for (fqn, module), weight in zip(linears.items(), weights):
+        rows = slice(start, start + weight.shape[0])
+        out[fqn] = WeightOnlyInt4Linear.from_codes(module, group, kernel_max_rows, q[rows], scale[rows], zero[rows])
+        start += weight.shape[0]
+    return out
+
+
 def _quantize_block(w: torch.Tensor, hinv: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
                     zero: torch.Tensor, start: int, end: int, group: int, group_of: list[int], symmetric: bool,
                     dynamic_groups_fixed: bool) -> torch.Tensor:
     """Quantize columns ``start:end`` in place (codes, and scale/zero for dynamic groups); returns the
     scaled errors ``(w - q) / d`` of the block, to propagate to the later columns."""
-    from autolite.quant.weight_only import search_group_params
-
     block_w = w[:, start:end].clone()
     block_hinv = hinv[start:end, start:end]
     errors = torch.zeros_like(block_w)

@@ -1,6 +1,6 @@
 """INT8 dynamic quantization: INT8 per-channel weights, activations quantized at run time.
 
-Kernels (measured per layer shape at apply time, the fastest kept; ``kernel`` forces one):
+The pass swaps in ``layers.DynamicInt8Linear``. Kernels (measured per layer shape at apply time, the fastest kept; ``kernel`` forces one):
 
 * ``onednn`` / ``x86`` / ``fbgemm``: ``torch.ops.quantized.linear_dynamic`` on a weight prepacked for
   that engine (activations quantized per tensor inside the kernel; VNNI/AMX when the CPU has them).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +24,9 @@ from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError, RecipeError
 from autolite.passes import PassContext, register_pass
 from autolite.quant import common
+from autolite.quant.layers import ENGINE_KERNELS, KERNELS, DynamicInt8Linear
 
 log = logging.getLogger(__name__)
-KERNELS = ("onednn", "x86", "fbgemm", "int_mm")
-ENGINE_KERNELS = KERNELS[:3]
-
-
 def available_kernels() -> list[str]:
     """INT8 dynamic kernels this torch build offers."""
     engines = set(torch.backends.quantized.supported_engines)
@@ -38,94 +34,6 @@ def available_kernels() -> list[str]:
     if hasattr(torch, "_int_mm"):
         found.append("int_mm")
     return found
-
-
-def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric INT8 per output channel: ``(q (out, in) int8, scale (out,) fp32)``."""
-    scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-    q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale.float()
-
-
-def _reduce_range(kernel: str) -> bool:
-    """fbgemm/x86 need 7-bit activations on CPUs without VNNI (16-bit accumulation overflow)."""
-    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
-    return kernel != "onednn" and not vnni
-
-
-class DynamicInt8Linear(common.QuantizedLinearBase):
-    """A linear layer with INT8 weights whose forward runs an INT8 kernel (see module docstring)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel: str = "onednn") -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_features))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self.register_buffer("kernel", torch.tensor([KERNELS.index(kernel)], dtype=torch.int8))
-        self._kernel_name = kernel  # the buffer saves it; reading it back in forward would break torch.compile
-        self._packed = None
-
-    @classmethod
-    def from_float(cls, module: nn.Module, kernel: str) -> "DynamicInt8Linear":
-        return common.from_float_linear(cls, module, quantize_per_channel, kernel)
-
-    @property
-    def kernel_name(self) -> str:
-        return self._kernel_name
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_packed"] = None  # engine-specific packed weight: rebuilt on first use
-        return state
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._packed = None
-        super()._load_from_state_dict(*args, **kwargs)
-        self._kernel_name = KERNELS[int(self.kernel[0])]
-
-    def prepack(self) -> None:
-        """Pack the weight for the chosen engine (done lazily on the first forward otherwise)."""
-        kernel = self.kernel_name
-        if kernel not in ENGINE_KERNELS:
-            return
-        previous = torch.backends.quantized.engine
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch marks quantized tensors deprecated; the kernels are current
-            qweight = torch._make_per_channel_quantized_tensor(
-                self.weight_int8, self.weight_scale.double(), torch.zeros(self.out_features, dtype=torch.long), 0)
-            try:
-                torch.backends.quantized.engine = kernel
-                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
-            finally:
-                torch.backends.quantized.engine = previous
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" and self.kernel_name != "int_mm":
-            raise BackendUnavailableError(f"INT8 kernel '{self.kernel_name}' runs on CPU only; use kernel: int_mm "
-                                          "or weight-only quantization on this device")
-        rows, lead = common.flatten_rows(x)
-        dtype = rows.dtype
-        rows = rows.float()
-        if self.kernel_name == "int_mm":
-            y = self._int_mm(rows)
-        else:
-            if self._packed is None:
-                self.prepack()
-            y = torch.ops.quantized.linear_dynamic(rows, self._packed, _reduce_range(self.kernel_name))
-        return y.to(dtype).reshape(*lead, self.out_features)
-
-    def _int_mm(self, rows: torch.Tensor) -> torch.Tensor:
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # (M, 1) per token
-        q = torch.round(rows / scale).to(torch.int8)
-        y = torch._int_mm(q, self.weight_int8.t()).float()  # (M, N) int32 accumulators
-        y.mul_(scale).mul_(self.weight_scale)
-        if self.bias is not None:
-            y.add_(self.bias)
-        return y
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel_name}"
 
 
 @dataclasses.dataclass

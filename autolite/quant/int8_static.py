@@ -20,51 +20,9 @@ from autolite.errors import BackendUnavailableError, RecipeError
 from autolite.passes import PassContext, register_pass
 from autolite.quant import common
 from autolite.quant.calibrate import OBSERVERS, ActivationStats, clip_value, collect
-from autolite.quant.int8 import quantize_per_channel
+from autolite.quant.layers import StaticInt8Linear
 
 log = logging.getLogger(__name__)
-
-
-class StaticInt8Linear(common.QuantizedLinearBase):
-    """INT8 weights and a calibrated activation scale; ``torch._int_mm`` forward."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_features))
-        self.register_buffer("input_scale", torch.ones(1))
-        self.register_buffer("smooth_inv", torch.ones(in_features) if smooth else None)
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-
-    @classmethod
-    def from_float(cls, module: nn.Module, clip: float, smooth: torch.Tensor | None = None) -> "StaticInt8Linear":
-        weight, bias = common.linear_weight(module), common.linear_bias(module)
-        layer = cls(weight.shape[1], weight.shape[0], bias is not None, smooth is not None)
-        if smooth is not None:
-            weight = weight * smooth[None, :]
-            layer.smooth_inv = (1.0 / smooth).float()
-        layer.weight_int8, layer.weight_scale = quantize_per_channel(weight)
-        layer.input_scale = torch.tensor([clip / 127.0])
-        if bias is not None:
-            layer.bias = bias
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, lead = common.flatten_rows(x)
-        rows = rows.float()
-        if self.smooth_inv is not None:
-            rows = rows * self.smooth_inv
-        q = torch.round(rows * (1.0 / self.input_scale)).clamp_(-127, 127).to(torch.int8)
-        y = torch._int_mm(q, self.weight_int8.t()).float()
-        y.mul_(self.weight_scale * self.input_scale)
-        if self.bias is not None:
-            y.add_(self.bias)
-        return y.to(x.dtype).reshape(*lead, self.out_features)
-
-    def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, input_scale={float(self.input_scale):.4g}, "
-                f"smooth={self.smooth_inv is not None}")
 
 
 @dataclasses.dataclass

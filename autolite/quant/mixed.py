@@ -25,82 +25,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Union
 
 import torch
 
+from autolite.arch import family_of
 from autolite.config import PassConfig
 from autolite.errors import RecipeError
 from autolite.passes import PassContext, register_pass
-from autolite.quant.qat import fake_quantize_weight, set_weight_matrix, transformer_linears, weight_matrix
+from autolite.quant.common import linear_shape, set_module, set_weight_matrix, transformer_linears, weight_matrix
+from autolite.quant.embedding import quantize_embeddings, restore_embeddings
+from autolite.quant.fakequant import dequantized
+from autolite.quant.formats import Format, bits_per_weight, engine_format, format_bits, parse_format
+from autolite.quant.gptq import gptq_linears
+from autolite.quant.layers import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+from autolite.quant.sensitivity import analyze, estimator_losses, estimator_options, sensitivity_units
+from autolite.quant.sequential import sequential_quantize
 
 log = logging.getLogger(__name__)
-SCALE_BITS = 16
 KERNEL_MAX_ROWS = 8  # calls of at most this many tokens run the packed low-bit kernels (as weight-only)
-Format = Union[int, str]
-_FORMAT = re.compile(r"w(\d+)(?:g(\d+))?")
-ENGINE_FORMATS = ("w8", "w4g32", "w4g64", "w4g128")
-
-
-def parse_format(fmt: Format, group_size: int) -> tuple[int, int | None]:
-    """(bits, group) of a format; group None = one scale per output channel (``w8``)."""
-    if isinstance(fmt, bool) or not isinstance(fmt, (int, str)):
-        raise RecipeError(f"quantization format must be a width or a name like w4g64 / w8, got {fmt!r}")
-    if isinstance(fmt, int):
-        return fmt, group_size
-    match = _FORMAT.fullmatch(fmt.strip().lower())
-    if not match:
-        raise RecipeError(f"unknown quantization format '{fmt}'; use w4g32, w4g64, w4g128, w4g256, w8 or a width")
-    return int(match.group(1)), int(match.group(2)) if match.group(2) else None
-
-
-def engine_format(fmt: Format, group_size: int, in_features: int) -> tuple[int, int | None] | None:
-    """(bits, group) the engine stores ``fmt`` as for this width (group None = per channel; a group that does
-    not divide the width falls back to the largest one that does, as ``weight-only``), else None."""
-    from autolite.quant.weight_only import GROUP_SIZES, effective_group
-
-    bits, group = parse_format(fmt, group_size)
-    if bits == 8 and (group is None or isinstance(fmt, int)):
-        return 8, None
-    if bits == 4 and group in GROUP_SIZES and effective_group(in_features, group) is not None:
-        return 4, effective_group(in_features, group)  # as weight-only: the largest group dividing the width
-    return None
-
-
-def format_bits(fmt: Format, in_features: int, group_size: int = 64, engine: bool = True) -> float:
-    """Stored bits per weight of ``fmt`` on a linear with ``in_features`` inputs (scales and zeros counted)."""
-    bits, group = parse_format(fmt, group_size)
-    if bits >= 16:
-        return 16.0
-    real = engine_format(fmt, group_size, in_features) if engine else None
-    if real == (8, None):
-        return 8.0 + SCALE_BITS / in_features
-    if real is not None:
-        return bits_per_weight(4, real[1], SCALE_BITS, 8)
-    return bits_per_weight(bits, group or in_features)
-
-
-@torch.no_grad()
-def dequantized(weight: torch.Tensor, fmt: Format, group_size: int = 64, engine: bool = True,
-                symmetric: bool = True) -> torch.Tensor:
-    """``weight`` ``(out, in)`` after round-to-nearest quantization to ``fmt`` exactly as the pass stores it."""
-    from autolite.quant import weight_only as wo
-
-    w = weight.detach().float()
-    real = engine_format(fmt, group_size, w.shape[1]) if engine else None
-    if real == (8, None):
-        scale = (w.abs().amax(1).clamp(min=1e-8) / 127.0).to(wo.SCALE_DTYPE).float()
-        return (torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None]).to(weight.dtype)
-    if real is not None:
-        q, scale, zero = wo.quantize_int4(w, real[1], symmetric=symmetric)
-        return wo.dequantize_int4(q, scale, zero, real[1]).to(weight.dtype)
-    bits, group = parse_format(fmt, group_size)
-    return fake_quantize_weight(weight, bits, group)
-
-
-def bits_per_weight(bits: int, group_size: int, scale_bits: int = SCALE_BITS, zero_bits: int = 0) -> float:
-    """Storage bits per weight of ``bits``-bit codes with one scale (and zero) per ``group_size`` weights."""
-    return bits + (scale_bits + zero_bits) / group_size if bits < 16 else float(bits)
 
 
 BitsTable = dict[str, dict[Format, float]]
@@ -165,8 +107,6 @@ def expand_units(plan: dict[str, Format], members: dict[str, list[str]]) -> dict
 def unit_bits_table(model: torch.nn.Module, members: dict[str, list[str]], formats: list[Format],
                     group_size: int, engine: bool = True) -> BitsTable:
     """``bpw[unit][fmt]``: stored bits per weight of each unit in each format (weight-count weighted)."""
-    from autolite.quant.common import linear_shape
-
     modules = dict(model.named_modules())
     table: BitsTable = {}
     for unit, names in members.items():
@@ -254,8 +194,7 @@ def resolve_bits(model: torch.nn.Module, family, config: MixedPrecision) -> dict
 
 
 def plan_from_budget(model: torch.nn.Module, config: MixedPrecision, ctx: PassContext) -> dict[str, Format]:
-    from autolite.quant.sensitivity import analyze, estimator_losses, estimator_options, sensitivity_units
-
+    """A per-linear plan meeting ``config.avg_bits`` from a sensitivity analysis on the calibration texts."""
     if not ctx.calib or ctx.tokenizer is None:
         raise RecipeError("mixed_precision with avg_bits needs calibration texts and a tokenizer")
 
@@ -279,39 +218,33 @@ def _engine_module(module: torch.nn.Module, fmt: Format, group_size: int, empty:
                    symmetric: bool = True) -> torch.nn.Module | None:
     """The engine's packed module (round-to-nearest) for a format it stores (``empty``: shaped for loading),
     else None."""
-    from autolite.quant import common, weight_only as wo
-
-    in_features, out_features = common.linear_shape(module)
+    in_features, out_features = linear_shape(module)
     real = engine_format(fmt, group_size, in_features)
     has_bias = getattr(module, "bias", None) is not None
     if real == (8, None):
-        return (wo.WeightOnlyInt8Linear(in_features, out_features, has_bias, KERNEL_MAX_ROWS) if empty
-                else wo.WeightOnlyInt8Linear.from_float(module, kernel_max_rows=KERNEL_MAX_ROWS))
+        return (WeightOnlyInt8Linear(in_features, out_features, has_bias, KERNEL_MAX_ROWS) if empty
+                else WeightOnlyInt8Linear.from_float(module, kernel_max_rows=KERNEL_MAX_ROWS))
     if real is not None:
-        return (wo.WeightOnlyInt4Linear(in_features, out_features, has_bias, real[1], KERNEL_MAX_ROWS) if empty
-                else wo.WeightOnlyInt4Linear.from_float(module, real[1], symmetric, KERNEL_MAX_ROWS))
+        return (WeightOnlyInt4Linear(in_features, out_features, has_bias, real[1], KERNEL_MAX_ROWS) if empty
+                else WeightOnlyInt4Linear.from_float(module, real[1], symmetric, KERNEL_MAX_ROWS))
     return None
 
 
 def _swap_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: dict[str, Format],
                         empty: bool) -> list[str]:
-    from autolite.quant.qat import _set_module
-
     done = []
     modules = dict(model.named_modules())
     for name, fmt in plan.items():
         layer = (_engine_module(modules[name], fmt, config.group_size, empty, config.symmetric)
                  if config.engine else None)
         if layer is not None:
-            _set_module(model, name, layer)
+            set_module(model, name, layer)
             done.append(name)
     return done
 
 
 def _engine_plan(model: torch.nn.Module, config: MixedPrecision, plan: dict[str, Format]) -> dict[str, Format]:
     """The part of ``plan`` the engine stores packed, in the model's module order (as ``weight-only``)."""
-    from autolite.quant.common import linear_shape
-
     if not config.engine:
         return {}
     return {n: plan[n] for n, m in model.named_modules() if n in plan
@@ -320,8 +253,6 @@ def _engine_plan(model: torch.nn.Module, config: MixedPrecision, plan: dict[str,
 
 def packed_layers(model: torch.nn.Module, config: MixedPrecision) -> set[str]:
     """Names of the linears a recorded mixed_precision pass rebuilds as packed engine modules on load."""
-    from autolite.arch import family_of
-
     return set(_engine_plan(model, config, resolve_bits(model, family_of(model), config)))
 
 
@@ -329,9 +260,6 @@ def _gptq_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: di
                         ctx: PassContext) -> set[str]:
     """GPTQ, block by block, of the planned engine layers; linears sharing an input share its Hessian and
     are stacked per format (INT8 ones are rounded per channel). Returns the names swapped."""
-    from autolite.quant import weight_only as wo
-    from autolite.quant.sequential import sequential_quantize
-
     modules = dict(model.named_modules())
 
     def quantize(linears: dict[str, torch.nn.Module], hessian: torch.Tensor, owner: str) -> dict[str, torch.nn.Module]:
@@ -339,10 +267,9 @@ def _gptq_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: di
         for name, module in linears.items():
             by_group.setdefault(engine_format(plan[name], config.group_size, hessian.shape[0])[1], {})[name] = module
         out = {n: _engine_module(m, plan[n], config.group_size, False) for n, m in by_group.pop(None, {}).items()}
-        for group, members in by_group.items():
-            settings = wo.WeightOnly(bits=4, group_size=group, symmetric=config.symmetric, method="gptq",
-                                     damp=config.damp, kernel_max_rows=KERNEL_MAX_ROWS)
-            out.update(wo._gptq_layers(members, hessian, owner, settings, ctx))
+        for group, members in by_group.items():  # groups from engine_format: each divides the width
+            out.update(gptq_linears(members, hessian, group, config.symmetric, damp=config.damp, act_order=True,
+                                    kernel_max_rows=KERNEL_MAX_ROWS, name=owner))
         return out
 
     done = sequential_quantize(model, ctx.family, ctx.tokenizer, ctx.calib, {n: modules[n] for n in plan}, quantize,
@@ -366,8 +293,6 @@ def apply_mixed_precision(model: torch.nn.Module, config: MixedPrecision, ctx: P
             w = weight_matrix(modules[name])
             set_weight_matrix(modules[name], dequantized(w, fmt, config.group_size, engine=False))
     if config.embedding:
-        from autolite.quant.embedding import quantize_embeddings
-
         config.embedding_layers = quantize_embeddings(model, KERNEL_MAX_ROWS)
     packed = _gptq_engine_layers(model, config, engine_plan, ctx) if config.method == "gptq" else set()
     packed |= set(_swap_engine_layers(model, config, {n: f for n, f in engine_plan.items() if n not in packed},
@@ -382,9 +307,6 @@ def apply_mixed_precision(model: torch.nn.Module, config: MixedPrecision, ctx: P
 
 
 def _restore(model: torch.nn.Module, config: MixedPrecision, ctx: PassContext) -> torch.nn.Module:
-    from autolite.arch import family_of
-    from autolite.quant.embedding import restore_embeddings
-
     plan = resolve_bits(model, family_of(model), config)
     _swap_engine_layers(model, config, plan, empty=True)
     if config.embedding_layers:

@@ -31,8 +31,11 @@ import torch.nn.functional as F
 from autolite.arch import ArchSpec
 from autolite.errors import DataError
 from autolite.eval.forward import mean_pool, model_inputs, tokenize
-from autolite.quant.mixed import dequantized
-from autolite.quant.qat import set_weight_matrix, transformer_linears, weight_matrix
+from autolite.quant.common import is_conv1d, set_weight_matrix, transformer_linears, weight_matrix
+from autolite.quant.fakequant import dequantized
+from autolite.quant.formats import dequantize_int4, engine_format
+from autolite.quant.gptq import gptq_quantize
+from autolite.quant.sequential import calibration_windows, collect_hessians, window_batches
 
 log = logging.getLogger(__name__)
 DEFAULT_BITS = (8, 6, 4, 3, 2)
@@ -150,7 +153,7 @@ def fisher_diagonal(model: torch.nn.Module, family: ArchSpec, batch: dict[str, t
                 fisher[n] += g.float().pow(2) / runs
     for n, w in weights.items():
         w.requires_grad_(flags[n])
-    return {n: (f.t() if type(modules[n]).__name__ == "Conv1D" else f) for n, f in fisher.items()}
+    return {n: (f.t() if is_conv1d(modules[n]) else f) for n, f in fisher.items()}
 
 
 def _gradient_loss(model, family: ArchSpec, batch, generator: torch.Generator) -> torch.Tensor:
@@ -241,10 +244,6 @@ def output_fisher(model: torch.nn.Module, family: ArchSpec, batch: dict[str, tor
 def _probe(w: torch.Tensor, fmt, group_size: int, engine: bool, symmetric: bool, hessian: torch.Tensor | None,
            cache: dict[tuple, torch.Tensor], name: str) -> torch.Tensor:
     """``w`` quantized to ``fmt``: GPTQ for engine INT4 formats when a Hessian is given, else as stored by RTN."""
-    from autolite.quant.gptq import gptq_quantize
-    from autolite.quant.mixed import engine_format
-    from autolite.quant.weight_only import dequantize_int4
-
     real = engine_format(fmt, group_size, w.shape[1]) if engine and hessian is not None else None
     if real is None or real[0] != 4:
         return dequantized(w, fmt, group_size, engine, symmetric).float()
@@ -260,12 +259,10 @@ def gptq_hessians(model: torch.nn.Module, family: ArchSpec, tokenizer: Any, text
                   seq_len: int = 128, max_tokens: int = 8192, batch: int = 8) -> dict[str, torch.Tensor]:
     """Each named linear's GPTQ Hessian ``2/n XᵀX`` from the float model's activations on the calibration
     windows GPTQ uses (linears fed the same tensor share one)."""
-    from autolite.quant.sequential import _collect_hessians, calibration_windows, window_batches
-
     windows = calibration_windows(tokenizer, texts, seq_len, max_tokens)
     calls = [((), inputs) for inputs in window_batches(windows, family.kind, batch)]
     modules = dict(model.named_modules())
-    hessians, groups = _collect_hessians(model, {n: modules[n] for n in names}, calls)
+    hessians, groups = collect_hessians(model, {n: modules[n] for n in names}, calls)
     shared = {owner: hessians[owner].hessian() for owner in groups}
     return {n: shared[owner] for owner, members in groups.items() for n in members}
 

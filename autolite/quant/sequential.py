@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from autolite.data import load_texts
 from autolite.errors import DataError, NumericsError
+from autolite.quant.common import set_module
 from autolite.quant.gptq import HessianAccumulator
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,6 @@ class _Captured(Exception):
 def calibration_windows(tokenizer: Any, texts: list[str] | None, seq_len: int, max_tokens: int) -> list[torch.Tensor]:
     """Token windows ``(1, seq_len)`` cut from the concatenated calibration texts (embedded corpus when None)."""
     if texts is None:
-        from autolite.data import load_texts
-
         texts = load_texts(None, split="calib").texts
     if tokenizer is None:
         raise DataError("calibrated quantization needs the tokenizer: pass tokenizer= to compress()")
@@ -105,7 +105,7 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _collect_hessians(block: nn.Module, targets: dict[str, nn.Module], inputs: list[tuple[tuple, dict]]
+def collect_hessians(block: nn.Module, targets: dict[str, nn.Module], inputs: list[tuple[tuple, dict]]
                       ) -> tuple[dict[str, HessianAccumulator], dict[str, list[str]]]:
     """Hessian per distinct input tensor; ``groups`` maps the first linear of each to all linears it feeds."""
     hessians: dict[str, HessianAccumulator] = {}
@@ -177,20 +177,14 @@ def sequential_quantize(model: nn.Module, family: Any, tokenizer: Any, texts: li
             mine = {n: m for n, m in targets.items() if n.startswith(block_name + ".")}
             progress.update(task, status=f"{block_name}: hessians of {len(mine)} linears")
             if mine:
-                hessians, groups = _collect_hessians(block, mine, inputs)
+                hessians, groups = collect_hessians(block, mine, inputs)
                 for owner, names in groups.items():
                     progress.update(task, status=f"{block_name}: quantizing {', '.join(n.rsplit('.', 1)[-1] for n in names)}")
                     new = quantize({n: mine[n] for n in names}, hessians[owner].hessian(), owner)
                     for name, module in new.items():
-                        _set(model, name, module)
+                        set_module(model, name, module)
                     done.update(names)
             inputs = _run_block(block, inputs, block_name)
             progress.advance(task)
     log.info("%s: %d linears quantized block by block on %d windows", label, len(done), len(windows))
     return done
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    from autolite.quant.common import set_module
-
-    set_module(model, name, module)

@@ -12,7 +12,8 @@ from autolite.errors import RecipeError
 from autolite.eval.forward import run_model, tokenize
 from autolite.quant.embedding import Int8Embedding, TiedInt8Head
 from autolite.quant.mixed import MixedPrecision
-from autolite.quant.weight_only import WeightOnly, WeightOnlyInt4Linear, WeightOnlyInt8Linear
+from autolite.quant.layers import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+from autolite.quant.weight_only import WeightOnly
 
 CALIB = ["The quick brown fox jumps over the lazy dog near the river bank.", "It was the best of times, it was "
          "the worst of times.", "Call me Ishmael. Some years ago, never mind how long precisely.",
@@ -119,7 +120,8 @@ def test_qat_from_mixed_model_trains_int4_layers_and_reloads(load_model, tmp_pat
     """QAT can start from a mixed model: its INT4 layers (each at its own group) train, INT8 ones stay packed."""
     from autolite.data import TextData
     from autolite.distill import TrainConfig
-    from autolite.quant.qat import convert_qat, run_qat
+    from autolite.quant.qat import convert_qat
+    from autolite.quant.qat_train import run_qat
 
     model, tok, family = load_model("tiny-llama")
     mixed = _mixed(model, tok, family, PLAN, embedding=True)

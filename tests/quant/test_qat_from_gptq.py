@@ -12,8 +12,10 @@ from autolite.distill import TrainConfig
 from autolite.errors import RecipeError
 from autolite.eval.forward import run_model, tokenize
 from autolite.quant.embedding import Int8Embedding
-from autolite.quant.qat import FakeQuantLinear, convert_qat, gptq_start, prepare_qat_from_packed, run_qat
-from autolite.quant.weight_only import WeightOnlyInt4Linear
+from autolite.quant.fakequant import FakeQuantLinear
+from autolite.quant.layers import WeightOnlyInt4Linear
+from autolite.quant.qat import convert_qat, prepare_qat_from_packed
+from autolite.quant.qat_train import gptq_start, run_qat
 
 CALIB = ["The quick brown fox jumps over the lazy dog near the river bank.", "It was the best of times, it was "
          "the worst of times.", "Call me Ishmael. Some years ago, never mind how long precisely.",

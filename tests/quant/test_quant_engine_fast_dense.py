@@ -9,7 +9,7 @@ import torch
 import autolite
 from autolite.errors import RecipeError
 from autolite.passes import PassContext
-from autolite.quant.int8 import DynamicInt8Linear
+from autolite.quant.layers import DynamicInt8Linear
 from autolite.runtime.fast_dense import FastDense, cache_key, cache_path
 
 

@@ -11,9 +11,10 @@ import autolite
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError, RecipeError
 from autolite.quant.common import sqnr_db, target_linears
-from autolite.quant.int8 import DynamicInt8Linear, Int8Dynamic, available_kernels
-from autolite.quant.weight_only import (WeightOnly, WeightOnlyInt4Linear, WeightOnlyInt8Linear, effective_group,
-                                        pack_int4, unpack_int4)
+from autolite.quant.formats import pack_int4, packed_group, unpack_int4
+from autolite.quant.int8 import Int8Dynamic, available_kernels
+from autolite.quant.layers import DynamicInt8Linear, WeightOnlyInt4Linear, WeightOnlyInt8Linear
+from autolite.quant.weight_only import WeightOnly
 
 
 @pytest.fixture
@@ -57,10 +58,10 @@ def test_int4_pack_is_two_codes_per_byte():
     assert int(packed[0, 0]) == int(q[0, 0]) | (int(q[0, 1]) << 4)
 
 
-def test_effective_group_halves_until_it_divides():
-    assert effective_group(576, 128) == 64
-    assert effective_group(1536, 128) == 128
-    assert effective_group(48, 64) is None
+def test_packed_group_halves_until_it_divides():
+    assert packed_group(576, 128) == 64
+    assert packed_group(1536, 128) == 128
+    assert packed_group(48, 64) is None
 
 
 def test_encoder_cosine_and_head_kept_float(load_model, texts):

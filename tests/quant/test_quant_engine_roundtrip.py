@@ -8,8 +8,9 @@ import torch
 
 import autolite
 from autolite.eval.forward import run_model, tokenize
-from autolite.quant.int8 import DynamicInt8Linear, Int8Dynamic
-from autolite.quant.weight_only import WeightOnly, WeightOnlyInt4Linear, WeightOnlyInt8Linear
+from autolite.quant.int8 import Int8Dynamic
+from autolite.quant.layers import DynamicInt8Linear, WeightOnlyInt4Linear, WeightOnlyInt8Linear
+from autolite.quant.weight_only import WeightOnly
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Call me Ishmael.", "A short one."]
 

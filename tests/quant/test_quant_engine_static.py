@@ -10,7 +10,8 @@ import autolite
 from autolite.errors import DataError, NumericsError
 from autolite.passes import PassContext
 from autolite.quant.calibrate import ActivationStats, clip_value
-from autolite.quant.int8_static import Int8Static, StaticInt8Linear, smooth_factors
+from autolite.quant.int8_static import Int8Static, smooth_factors
+from autolite.quant.layers import StaticInt8Linear
 
 CALIB = ["The quick brown fox jumps over the lazy dog.", "It was the best of times, it was the worst of times.",
          "Call me Ishmael.", "Alice was beginning to get very tired of sitting by her sister on the bank."]

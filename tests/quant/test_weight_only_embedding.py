@@ -11,7 +11,8 @@ from torch import nn
 import autolite
 from autolite.eval.forward import run_model, tokenize
 from autolite.quant.embedding import Int8Embedding, TiedInt8Head
-from autolite.quant.weight_only import WeightOnly, WeightOnlyInt8Linear
+from autolite.quant.layers import WeightOnlyInt8Linear
+from autolite.quant.weight_only import WeightOnly
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Call me Ishmael.", "A short one."]
 

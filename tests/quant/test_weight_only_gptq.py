@@ -13,7 +13,9 @@ from autolite.errors import DataError, NumericsError, RecipeError
 from autolite.eval.forward import run_model, tokenize
 from autolite.quant.common import sqnr_db
 from autolite.quant.gptq import HessianAccumulator, gptq_quantize
-from autolite.quant.weight_only import WeightOnly, WeightOnlyInt4Linear, quantize_int4, unpack_int4
+from autolite.quant.formats import quantize_int4, unpack_int4
+from autolite.quant.layers import WeightOnlyInt4Linear
+from autolite.quant.weight_only import WeightOnly
 
 CALIB = ["The quick brown fox jumps over the lazy dog near the river bank.", "It was the best of times, it was "
          "the worst of times.", "Call me Ishmael. Some years ago, never mind how long precisely.",

@@ -2,7 +2,8 @@
 import pytest
 
 from autolite.errors import RecipeError
-from autolite.quant.mixed import MixedPrecision, allocate_bits, average_bits, bits_per_weight
+from autolite.quant.formats import bits_per_weight
+from autolite.quant.mixed import MixedPrecision, allocate_bits, average_bits
 
 
 def _planted():

@@ -7,11 +7,12 @@ import torch
 
 import autolite
 from autolite.errors import RecipeError
-from autolite.quant.mixed import (ENGINE_FORMATS, MixedPrecision, allocate_bits, average_bits, dequantized,
-                                  format_bits, parse_format, unit_bits_table)
-from autolite.quant.qat import transformer_linears
+from autolite.quant.common import transformer_linears
+from autolite.quant.fakequant import dequantized
+from autolite.quant.formats import ENGINE_FORMATS, format_bits, parse_format
+from autolite.quant.mixed import MixedPrecision, allocate_bits, average_bits, unit_bits_table
 from autolite.quant.sensitivity import Sensitivity, analyze
-from autolite.quant.weight_only import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+from autolite.quant.layers import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "It was the best of times, it was the worst.",
          "Call me Ishmael.", "Alice was beginning to get very tired of sitting by her sister."]

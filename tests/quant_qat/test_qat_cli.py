@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 import autolite
 from autolite.cli import _register_verbs, app
 from autolite.errors import RecipeError
-from autolite.quant.weight_only import WeightOnlyInt4Linear
+from autolite.quant.layers import WeightOnlyInt4Linear
 
 
 def test_qat_verb_writes_reloadable_packed_model(tmp_path):

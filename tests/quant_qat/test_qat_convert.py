@@ -8,8 +8,10 @@ import autolite
 from autolite.data import load_texts
 from autolite.distill import TrainConfig
 from autolite.errors import RecipeError
-from autolite.quant.qat import (FakeQuantLinear, WeightFakeQuant, convert_qat, fake_quantize_weight, prepare_qat,
-                                qat_codes, run_qat, transformer_linears)
+from autolite.quant.common import transformer_linears
+from autolite.quant.fakequant import FakeQuantLinear, WeightFakeQuant, fake_quantize_weight
+from autolite.quant.qat import convert_qat, prepare_qat, qat_codes
+from autolite.quant.qat_train import run_qat
 
 
 def test_ste_passes_gradient_and_lsq_learns_scale():
@@ -58,7 +60,7 @@ def test_convert_matches_fake_quant_model(load_model, preset, engine, tmp_path):
     assert not any(isinstance(m, FakeQuantLinear) for m in converted.modules())
     assert torch.allclose(got, expected, atol=1e-4)
     if engine:
-        from autolite.quant.weight_only import WeightOnlyInt4Linear
+        from autolite.quant.layers import WeightOnlyInt4Linear
 
         assert sum(isinstance(m, WeightOnlyInt4Linear) for m in converted.modules()) == len(codes)
         autolite.save_model(converted, tok, tmp_path / "q")
@@ -68,7 +70,7 @@ def test_convert_matches_fake_quant_model(load_model, preset, engine, tmp_path):
 
 
 def test_convert_int8_per_channel_to_engine(load_model):
-    from autolite.quant.weight_only import WeightOnlyInt8Linear
+    from autolite.quant.layers import WeightOnlyInt8Linear
 
     model, tok, family = load_model("tiny-llama")
     fq = prepare_qat(copy.deepcopy(model), family, 8, group_size=None).eval()

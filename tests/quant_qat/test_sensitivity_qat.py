@@ -6,7 +6,8 @@ import torch
 
 import autolite
 from autolite.quant.mixed import MixedPrecision, average_bits
-from autolite.quant.qat import fake_quantize_weight, transformer_linears
+from autolite.quant.common import transformer_linears
+from autolite.quant.fakequant import fake_quantize_weight
 from autolite.quant.sensitivity import Sensitivity, analyze
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "It was the best of times, it was the worst.",
@@ -46,7 +47,7 @@ def test_mixed_precision_pass_from_budget_records_plan(load_model, tmp_path):
     assert recorded["bits"] and set(recorded["bits"].values()) <= {2, 4, 8}
     numel = {n: m.weight.numel() for n, m in transformer_linears(reference, family).items()}
     assert average_bits(recorded["bits"], numel, 64) <= 4.5
-    from autolite.quant.weight_only import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+    from autolite.quant.layers import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
     packed = [m for m in small.modules() if isinstance(m, (WeightOnlyInt4Linear, WeightOnlyInt8Linear))]
     assert len(packed) == sum(1 for b in recorded["bits"].values() if b in (4, 8))
@@ -62,7 +63,7 @@ def test_mixed_precision_pass_from_budget_records_plan(load_model, tmp_path):
 def test_llama_mixed_recipe_file_applies(load_model):
     from pathlib import Path
 
-    from autolite.config import load_recipe
+    from autolite.passes import load_recipe
 
     recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "llama-mixed-4.5.yaml")
     assert recipe.passes[0].avg_bits == 4.5 and recipe.passes[0].estimator == "output"
