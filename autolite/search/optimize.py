@@ -44,6 +44,8 @@ class Options:
     ray: bool = False
     ray_address: str | None = None
     cores_per_trial: int = 2
+    speed_runs: int = 3  # interleaved runs per trial (after one warm-up)
+    final_runs: int = 10  # interleaved runs of the final FP32 / best dense / pick measurement
 
     def __post_init__(self) -> None:
         if self.minutes is not None and not self.minutes > 0:
@@ -52,13 +54,13 @@ class Options:
             raise RecipeError(f"--trials must be >= 1, got {self.trials}")
         if self.minutes is None and self.trials is None:
             raise RecipeError("give a time budget (--minutes) or a trial count (--trials)")
-        if not 0 <= self.max_drop < 100:
+        if not 0 <= self.max_drop <= 100:
             raise RecipeError(f"--max-drop is in accuracy points, 0..100, got {self.max_drop:g}")
         if self.objective not in OBJECTIVES:
             raise RecipeError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
         for name in self.backends or []:
             candidate_passes(name)  # a one-line RecipeError for an unknown candidate
-        if self.batch < 1 or self.seq < 2 or self.recover_steps < 0:
+        if self.batch < 1 or self.seq < 2 or self.recover_steps < 0 or self.speed_runs < 1 or self.final_runs < 1:
             raise RecipeError("--batch must be >= 1, --seq >= 2 and --recover-steps >= 0")
 
 
@@ -105,7 +107,8 @@ def prepare(opts: Options, say: Callable[[str], None]) -> tuple[Worker, Setup, s
     state_dir = Path(opts.out) / "search"
     setup = Setup(model=opts.model, batch=opts.batch, seq=opts.seq, max_drop=opts.max_drop,
                   objective=opts.objective, recover_steps=opts.recover_steps, state_dir=str(state_dir),
-                  threads=opts.cores_per_trial if opts.ray else None)
+                  threads=opts.cores_per_trial if opts.ray else None, speed_runs=opts.speed_runs,
+                  final_runs=opts.final_runs)
     identity = {"model": opts.model, "data": sdata.fingerprint(full), "test": sdata.fingerprint(test) if test else None,
                 "batch": opts.batch, "seq": opts.seq, "objective": opts.objective, "recover_steps": opts.recover_steps}
     state = read_state(state_dir, identity)
@@ -154,7 +157,8 @@ def run_trials(study, space: Space, worker: Worker, setup: Setup, state: dict[st
     deadline = time.monotonic() + (opts.minutes * 60 if opts.minutes else float("inf"))
     gate_fn = lambda: gate(study, state["ref"]["small"], opts.max_drop)  # noqa: E731
     if executor is not None:
-        return executor(study, space, setup, worker.splits, gate_fn, deadline, opts.trials, say)
+        return executor(study, space, setup, worker.splits, gate_fn, state["ref"]["val"] - opts.max_drop, deadline,
+                        opts.trials, say)
 
     def report(number: int) -> None:
         trial = study.trials[number]

@@ -22,7 +22,6 @@ from autolite.search.space import describe
 from autolite.search.study import trials_table
 
 log = logging.getLogger(__name__)
-FINAL_RUNS = 10
 
 
 def choose(study, ref_val: float, max_drop: float, objective: str) -> tuple[Any, Any]:
@@ -82,7 +81,7 @@ def measure(worker, model, pick_params, dense, splits, setup) -> dict[str, Any]:
     if dense is not None and dense.user_attrs["params"] != pick_params:
         dense_model = worker.build(dense.user_attrs["params"])[0]
         fns["dense"] = forward_fn(dense_model, worker.family, worker.inputs)
-    samples = interleaved(fns, runs=FINAL_RUNS, warmup=2)
+    samples = interleaved(fns, runs=setup.final_runs, warmup=2)
     median = {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
     joules = {name: sorted(s.joules)[len(s) // 2] / setup.batch for name, s in samples.items()}
     out = {"test_acc": accuracy(model, worker.tokenizer, splits.test, setup.seq),
@@ -91,7 +90,7 @@ def measure(worker, model, pick_params, dense, splits, setup) -> dict[str, Any]:
            "size_mb": model_size(model)[0], "fp32_size_mb": model_size(worker.original)[0],
            "energy": {"source": samples["pick"].energy_source, "note": samples["pick"].energy_note,
                       "joules_per_inference": joules["pick"], "fp32_joules_per_inference": joules["fp32"]},
-           "runs": FINAL_RUNS}
+           "runs": setup.final_runs}
     if dense is not None:
         median.setdefault("dense", median["pick"])
         out["best_dense"] = {"label": dense.user_attrs["label"], "ms": median["dense"],

@@ -45,6 +45,7 @@ class Setup:
     recover_steps: int
     state_dir: str
     speed_runs: int = 3
+    final_runs: int = 10
     threads: int | None = None
 
 
@@ -88,7 +89,10 @@ class Worker:
         else:
             configs = [PassConfig.from_dict(p) for p in passes]
             model = compress(self.original, configs, tokenizer=self.tokenizer, family=self.family, ctx=self.context())
-            autolite.save_model(model, self.tokenizer, path, overwrite=True)
+            try:
+                autolite.save_model(model, self.tokenizer, path, overwrite=True)
+            except OSError as exc:  # the disk cache is best-effort (e.g. two Ray workers storing the same model)
+                log.info("not cached: %s", exc)
         self._cache[key] = model
         while len(self._cache) > MEMORY_CACHE:
             self._cache.popitem(last=False)
