@@ -37,7 +37,8 @@ def serve(model: str = MODEL_ARG,
     """Serve MODEL over HTTP: /v1/embeddings, /v1/classify, /v1/completions, /health, /metrics."""
     from autolite.cli import err_console
     from autolite.serve.app import ServeConfig
-    from autolite.serve.server import check_host, load_engine, run_server
+    from autolite.errors import AutoliteError
+    from autolite.serve.server import bind_socket, check_host, load_engine, run_server
 
     config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          timeout_s=timeout, workers=workers, threads=threads, pin=pin, max_body_bytes=max_body_bytes,
@@ -47,6 +48,8 @@ def serve(model: str = MODEL_ARG,
     if ray:
         from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray
 
+        if port == 0:
+            raise AutoliteError("--ray needs a fixed --port (Ray Serve's HTTP proxy binds it), not 0")
         require_ray()
         options = RayOptions(replicas=replicas, cpus_per_replica=cpus_per_replica, address=ray_address)
         err_console.print(f"serving {model} with {replicas} Ray replica(s) on http://{host}:{port} "
@@ -54,11 +57,13 @@ def serve(model: str = MODEL_ARG,
                           highlight=False)
         serve_with_ray(model, config, host, port, device, options)
         return
-    engine = load_engine(model, config, device)
-    err_console.print(f"serving {engine.name} ({', '.join(sorted(engine.tasks))}) on http://{host}:{port} "
-                      f"(batch <= {max_batch_size}, wait <= {max_wait_ms:g} ms); SIGTERM or Ctrl-C drains and exits",
-                      highlight=False)
-    run_server(engine, config, host, port)
+    sock = bind_socket(host, port)  # a busy port fails here, before the model loads
+    with sock:
+        engine = load_engine(model, config, device)
+        err_console.print(f"serving {engine.name} ({', '.join(sorted(engine.tasks))}) on "
+                          f"http://{host}:{sock.getsockname()[1]} (batch <= {max_batch_size}, wait <= "
+                          f"{max_wait_ms:g} ms); SIGTERM or Ctrl-C drains and exits", highlight=False)
+        run_server(engine, config, host, sock=sock)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ batcher and stops the worker threads. A second signal forces the exit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -63,23 +64,50 @@ def is_loopback(host: str) -> bool:
         return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: a free one; ``sock.getsockname()[1]`` says which), so a busy
+    or impossible address fails with one line before the model loads and before "serving on" is printed."""
+    if not 0 <= port <= 65535:
+        raise BackendUnavailableError(f"port {port} is out of range: use 0-65535 (0 picks a free port)")
+    try:
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
+        raise BackendUnavailableError(f"cannot resolve host '{host}' ({exc.strerror or exc})") from exc
+    sock = socket.socket(address[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may reuse a TIME_WAIT port
+    try:
+        sock.bind(address[4])
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise BackendUnavailableError(f"port {port} on {host} is already in use; stop the other server or "
+                                          "choose another port (0 picks a free one)") from exc
+        raise BackendUnavailableError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
+    return sock
+
+
 def run_server(engine: Engine, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
-               log_level: str = "warning", **uvicorn_options: Any) -> None:
-    """Serve ``engine`` until SIGTERM/SIGINT; returns after a graceful drain."""
+               log_level: str = "warning", sock: socket.socket | None = None, **uvicorn_options: Any) -> None:
+    """Serve ``engine`` until SIGTERM/SIGINT (on ``sock`` when given, from :func:`bind_socket`); returns after a
+    graceful drain."""
     import uvicorn
 
+    sock = sock or bind_socket(host, port)
     app = create_app(engine, config)
-    uv_config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+    uv_config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level, access_log=False,
                                timeout_graceful_shutdown=int(config.timeout_s) + 5, lifespan="on",
                                server_header=False, **uvicorn_options)
-    uvicorn.Server(uv_config).run()
+    with sock:
+        uvicorn.Server(uv_config).run(sockets=[sock])
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", **options: Any) -> None:
     """Load ``model`` and serve it over HTTP (see :class:`ServeConfig` for ``options``)."""
     config = ServeConfig(**options)
     check_host(host, config.api_key)
-    run_server(load_engine(model, config, device), config, host, port)
+    sock = bind_socket(host, port)
+    log.warning("serving %s on http://%s:%d", model, host, sock.getsockname()[1])
+    run_server(load_engine(model, config, device), config, host, sock=sock)
 
 
 def wait_healthy(url: str, alive: Callable[[], bool], timeout_s: float) -> None:
