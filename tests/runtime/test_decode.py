@@ -1,0 +1,138 @@
+"""The decode loop against transformers' ``generate``, token by token, on tiny decoders."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import autolite
+from autolite.errors import AutoliteError, UnsupportedArchitectureError
+from autolite.runtime.decode import DecodeInputError, Decoder, generate
+from autolite.runtime.sampling import Sampling, find_stop, held_back, next_tokens
+
+PROMPT = "The quick brown fox jumps over the lazy dog and"
+
+
+def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2", "tiny-qwen2"])
+def loaded(request):
+    model, tok, family = autolite.load(f"random:{request.param}")
+    return model, tok, family
+
+
+def test_greedy_matches_hf_generate_token_by_token(loaded):
+    model, tok, family = loaded
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    decoder = Decoder(model, family, compile=False, prefill_chunk=4)  # several prefill chunks
+    got = generate(decoder, tok, ids, 24)
+    assert got.tokens == _hf_greedy(model, ids, 24)
+    assert got.finish_reason == "length" and got.prompt_tokens == len(ids)
+
+
+def test_step_logits_match_hf_forward(loaded):
+    model, tok, family = loaded
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    decoder = Decoder(model, family, compile=False)
+    cache = decoder.new_cache(1, 64)
+    decoder.prefill(cache, 0, ids[:-1])
+    logits = decoder.step(cache, torch.tensor(ids[-1:]))
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(logits[0], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_rows_at_different_positions_step_together(tiny_llama):
+    model, tok, family = tiny_llama
+    decoder = Decoder(model, family, compile=False)
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in (PROMPT, "Call me Ishmael.")]
+    cache = decoder.new_cache(2, 64)
+    firsts = [int(decoder.prefill(cache, slot, p).argmax()) for slot, p in enumerate(prompts)]
+    tokens, outs = torch.tensor(firsts), [[f] for f in firsts]
+    for _ in range(8):
+        tokens = decoder.step(cache, tokens).argmax(-1)
+        for row, out in enumerate(outs):
+            out.append(int(tokens[row]))
+    for prompt, out in zip(prompts, outs):
+        assert out == _hf_greedy(model, prompt, 9)
+
+
+def test_sampling_is_seeded_and_top_p_tiny_is_greedy():
+    logits = torch.randn(3, 50)
+    greedy = next_tokens(logits, Sampling())
+    assert torch.equal(next_tokens(logits, Sampling(temperature=1.0, top_p=1e-6, seed=1), torch.Generator()),
+                       greedy)
+    a = next_tokens(logits, Sampling(temperature=0.8, seed=3), Sampling(temperature=0.8, seed=3).generator())
+    b = next_tokens(logits, Sampling(temperature=0.8, seed=3), Sampling(temperature=0.8, seed=3).generator())
+    assert torch.equal(a, b)
+
+
+def test_stop_strings():
+    assert find_stop("hello world. Next", (".", "Next")) == 11
+    assert find_stop("hello", ("x",)) is None
+    assert held_back("the end<|e", ("<|end|>",)) == 3
+
+
+def test_generate_cuts_at_stop_string(tiny_llama):
+    model, tok, family = tiny_llama
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    decoder = Decoder(model, family, compile=False)
+    full = generate(decoder, tok, ids, 12)
+    word = full.text.split()[2]
+    cut = generate(decoder, tok, ids, 12, Sampling(stop=(word,)))
+    assert cut.finish_reason == "stop" and word not in cut.text and full.text.startswith(cut.text)
+
+
+@pytest.mark.parametrize("n, message", [(0, "positive integer"), (10**6, "over the limit"),
+                                        (600, "over the model's context")])
+def test_bad_requests_are_one_line_errors(tiny_llama, n, message):
+    model, tok, family = tiny_llama
+    decoder = Decoder(model, family, compile=False)
+    with pytest.raises(DecodeInputError, match=message):
+        generate(decoder, tok, [5, 6, 7], n)
+
+
+def test_prompt_longer_than_cache(tiny_llama):
+    model, tok, family = tiny_llama
+    decoder = Decoder(model, family, compile=False)
+    with pytest.raises(DecodeInputError, match="cache"):
+        generate(decoder, tok, list(range(5, 205)), 4, cache=decoder.new_cache(1, 128))
+
+
+def test_bad_sampling_options():
+    with pytest.raises(AutoliteError, match="top_p"):
+        Sampling(top_p=0)
+    with pytest.raises(AutoliteError, match="temperature"):
+        Sampling(temperature=-1)
+
+
+def test_encoders_are_refused(tiny_bert):
+    model, _, family = tiny_bert
+    with pytest.raises(UnsupportedArchitectureError):
+        Decoder(model, family, compile=False)
+
+
+def test_packed_int4_model_decodes_like_its_own_forward(tiny_llama):
+    from autolite.quant import WeightOnly
+
+    model, tok, family = tiny_llama
+    model = autolite.compress(model, [WeightOnly(bits=4, group_size=32)], tokenizer=tok, family=family)
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    got = generate(Decoder(model, family, compile=False), tok, ids, 8)
+    assert got.tokens == _hf_greedy(model, ids, 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_compiled_step_matches_hf(name):
+    from autolite.quant import WeightOnly
+
+    model, tok, family = autolite.load(f"random:{name}")
+    model = autolite.compress(model, [WeightOnly(bits=4, group_size=32)], tokenizer=tok, family=family)
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    decoder = Decoder(model, family, compile=True)
+    for n in (12, 140):  # the second crosses an attention-window boundary (dynamic window)
+        assert generate(decoder, tok, ids, n).tokens == _hf_greedy(model, ids, n)
