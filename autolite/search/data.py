@@ -7,15 +7,17 @@ is read only for the final pick and the FP32 model beside it.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import json
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from autolite.data import TextData, load_texts
+from autolite.data import TextData
 from autolite.errors import DataError
 from autolite.eval.forward import tokenize
 
@@ -39,13 +41,48 @@ class Splits:
         return self.val.head(min(SMALL_VAL, len(self.val)))
 
 
-def load_labeled(path: str | Path, what: str) -> TextData:
-    """A .csv/.jsonl file with ``text`` and integer ``label`` on every row, else a one-line error."""
-    data = load_texts(path)
-    if data.labels is None:
-        raise DataError(f"{what} {path} has no labels: autolite optimize needs a 'label' column (integer class ids) "
-                        "on every row")
-    return data
+def read_labeled(path: str | Path, what: str) -> tuple[list[str], list[str]]:
+    """Texts and raw labels (class ids or the model's label names) of a .csv/.jsonl file with ``text`` and
+    ``label`` on every row, else a one-line error."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise DataError(f"{what} {path} must be a .csv or .jsonl file with 'text' and 'label'")
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        else:
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{what} {path} is not readable UTF-8 CSV/JSONL ({str(exc).splitlines()[0]})") from exc
+    rows = [r for r in rows if isinstance(r, dict) and str(r.get("text") or "").strip()]
+    if not rows:
+        raise DataError(f"{what} {path} holds no rows with a 'text'")
+    if any(str(r.get("label") if r.get("label") is not None else "").strip() == "" for r in rows):
+        raise DataError(f"{what} {path} has no labels (or some rows lack one): autolite optimize needs a 'label' "
+                        "column (class ids or the model's label names) on every row")
+    return [str(r["text"]).strip() for r in rows], [str(r["label"]).strip() for r in rows]
+
+
+def label_ids(raw: list[str], config: Any, what: str) -> list[int]:
+    """Class ids of ``raw`` labels: integers as given, names through the model's ``label2id``; every one
+    must be a class of the model's head."""
+    classes = int(config.num_labels)
+    if all(label.lstrip("-").isdigit() for label in raw):
+        ids = [int(label) for label in raw]
+        outside = sorted({i for i in ids if not 0 <= i < classes})
+        if outside:
+            raise DataError(f"{what} has label(s) {outside[:5]} but the model's head has {classes} classes "
+                            f"(0..{classes - 1}): the label set differs from the model's; pass data labeled for it")
+        return ids
+    names = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise DataError(f"{what} has label(s) {unknown[:5]} that the model's head does not have (its labels: "
+                        f"{', '.join(sorted(names)[:12])}): the label set differs from the model's")
+    return [names[label] for label in raw]
 
 
 def num_labels(model: torch.nn.Module) -> int:
@@ -54,14 +91,6 @@ def num_labels(model: torch.nn.Module) -> int:
         raise DataError(f"the model is a {type(model).__name__}, not a sequence classifier: autolite optimize scores "
                         "accuracy on labeled data, so give a model with a classification head")
     return int(model.config.num_labels)
-
-
-def check_labels(data: TextData, classes: int, what: str) -> None:
-    """Every label must be a class of the model's head."""
-    outside = sorted({label for label in data.labels or [] if not 0 <= label < classes})
-    if outside:
-        raise DataError(f"{what} has label(s) {outside[:5]} but the model's head has {classes} classes "
-                        f"(0..{classes - 1}): the label set differs from the model's; pass data labeled for it")
 
 
 def fingerprint(*datas: TextData) -> str:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import autolite
+from autolite.data import TextData
 from autolite.errors import AutoliteError, RecipeError
 from autolite.runtime.fast_dense import candidate_passes
 from autolite.search import data as sdata
@@ -102,8 +104,13 @@ def check_out_dir(out: Path) -> None:
 
 def prepare(opts: Options, say: Callable[[str], None]) -> tuple[Worker, Setup, sdata.Splits, dict[str, Any]]:
     """Check the data against the model, split it (or reload the split of a resumed search), score FP32."""
-    full = sdata.load_labeled(opts.data, "--data")
-    test = sdata.load_labeled(opts.test, "--test") if opts.test else None
+    raw = sdata.read_labeled(opts.data, "--data")
+    raw_test = sdata.read_labeled(opts.test, "--test") if opts.test else None
+    say(f"loading {opts.model}")
+    loaded = autolite.load(opts.model)
+    sdata.num_labels(loaded[0])
+    full = TextData(raw[0], sdata.label_ids(raw[1], loaded[0].config, "--data"), opts.data)
+    test = TextData(raw_test[0], sdata.label_ids(raw_test[1], loaded[0].config, "--test"), opts.test) if raw_test else None
     state_dir = Path(opts.out) / "search"
     setup = Setup(model=opts.model, batch=opts.batch, seq=opts.seq, max_drop=opts.max_drop,
                   objective=opts.objective, recover_steps=opts.recover_steps, state_dir=str(state_dir),
@@ -114,12 +121,7 @@ def prepare(opts: Options, say: Callable[[str], None]) -> tuple[Worker, Setup, s
     state = read_state(state_dir, identity)
     indices = state["indices"] if state else sdata.split_indices(len(full), test is not None)
     splits = sdata.make_splits(full, test, indices)
-    say(f"loading {opts.model}")
-    worker = Worker(setup, splits)
-    classes = sdata.num_labels(worker.original)
-    for what, part in (("--data", full), ("--test", test)):
-        if part is not None:
-            sdata.check_labels(part, classes, what)
+    worker = Worker(setup, splits, loaded)
     if state is None:
         say(f"FP32 accuracy on validation ({len(splits.val)} rows)")
         ref = {"small": sdata.accuracy(worker.original, worker.tokenizer, splits.small_val, opts.seq),

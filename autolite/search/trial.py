@@ -60,11 +60,11 @@ class Pruned(Exception):
 class Worker:
     """Runs trials in one process (the driver, or a Ray worker)."""
 
-    def __init__(self, setup: Setup, splits: Splits) -> None:
+    def __init__(self, setup: Setup, splits: Splits, loaded: tuple | None = None) -> None:
         if setup.threads:
             torch.set_num_threads(setup.threads)
         self.setup, self.splits = setup, splits
-        self.original, self.tokenizer, self.family = autolite.load(setup.model)
+        self.original, self.tokenizer, self.family = loaded or autolite.load(setup.model)
         self.inputs = bench_inputs(self.tokenizer, self.family, setup.batch, setup.seq, texts=splits.val.texts)
         self.baseline = forward_fn(self.original, self.family, self.inputs)
         self._cache: collections.OrderedDict[str, torch.nn.Module] = collections.OrderedDict()

@@ -106,3 +106,14 @@ def test_trials_on_local_ray(tmp_path, labeled_csv):
     result = optimize("random:tiny-bert", str(labeled_csv), str(tmp_path / "out"),
                       **dict(TRIAL_OPTIONS, ray=True, cores_per_trial=1))
     assert len(result["trials"]) == 2 and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_label_names_map_through_the_head(tmp_path, labeled_rows):
+    from autolite.search.data import label_ids
+
+    config = autolite.load("random:tiny-bert")[0].config
+    assert label_ids(["LABEL_1", "LABEL_0"], config, "--data") == [1, 0]
+    data = write_csv(tmp_path / "names.csv", [(t, "spam" if y else "LABEL_0") for t, y in labeled_rows])
+    with pytest.raises(DataError, match=r"label\(s\) \['spam'\] that the model's head does not have"):
+        optimize("random:tiny-bert", str(data), str(tmp_path / "out"), **TRIAL_OPTIONS)
+    assert not (tmp_path / "out").exists()
