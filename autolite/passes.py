@@ -31,6 +31,7 @@ BUILTIN_PASS_MODULES = [
     "autolite.quant.int8_static",
     "autolite.runtime.ort",
     "autolite.runtime.openvino",
+    "autolite.runtime.openvino",
     "autolite.runtime.fast_dense",
     "autolite.dynamic.token_drop",
     "autolite.dynamic.early_exit",

@@ -158,8 +158,12 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def model_size(model: torch.nn.Module) -> tuple[float, int]:
-    """(MiB of unique weight storage, number of parameter elements) from the state dict."""
-    seen: set[int] = set()
+    """(MiB of weights held in memory, number of parameter elements).
+
+    Unique tensor storage from the state dict, except weights memory-mapped from disk (a model whose forward
+    runs in another engine, see ``autolite.runtime.external``: its storage pointers are in ``_autolite_mapped``),
+    plus the memory that engine holds (``_autolite_held_mb``)."""
+    seen: set[int] = set(getattr(model, "_autolite_mapped", ()))
     total = 0
     for tensor in model.state_dict().values():
         if not isinstance(tensor, torch.Tensor):
@@ -170,4 +174,4 @@ def model_size(model: torch.nn.Module) -> tuple[float, int]:
         seen.add(key)
         total += tensor.untyped_storage().nbytes()
     params = sum(p.numel() for p in model.parameters())
-    return total / 2**20, params
+    return total / 2**20 + float(getattr(model, "_autolite_held_mb", 0.0)), params

@@ -29,17 +29,21 @@ import torch
 from autolite.config import PassConfig
 from autolite.passes import load_recipe
 from autolite.errors import RecipeError
-from autolite.passes import PassContext, handler_for, register_pass
+from autolite.passes import PassContext, apply_pass, handler_for, register_pass
 from autolite.runtime import dense_search
 from autolite.runtime.dense_search import build as _build  # noqa: F401 - the benchmarks' candidate builder
 from autolite.runtime.dense_search import fresh_compile_cache, machine_key, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 SEARCH_VERSION = 2  # bump when the search changes what a cached decision means (2: predicted floors + race)
-DEFAULT_CANDIDATES = ["fp32", "int8-dynamic", "compile", "int8-dynamic+compile", "bf16-compile", "ort-fp32",
-                      "ort-int8"]
+# Likely winners first: candidates with equal floors are tried in this order (the search's budget may end it)
+DEFAULT_CANDIDATES = ["ort-int8", "openvino-int8", "ort-int8-static", "int8-dynamic", "int8-dynamic+compile",
+                      "openvino", "bf16-compile", "ort-fp32", "compile", "fp32"]
 COMBINED = {"int8-dynamic+compile": [{"pass": "int8-dynamic"},
-                                     {"pass": "compile", "backend": "inductor", "freeze": True}]}
+                                     {"pass": "compile", "backend": "inductor", "freeze": True}],
+            "ort-int8-static": [{"pass": "onnxruntime", "precision": "int8-static"}],
+            "openvino": [{"pass": "openvino", "precision": "auto"}],
+            "openvino-int8": [{"pass": "openvino", "precision": "int8"}]}
 
 
 @dataclasses.dataclass
@@ -156,6 +160,7 @@ def _describe(verdict: dict[str, Any]) -> str:
 def apply_fast_dense(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> torch.nn.Module:
     if config.chosen is not None:  # a recorded decision: replay it
         return _apply_passes(model, config.chosen, ctx)
+    config = dataclasses.replace(config)  # the decision is recorded in a copy: the caller's config never changes
     shape = getattr(ctx, "shape", None)  # (batch, seq) when the caller (e.g. bench) says what it will run
     if shape:
         config.batch, config.seq = int(shape[0]), int(shape[1])
@@ -172,7 +177,7 @@ def apply_fast_dense(model: torch.nn.Module, config: FastDense, ctx: PassContext
     why = compile_gain_note(decision["measured"])
     if why:
         ctx.note(why)
-    return _apply_passes(model, decision["passes"], ctx, config)
+    return _apply_passes(model, decision["passes"], ctx, config), config
 
 
 def compile_gain_note(measured: dict[str, dict[str, Any]]) -> str | None:
@@ -191,10 +196,12 @@ def _apply_passes(model: torch.nn.Module, passes: list[dict], ctx: PassContext,
     configs = [PassConfig.from_dict(p) for p in passes]
     if record is not None:  # a fresh decision: the measured candidates' compiled code is no longer needed
         fresh_compile_cache(configs)
+    applied = []
     for inner in configs:
-        model = handler_for(inner).apply(model, inner, ctx)
+        model, done = apply_pass(model, inner, ctx)
+        applied.append(done)
     if record is not None:
-        record.chosen = [c.to_dict() for c in configs]
+        record.chosen = [c.to_dict() for c in applied]
     return model
 
 

@@ -5,13 +5,17 @@ sequence axes, as :mod:`autolite.export.onnx` does), optimized by ONNX Runtime's
 (``EmbedLayerNormalization``, fused ``Attention``, ``SkipLayerNormalization``, ``BiasGelu``) and, for
 ``precision: int8``, quantized by ``quantize_dynamic`` (per-channel INT8 weights, uint8 activations
 quantized per tensor at run time; MatMul -> ``DynamicQuantizeMatMul``, Attention -> ``QAttention``: MLAS
-u8s8 kernels, VNNI/AMX where the CPU has them).
+u8s8 kernels, VNNI/AMX where the CPU has them). ``precision: int8-static`` is calibrated static INT8:
+``quantize_static`` (QDQ, per-channel INT8 weights, uint8 activations with MinMax ranges collected on the
+calibration texts) of the unfused graph's MatMuls; the session fuses each QDQ pair into an INT8 MatMul.
 
 The returned model is the same HF model object with its ``forward`` routed to the session, so it takes
 the HF inputs and returns the HF output type (``last_hidden_state`` / ``hidden_states`` / ``logits``).
-Saving keeps the FP32 weights in safetensors; ``autolite.load`` rebuilds the session deterministically
-from them (``after_load``). Built graphs are cached under the autolite cache dir, keyed by a hash of the
-weights, config and options, so a reload (or a second candidate) skips export and quantization.
+Its torch weights are then memory-mapped from a file in the cache (:func:`autolite.runtime.external.offload_weights`),
+so no second FP32 copy stays resident. Saving keeps the FP32 weights in safetensors; ``autolite.load`` rebuilds
+the session deterministically from them (``after_load``; the calibration texts are recorded in the config).
+Built graphs are cached under the autolite cache dir, keyed by a hash of the weights, config and options,
+so a reload (or a second candidate) skips export and quantization.
 The session uses ``torch.get_num_threads()`` intra-op threads, without spinning (fair when timed
 interleaved with torch).
 """
@@ -23,7 +27,6 @@ import json
 import logging
 import os
 import tempfile
-import types
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +35,22 @@ import torch
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError, RecipeError
 from autolite.passes import PassContext, register_pass
+from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb, runner_of
 
 log = logging.getLogger(__name__)
 _QUANT_OPS = ("MatMul", "Attention")
+PRECISIONS = ("fp32", "int8", "int8-static")
 
 
 @dataclasses.dataclass
 class OnnxRuntime(PassConfig):
     """Run the (encoder) model in ONNX Runtime.
 
-    ``precision``: "fp32" or "int8" (dynamic quantization); ``optimize``: fuse attention/LayerNorm/GELU;
-    ``per_channel``: per-output-channel INT8 weight scales; ``quantize_attention``: also quantize the
-    fused attention's QKV projection (``QAttention``).
+    ``precision``: "fp32", "int8" (dynamic quantization) or "int8-static" (calibrated QDQ);
+    ``optimize``: fuse attention/LayerNorm/GELU (dynamic INT8 and FP32); ``per_channel``: per-output-channel
+    INT8 weight scales; ``quantize_attention``: also quantize the fused attention's QKV projection
+    (``QAttention``); ``calib_ids``: the static ranges' calibration token ids (filled in from the calibration
+    texts, at most ``calib_samples``, and recorded so a reload rebuilds the same graph without a tokenizer).
     """
 
     name = "onnxruntime"
@@ -51,37 +58,42 @@ class OnnxRuntime(PassConfig):
     optimize: bool = True
     per_channel: bool = True
     quantize_attention: bool = True
+    calib_samples: int = 64
+    calib_ids: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "int8"):
-            raise RecipeError(f"onnxruntime precision must be fp32 or int8, got '{self.precision}'")
+        if self.precision not in PRECISIONS:
+            raise RecipeError(f"onnxruntime precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.calib_samples < 1:
+            raise RecipeError("onnxruntime calib_samples must be >= 1")
 
 
-def check_available(model: torch.nn.Module, family: Any) -> None:
-    """Raise :class:`BackendUnavailableError` when this model cannot run in ONNX Runtime here."""
+def check_available(model: torch.nn.Module, family: Any, what: str = "the onnxruntime pass") -> None:
+    """Raise :class:`BackendUnavailableError` when this model cannot run in ONNX Runtime (or, through its
+    exported graph, in another engine: ``what`` names the pass) here."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise BackendUnavailableError("the onnxruntime pass needs the onnx and onnxruntime packages "
+        raise BackendUnavailableError(f"{what} needs the onnx and onnxruntime packages "
                                       "(pip install onnx onnxruntime)") from exc
     from autolite.export.common import custom_modules
 
     kind = getattr(family, "kind", None)
     if kind != "encoder":
-        raise BackendUnavailableError(f"the onnxruntime pass runs encoders only (this is a {kind} model: "
+        raise BackendUnavailableError(f"{what} runs encoders only (this is a {kind} model: "
                                       "generation needs a KV cache the exported graph lacks)")
     found = custom_modules(model)
     if found:
-        raise BackendUnavailableError(f"the onnxruntime pass exports FP32 float models; this one holds {found[0]} "
-                                      "(put onnxruntime first in the recipe, or drop the quantization pass)")
+        raise BackendUnavailableError(f"{what} exports FP32 float models; this one holds {found[0]} "
+                                      "(put it first in the recipe, or drop the quantization pass)")
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
-        raise BackendUnavailableError("the onnxruntime pass exports FP32 models; drop the precision pass")
-    if getattr(model, "_autolite_ort", None) is not None:
-        raise BackendUnavailableError("this model already runs in ONNX Runtime")
+        raise BackendUnavailableError(f"{what} exports FP32 models; drop the precision pass")
+    if runner_of(model) is not None:
+        raise BackendUnavailableError(f"this model already runs in {runner_of(model).kind}")
 
 
-GRAPH_BUILDER_VERSION = 2  # bump when export/optimize changes what a cached graph holds (2: pruned-head fusion)
+GRAPH_BUILDER_VERSION = 3  # bump when export/optimize changes what a cached graph holds (3: static INT8)
 
 
 def graph_key(model: torch.nn.Module, config: OnnxRuntime) -> str:
@@ -99,12 +111,13 @@ def graph_key(model: torch.nn.Module, config: OnnxRuntime) -> str:
     return digest.hexdigest()
 
 
-def build_graph(model: torch.nn.Module, family: Any, config: OnnxRuntime) -> tuple[Path, str]:
+def build_graph(model: torch.nn.Module, family: Any, config: OnnxRuntime,
+                key: str | None = None) -> tuple[Path, str]:
     """The ONNX file for ``model`` under ``config`` (cached); returns (path, how it was obtained)."""
     from autolite.export.onnx import optimize_graph
     from autolite.loading import cache_root
 
-    path = cache_root() / "onnxruntime" / f"{graph_key(model, config)}.onnx"
+    path = cache_root() / "onnxruntime" / f"{key or graph_key(model, config)}.onnx"
     if path.is_file():
         return path, f"cached graph {path.name}"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,12 +125,56 @@ def build_graph(model: torch.nn.Module, family: Any, config: OnnxRuntime) -> tup
         work = Path(tmp) / "model.onnx"
         names = _export(model, family, work)
         how = [f"exported outputs {names}"]
-        if config.optimize:
+        if config.optimize and config.precision != "int8-static":
             how.append(optimize_graph(work, model.config, family))
         if config.precision == "int8":
             how.append(_quantize(work, config))
+        if config.precision == "int8-static":
+            how.append(quantize_static_graph(work, config, calibration_feeds(config.calib_ids)))
         os.replace(work, path)
     return path, "; ".join(how)
+
+
+def calibration_feeds(calib_ids: list[list[int]] | None) -> list[dict[str, Any]]:
+    """One ``{input_ids, attention_mask}`` numpy feed per calibration text (batch 1, its own length)."""
+    import numpy as np
+
+    if not calib_ids:
+        raise BackendUnavailableError("static INT8 needs calibration texts")
+    return [{"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+            for ids in calib_ids]
+
+
+def quantize_static_graph(path: Path, config: OnnxRuntime, feeds: list[dict[str, Any]]) -> str:
+    """ONNX Runtime ``quantize_static`` in place: QDQ MatMuls, per-channel INT8 weights, uint8 activations."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, items: list[dict[str, Any]], names: list[str]) -> None:
+            self.items = iter([{k: v for k, v in item.items() if k in names} for item in items])
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.items, None)
+
+    import onnx
+
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    source = path.with_name("model.fp32.onnx")
+    os.replace(path, source)
+    logging.disable(logging.WARNING)  # the quantizer logs a pre-processing hint on the root logger
+    try:
+        quantize_static(str(source), str(path), Reader(feeds, names), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul"], per_channel=config.per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    except Exception as exc:  # noqa: BLE001 - any quantizer failure means this backend cannot run the model
+        raise BackendUnavailableError(f"ONNX Runtime could not quantize this graph statically: "
+                                      f"{str(exc).splitlines()[0]}") from exc
+    finally:
+        logging.disable(logging.NOTSET)
+        source.unlink(missing_ok=True)
+    return f"quantize_static int8 QDQ ({'per-channel' if config.per_channel else 'per-tensor'}) of MatMul, " \
+           f"ranges from {len(feeds)} calibration texts"
 
 
 def _sample(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -162,68 +219,54 @@ def make_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OrtRunner:
-    """Holds the session; shared (not copied) by ``copy.deepcopy`` and dropped by pickling."""
+class OrtRunner(Runner):
+    """Holds the ONNX Runtime session."""
 
-    def __init__(self, session: Any, has_head: bool, how: str) -> None:
-        self.session, self.has_head, self.how = session, has_head, how
-        self.inputs = [i.name for i in session.get_inputs()]
-        self.outputs = [o.name for o in session.get_outputs()]
+    kind = "ONNX Runtime"
 
-    def __deepcopy__(self, memo: dict) -> "OrtRunner":
-        return self
-
-    def __getstate__(self) -> dict:
-        raise BackendUnavailableError("an ONNX Runtime model cannot be pickled; save it with autolite (save_model)")
+    def __init__(self, session: Any, how: str) -> None:
+        super().__init__([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()], how)
+        self.session = session
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        feeds = {k: feeds[k].detach().cpu().to(torch.int64).numpy() for k in self.inputs}
-        values = self.session.run(self.outputs, feeds)
+        values = self.session.run(self.outputs, self.feeds(input_ids, attention_mask))
         return {name: torch.from_numpy(value) for name, value in zip(self.outputs, values)}
 
 
-def _ort_forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-                 output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs: Any):
-    """HF-style forward served by the ONNX Runtime session (``self._autolite_ort``)."""
-    from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
-
-    if input_ids is None:
-        raise BackendUnavailableError("the ONNX Runtime model takes input_ids (inputs_embeds is not exported)")
-    if token_type_ids is not None and bool(token_type_ids.any()):
-        raise BackendUnavailableError("the ONNX Runtime graph was exported without token_type_ids; "
-                                      "pass all-zero segment ids or use the torch model")
-    if kwargs.get("labels") is not None or kwargs.get("output_attentions"):
-        raise BackendUnavailableError("the ONNX Runtime model returns hidden states and logits only "
-                                      "(no loss from labels, no attentions)")
-    runner: OrtRunner = self._autolite_ort
-    out = runner.run(input_ids, attention_mask)
-    hidden = out["last_hidden_state"]
-    states = (hidden,) if output_hidden_states else None
-    if runner.has_head:
-        return SequenceClassifierOutput(logits=out["logits"], hidden_states=states)
-    return BaseModelOutput(last_hidden_state=hidden, hidden_states=states)
-
-
 def attach(model: torch.nn.Module, family: Any, config: OnnxRuntime) -> str:
-    """Build (or reuse) the graph for ``model`` and route its forward to an ORT session; returns notes."""
+    """Build (or reuse) the graph for ``model``, route its forward to an ORT session and map the torch
+    weights from disk (no second resident copy); returns notes."""
     check_available(model, family)
-    path, how = build_graph(model, family, config)
+    key = graph_key(model, config)
+    path, how = build_graph(model, family, config, key)
+    before = rss_mb()
     session = make_session(path)
-    has_head = "logits" in [o.name for o in session.get_outputs()]
-    model._autolite_ort = OrtRunner(session, has_head, how)
-    model.forward = types.MethodType(_ort_forward, model)
-    model.eval()
-    return how
+    held = max(rss_mb() - before, path.stat().st_size / 2**20 * 0.5)  # RSS noise floor: half the graph file
+    route_forward(model, OrtRunner(session, how))
+    setattr(model, HELD_ATTR, held)
+    mapped = offload_weights(model, key)
+    return f"{how}; session holds ~{held:.0f} MiB, {mapped} torch weight tensors memory-mapped from disk"
+
+
+def with_calibration(config: Any, ctx: PassContext) -> None:
+    """Record in ``config.calib_ids`` the token ids a static-INT8 build calibrates on (``ctx.calib``, else the
+    bundled corpus's calibration split), so a reload rebuilds the same graph."""
+    from autolite.data import load_texts
+
+    if config.calib_ids is not None:
+        return
+    if ctx.tokenizer is None:
+        raise BackendUnavailableError(f"{config.name} {config.precision} needs the tokenizer for its calibration")
+    texts = (list(ctx.calib or []) or load_texts(None, split="calib").texts)[: config.calib_samples]
+    config.calib_ids = [ctx.tokenizer(t, truncation=True, max_length=128)["input_ids"] for t in texts]
 
 
 def apply_onnxruntime(model: torch.nn.Module, config: OnnxRuntime, ctx: PassContext) -> torch.nn.Module:
     from autolite.arch import family_of
 
     family = ctx.family or family_of(model)
+    if config.precision == "int8-static":
+        with_calibration(config, ctx)
     how = attach(model, family, config)
     ctx.note(f"onnxruntime {config.precision}: forward runs in ONNX Runtime {_ort_version()} "
              f"({torch.get_num_threads()} threads; {how})")
@@ -240,7 +283,8 @@ def reload_onnxruntime(model: torch.nn.Module, config: OnnxRuntime, ctx: PassCon
 
 def is_onnxruntime(model: torch.nn.Module) -> bool:
     """True when the model's forward runs in ONNX Runtime."""
-    return getattr(model, "_autolite_ort", None) is not None
+    runner = runner_of(model)
+    return runner is not None and isinstance(runner, OrtRunner)
 
 
 def _ort_version() -> str:

@@ -60,21 +60,27 @@ def measure_peaks(size: int = 1024, copy_mb: int = 256, repeats: int = 3) -> dic
     """Best-of-``repeats`` GEMM throughput (FP32 GFLOP/s, INT8 GOP/s) and copy bandwidth GB/s, measured.
 
     FP32: ``torch.mm``; INT8: the fastest of ``torch._int_mm`` and each quantized engine's dynamic linear
-    (which also quantizes its input, as a real INT8 layer must), on :data:`GEMM_SHAPES`.
-    ``int8_kernels`` gives the best GOP/s per INT8 kernel.
+    (which also quantizes its input, as a real INT8 layer must), on :data:`GEMM_SHAPES`; BF16 (``torch.mm``)
+    only where the CPU computes BF16 natively. ``int8_kernels`` gives the best GOP/s per INT8 kernel.
     """
-    fp32, int8 = 0.0, {}
+    from autolite.runtime.precision import native_dtypes
+
+    bf16_native = "bf16" in native_dtypes(torch.device("cpu"))
+    fp32, bf16, int8 = 0.0, 0.0, {}
     for m, k, n in ((size, size, size), *(GEMM_SHAPES[1:] if size >= 1024 else ())):
         ops = 2.0 * m * k * n
         a, b = torch.randn(m, k), torch.randn(k, n)
         fp32 = max(fp32, ops / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9)
+        if bf16_native:
+            a16, b16 = a.bfloat16(), b.bfloat16()
+            bf16 = max(bf16, ops / _best_seconds(lambda: torch.mm(a16, b16), repeats) / 1e9)
         for name, fn in _int8_gemms(m, k, n).items():
             int8[name] = max(int8.get(name, 0.0), ops / _best_seconds(fn, repeats) / 1e9)
     src = torch.empty(copy_mb * 2**20 // 4)
     dst = torch.empty_like(src)
     copy = _best_seconds(lambda: dst.copy_(src), repeats)
     best = max(int8.values(), default=0.0)
-    return {"gemm_gflops": fp32, "int8_gemm_gops": best, "int8_kernels": {k: round(v, 1) for k, v in int8.items()},
+    return {"gemm_gflops": fp32, "bf16_gemm_gflops": bf16 or None, "int8_gemm_gops": best, "int8_kernels": {k: round(v, 1) for k, v in int8.items()},
             "int8_over_fp32": best / fp32, "bandwidth_gbs": 2 * src.numel() * 4 / copy / 1e9}
 
 

@@ -1,0 +1,189 @@
+"""The ``openvino`` pass: run an encoder's forward in OpenVINO (its CPU plugin's default precision, or INT8).
+
+Build: the FP32 model is exported to plain ONNX (the ONNX Runtime backend's exporter, unfused), read by
+OpenVINO and, for ``precision: int8``, quantized by NNCF post-training quantization (``nncf.quantize`` with
+``ModelType.TRANSFORMER``: INT8 weights and activations with ranges from the calibration texts); the IR is
+cached under the autolite cache dir, keyed by the weights, config and options. ``precision: auto`` compiles
+with OpenVINO's default inference precision (BF16 where the CPU computes it natively: AMX or AVX512-BF16;
+else FP32); ``fp32`` forces FP32.
+
+As with ``onnxruntime``, the HF model object stays, its ``forward`` is served by the compiled model, the torch
+weights are memory-mapped from a file in the cache (no second FP32 copy resident), saving keeps the FP32
+weights and ``autolite.load`` rebuilds the same IR from them (the calibration token ids are recorded).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autolite.config import PassConfig
+from autolite.errors import BackendUnavailableError, RecipeError
+from autolite.passes import PassContext, register_pass
+from autolite.runtime import ort
+from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("auto", "fp32", "int8")
+IR_VERSION = 1  # bump when the build changes what a cached IR holds
+
+
+@dataclasses.dataclass
+class OpenVino(PassConfig):
+    """Run the (encoder) model in OpenVINO.
+
+    ``precision``: "auto" (OpenVINO's default: BF16 where native, else FP32), "fp32", or "int8" (NNCF
+    post-training quantization on the calibration texts, at most ``calib_samples``; their token ids are
+    recorded in ``calib_ids`` so a reload rebuilds the same model).
+    """
+
+    name = "openvino"
+    precision: str = "auto"
+    calib_samples: int = 64
+    calib_ids: list[list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise RecipeError(f"openvino precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.calib_samples < 1:
+            raise RecipeError("openvino calib_samples must be >= 1")
+
+
+def check_available(model: torch.nn.Module, family: Any, int8: bool) -> None:
+    """Raise :class:`BackendUnavailableError` when this model cannot run in OpenVINO here."""
+    try:
+        import openvino  # noqa: F401 - optional dependency (pip install 'autolite[peers]')
+        if int8:
+            import nncf  # noqa: F401 - optional dependency, only for INT8
+    except ImportError as exc:
+        raise BackendUnavailableError("the openvino pass needs the openvino package (and nncf for int8): "
+                                      "pip install 'autolite[peers]'") from exc
+    ort.check_available(model, family, what="the openvino pass")
+
+
+def ir_key(model: torch.nn.Module, config: OpenVino) -> str:
+    import openvino
+
+    fp32 = ort.graph_key(model, ort.OnnxRuntime(precision="fp32", optimize=False))
+    blob = repr((fp32, dataclasses.astuple(config), IR_VERSION, openvino.__version__))
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def build_ir(model: torch.nn.Module, family: Any, config: OpenVino, key: str) -> tuple[Path, str]:
+    """The OpenVINO IR (``.xml`` + ``.bin``) for ``model`` under ``config`` (cached); returns (xml, how)."""
+    import openvino as ov
+
+    from autolite.loading import cache_root
+
+    xml = cache_root() / "openvino" / f"{key}.xml"
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        return xml, f"cached IR {xml.name}"
+    onnx_path, how = ort.build_graph(model, family, ort.OnnxRuntime(precision="fp32", optimize=False))
+    ov_model = ov.Core().read_model(str(onnx_path))
+    steps = [f"ONNX ({how})"]
+    if config.precision == "int8":
+        ov_model = _nncf_int8(ov_model, config)
+        steps.append(f"NNCF INT8 post-training quantization on {len(config.calib_ids)} calibration texts")
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
+        work = Path(tmp) / "model.xml"
+        ov.save_model(ov_model, str(work), compress_to_fp16=False)
+        os.replace(work.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(work, xml)  # the .xml last: it marks a complete entry
+    return xml, "; ".join(steps)
+
+
+def _nncf_int8(ov_model: Any, config: OpenVino) -> Any:
+    import nncf  # optional dependency: only INT8 needs it (slow to import)
+
+    feeds = ort.calibration_feeds(config.calib_ids)
+    names = {port.get_any_name() for port in ov_model.inputs}
+    dataset = nncf.Dataset([{k: v for k, v in feed.items() if k in names} for feed in feeds])
+    try:
+        return nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
+    except Exception as exc:  # noqa: BLE001 - any NNCF failure means this backend cannot run the model
+        raise BackendUnavailableError(f"NNCF could not quantize this model: {str(exc).splitlines()[0]}") from exc
+
+
+class OpenVinoRunner(Runner):
+    """Holds the compiled model and one infer request."""
+
+    kind = "OpenVINO"
+
+    def __init__(self, compiled: Any, how: str) -> None:
+        super().__init__([p.get_any_name() for p in compiled.inputs], [p.get_any_name() for p in compiled.outputs],
+                         how)
+        self.compiled, self.request = compiled, compiled.create_infer_request()
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        results = self.request.infer(self.feeds(input_ids, attention_mask))
+        # the request reuses its output buffers on the next call: copy out
+        return {name: torch.tensor(results[port]) for name, port in zip(self.outputs, self.compiled.outputs)}
+
+
+def compile_ir(xml: Path, config: OpenVino) -> Any:
+    """Compile for CPU with torch's thread count, latency mode, one stream."""
+    import openvino as ov
+
+    properties = {"INFERENCE_NUM_THREADS": int(torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": 1}
+    if config.precision == "fp32":
+        properties["INFERENCE_PRECISION_HINT"] = "f32"
+    return ov.Core().compile_model(str(xml), "CPU", properties)
+
+
+def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
+    """Build (or reuse) the IR, route ``model.forward`` to the compiled model, map the torch weights from disk."""
+    check_available(model, family, config.precision == "int8")
+    key = ir_key(model, config)
+    xml, how = build_ir(model, family, config, key)
+    before = rss_mb()
+    compiled = compile_ir(xml, config)
+    held = max(rss_mb() - before, xml.with_suffix(".bin").stat().st_size / 2**20 * 0.5)  # RSS noise floor
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    route_forward(model, OpenVinoRunner(compiled, how))
+    setattr(model, HELD_ATTR, held)
+    mapped = offload_weights(model, ort.graph_key(model, ort.OnnxRuntime(precision="fp32", optimize=False)))
+    return (f"{how}; compiled for CPU, inference precision {precision}; holds ~{held:.0f} MiB, {mapped} torch "
+            "weight tensors memory-mapped from disk")
+
+
+def apply_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -> torch.nn.Module:
+    from autolite.arch import family_of
+
+    family = ctx.family or family_of(model)
+    check_available(model, family, config.precision == "int8")
+    if config.precision == "int8":
+        ort.with_calibration(config, ctx)
+    how = attach(model, family, config)
+    ctx.note(f"openvino {config.precision}: forward runs in OpenVINO {_version()} "
+             f"({torch.get_num_threads()} threads; {how})")
+    return model
+
+
+def reload_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -> torch.nn.Module:
+    """``after_load``: rebuild the same IR from the stored FP32 weights (cached by weight hash)."""
+    from autolite.arch import family_of
+
+    attach(model, ctx.family or family_of(model), config)
+    return model
+
+
+def is_openvino(model: torch.nn.Module) -> bool:
+    """True when the model's forward runs in OpenVINO."""
+    return isinstance(getattr(model, "_autolite_backend", None), OpenVinoRunner)
+
+
+def _version() -> str:
+    import openvino
+
+    return openvino.__version__
+
+
+register_pass(OpenVino, after_load=reload_openvino)(apply_openvino)

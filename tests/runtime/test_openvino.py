@@ -1,0 +1,76 @@
+"""OpenVINO backend: FP32 matches torch, default precision and NNCF INT8 keep fidelity, save -> load rebuilds
+the same model (bit-identical), the torch weights are memory-mapped (no second resident copy), clear errors."""
+from __future__ import annotations
+
+import copy
+import sys
+
+import pytest
+import torch
+
+import autolite
+from autolite.errors import BackendUnavailableError
+from autolite.passes import PassContext
+from autolite.runtime.external import MAPPED_ATTR
+from autolite.runtime.openvino import OpenVino, is_openvino
+
+pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'autolite[peers]'")
+
+
+def _padded(tok, texts):
+    return tok(texts, return_tensors="pt", padding=True)
+
+
+def test_fp32_matches_torch_with_padding_and_weights_are_mapped(load_model, texts):
+    model, tok, family = load_model("tiny-bert")
+    ov_model = autolite.compress(copy.deepcopy(model), [OpenVino(precision="fp32")], tokenizer=tok, family=family)
+    assert is_openvino(ov_model)
+    batch = _padded(tok, texts)
+    with torch.no_grad():
+        ref, got = model(**batch), ov_model(**batch)
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    mapped = getattr(ov_model, MAPPED_ATTR)
+    weight = ov_model.bert.encoder.layer[0].attention.self.query.weight
+    assert weight.untyped_storage().data_ptr() in mapped  # read from disk, not a resident copy
+    torch.testing.assert_close(weight, model.bert.encoder.layer[0].attention.self.query.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["auto", "int8"])
+def test_fidelity_and_reload_is_identical(load_model, texts, tmp_path, cache_dir, precision):
+    pytest.importorskip("nncf", reason="NNCF is an optional extra: pip install 'autolite[peers]'")
+    model, tok, family = load_model("tiny-bert")
+    ctx = PassContext(family=family, tokenizer=tok, calib=texts)
+    ov_model = autolite.compress(copy.deepcopy(model), [OpenVino(precision=precision)], tokenizer=tok,
+                                 family=family, ctx=ctx)
+    assert any("forward runs in OpenVINO" in note for note in ctx.notes)
+    assert autolite.evaluate(ov_model, tok, reference=model, data=texts, family=family)["cosine"] > 0.99
+    batch = _padded(tok, texts)
+    with torch.no_grad():
+        before = ov_model(**batch).logits
+    autolite.save_model(ov_model, tok, tmp_path / "ov")
+    for ir in cache_dir.glob("openvino/*.xml"):
+        ir.unlink()  # force the rebuild from the stored FP32 weights (and recorded calibration ids)
+    loaded, _, _ = autolite.load(tmp_path / "ov")
+    assert is_openvino(loaded)
+    with torch.no_grad():
+        assert torch.equal(before, loaded(**batch).logits)
+
+
+def test_decoder_is_refused_clearly(load_model):
+    model, tok, family = load_model("tiny-llama")
+    with pytest.raises(BackendUnavailableError, match="encoders only"):
+        autolite.compress(model, [OpenVino()], tokenizer=tok, family=family)
+
+
+def test_missing_openvino_is_a_clear_error(load_model, monkeypatch):
+    model, tok, family = load_model("tiny-bert")
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(BackendUnavailableError, match="autolite\\[peers\\]"):
+        autolite.compress(model, [OpenVino()], tokenizer=tok, family=family)
+
+
+def test_bad_precision_is_a_recipe_error():
+    from autolite.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="openvino precision"):
+        OpenVino(precision="int4")
