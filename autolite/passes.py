@@ -31,7 +31,6 @@ BUILTIN_PASS_MODULES = [
     "autolite.quant.int8_static",
     "autolite.runtime.ort",
     "autolite.runtime.openvino",
-    "autolite.runtime.openvino",
     "autolite.runtime.fast_dense",
     "autolite.dynamic.token_drop",
     "autolite.dynamic.early_exit",
@@ -39,7 +38,10 @@ BUILTIN_PASS_MODULES = [
     "autolite.dynamic.head_select",
 ]
 
-Handler = Callable[[torch.nn.Module, PassConfig, "PassContext"], torch.nn.Module]
+# A handler returns the model, or ``(model, applied_config)`` when it fills in config fields (the layers it
+# quantized, a planned bits map): a ``dataclasses.replace`` copy; the config it was given is never changed.
+Handler = Callable[[torch.nn.Module, PassConfig, "PassContext"],
+                   "torch.nn.Module | tuple[torch.nn.Module, PassConfig]"]
 
 
 @dataclasses.dataclass
@@ -52,6 +54,9 @@ class PassContext:
     labels: list[int] | None = None
     shape: tuple[int, int] | None = None  # (batch, seq) the model will be measured at, when known
     notes: list[str] = dataclasses.field(default_factory=list)
+    teacher: Any = None  # the model pruning recovery distills from (None: a copy of the pass's input)
+    prune_batches: dict[int, list] = dataclasses.field(default_factory=dict)  # calibration batches by sample count
+    prune_scores: dict[str, dict] = dataclasses.field(default_factory=dict)  # last importance scores per target
 
     def note(self, message: str) -> None:
         """Record something the user should read in the report (a fallback, a skipped layer), once."""
@@ -123,6 +128,13 @@ def handler_for(config: PassConfig) -> PassHandler:
     return handler
 
 
+def apply_pass(model: torch.nn.Module, config: PassConfig, ctx: PassContext
+               ) -> tuple[torch.nn.Module, PassConfig]:
+    """Run ``config``'s handler: the (possibly new) model and the config to record in the recipe."""
+    result = handler_for(config).apply(model, config, ctx)
+    return result if isinstance(result, tuple) else (result, config)
+
+
 def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None, *,
              tokenizer: Any = None, family: Any = None, ctx: PassContext | None = None,
              inplace: bool = False) -> torch.nn.Module:
@@ -145,10 +157,12 @@ def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None
     positions = getattr(model.config, "max_position_embeddings", None)  # T5: relative positions, no limit
     if ctx.shape is not None and positions and ctx.shape[1] > positions:
         raise ArgumentError(f"sequence length {ctx.shape[1]} is longer than the model's {positions} positions")
+    applied = []
     for config in recipe.passes:
         log.info("applying pass %s", config.to_dict())
-        model = handler_for(config).apply(model, config, ctx)
-    record_recipe(model, recipe, ctx.notes)
+        model, done = apply_pass(model, config, ctx)
+        applied.append(done)
+    record_recipe(model, Recipe(passes=applied, name=recipe.name), ctx.notes)
     return model
 
 
