@@ -4,8 +4,9 @@
     autolite.export(model, tok, "out/", format="st")                  # sentence-transformers (encoders)
     autolite.export(model, tok, "out/", format="onnx", precision="int8", optimize=True)
     autolite.export(model, tok, "out/", format="mlx", bits=4, group_size=64)
+    autolite.export(model, tok, "out/", format="gguf")                # llama.cpp; INT4/INT8 kept exactly
 
-Modules: ``hf.py`` (also ``save_model``), ``st.py``, ``onnx.py``, ``mlx.py`` + ``mlx_bert.py``;
+Modules: ``hf.py`` (also ``save_model``), ``st.py``, ``onnx.py``, ``mlx.py`` + ``mlx_bert.py``, ``gguf.py``;
 ``validate.py`` measures the differences; ``common.py`` holds the result and error types.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ _OPTIONS = {
     "st": {"family", "overwrite", "max_texts", "source_dir", "normalize", "min_cosine"},
     "onnx": {"family", "overwrite", "max_texts", "precision", "optimize", "opset"},
     "mlx": {"family", "overwrite", "max_texts", "bits", "group_size"},
+    "gguf": {"family", "overwrite", "max_texts", "float_type"},
 }
 
 
@@ -36,7 +38,8 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, format: str 
     the measured difference and leaves nothing at ``out``.
 
     Options: hf: ``overwrite``, ``max_texts``; st: + ``source_dir``, ``normalize``; onnx: ``precision``
-    (fp32|int8), ``optimize``, ``opset``; mlx: ``bits`` (4|8), ``group_size`` (32|64).
+    (fp32|int8), ``optimize``, ``opset``; mlx: ``bits`` (4|8), ``group_size`` (32|64); gguf: ``float_type``
+    (f16|bf16|f32).
     """
     if format not in FORMATS:
         raise UnsupportedExportError(f"unknown export format '{format}'; supported: {', '.join(FORMATS)}")
@@ -50,6 +53,8 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, format: str 
         from autolite.export.st import export_st as writer
     elif format == "onnx":
         from autolite.export.onnx import export_onnx as writer
+    elif format == "gguf":
+        from autolite.export.gguf import export_gguf as writer
     else:
         from autolite.export.mlx import export_mlx as writer
     return writer(model, tokenizer, out, validate=validate, **opts)

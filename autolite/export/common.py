@@ -11,7 +11,7 @@ import torch
 from autolite.errors import AutoliteError
 from autolite.export.validate import Validation
 
-FORMATS = ("hf", "st", "onnx", "mlx")
+FORMATS = ("hf", "st", "onnx", "mlx", "gguf")
 
 
 class UnsupportedExportError(AutoliteError):
