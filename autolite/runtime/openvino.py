@@ -154,17 +154,17 @@ def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
             "weight tensors memory-mapped from disk")
 
 
-def apply_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -> torch.nn.Module:
+def apply_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -> tuple[torch.nn.Module, OpenVino]:
     from autolite.arch import family_of
 
     family = ctx.family or family_of(model)
     check_available(model, family, config.precision == "int8")
     if config.precision == "int8":
-        ort.with_calibration(config, ctx)
+        config = ort.with_calibration(config, ctx)
     how = attach(model, family, config)
     ctx.note(f"openvino {config.precision}: forward runs in OpenVINO {_version()} "
              f"({torch.get_num_threads()} threads; {how})")
-    return model
+    return model, config
 
 
 def reload_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -> torch.nn.Module:

@@ -248,29 +248,31 @@ def attach(model: torch.nn.Module, family: Any, config: OnnxRuntime) -> str:
     return f"{how}; session holds ~{held:.0f} MiB, {mapped} torch weight tensors memory-mapped from disk"
 
 
-def with_calibration(config: Any, ctx: PassContext) -> None:
-    """Record in ``config.calib_ids`` the token ids a static-INT8 build calibrates on (``ctx.calib``, else the
-    bundled corpus's calibration split), so a reload rebuilds the same graph."""
+def with_calibration(config: Any, ctx: PassContext) -> Any:
+    """``config`` with ``calib_ids``: the token ids a static-INT8 build calibrates on (``ctx.calib``, else the
+    bundled corpus's calibration split), recorded so a reload rebuilds the same graph."""
     from autolite.data import load_texts
 
     if config.calib_ids is not None:
-        return
+        return config
     if ctx.tokenizer is None:
         raise BackendUnavailableError(f"{config.name} {config.precision} needs the tokenizer for its calibration")
     texts = (list(ctx.calib or []) or load_texts(None, split="calib").texts)[: config.calib_samples]
-    config.calib_ids = [ctx.tokenizer(t, truncation=True, max_length=128)["input_ids"] for t in texts]
+    ids = [ctx.tokenizer(t, truncation=True, max_length=128)["input_ids"] for t in texts]
+    return dataclasses.replace(config, calib_ids=ids)
 
 
-def apply_onnxruntime(model: torch.nn.Module, config: OnnxRuntime, ctx: PassContext) -> torch.nn.Module:
+def apply_onnxruntime(model: torch.nn.Module, config: OnnxRuntime,
+                      ctx: PassContext) -> tuple[torch.nn.Module, OnnxRuntime]:
     from autolite.arch import family_of
 
     family = ctx.family or family_of(model)
     if config.precision == "int8-static":
-        with_calibration(config, ctx)
+        config = with_calibration(config, ctx)
     how = attach(model, family, config)
     ctx.note(f"onnxruntime {config.precision}: forward runs in ONNX Runtime {_ort_version()} "
              f"({torch.get_num_threads()} threads; {how})")
-    return model
+    return model, config
 
 
 def reload_onnxruntime(model: torch.nn.Module, config: OnnxRuntime, ctx: PassContext) -> torch.nn.Module:
