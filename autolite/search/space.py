@@ -23,6 +23,8 @@ from autolite.runtime.fast_dense import candidate_passes
 BACKENDS = ["fp32", "bf16", "int8-dynamic", "int8-static", "ort-fp32", "ort-int8", "compile",
             "int8-dynamic+compile"]
 RATIOS = {"layers": [0.0, 0.33, 0.5, 0.67], "heads": [0.0, 0.25, 0.5], "ffn": [0.0, 0.25, 0.5, 0.75]}
+STRUCTURAL_SEEDS = [{"layers": 0.5, "heads": 0.0, "ffn": 0.0}, {"layers": 0.33, "heads": 0.0, "ffn": 0.5},
+                    {"layers": 0.5, "heads": 0.25, "ffn": 0.5}]
 STRUCTURAL_PASSES = {"layers": "prune-layers", "heads": "prune-heads", "ffn": "prune-ffn"}
 
 
@@ -72,10 +74,16 @@ class Space:
         return params
 
     def seeds(self) -> list[dict[str, Any]]:
-        """Trials to run first: every dense backend on the unpruned model (what ``fast-dense`` alone can do)."""
+        """Trials to run first: every dense backend on the unpruned model (what ``fast-dense`` alone can do), then
+        a few structural points (``STRUCTURAL_SEEDS``) on the INT8 backend most likely to be fastest."""
         base = {kind: 0.0 for kind in self.ratios}
         base.update({f"dyn:{name}": False for name in self.dynamic})
-        return [dict(base, backend=b) for b in self.backends]
+        seeds = [dict(base, backend=b) for b in self.backends]
+        int8 = next((b for b in ("ort-int8", "int8-dynamic") if b in self.backends), self.backends[-1])
+        for point in STRUCTURAL_SEEDS:
+            if all(point[k] in self.ratios[k] for k in point):
+                seeds.append(dict(base, **point, backend=int8))
+        return seeds
 
 
 def _dynamic_fields(config_cls: type[PassConfig], max_drop: float) -> dict[str, list]:
