@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from autolite.errors import AutoliteError
+from autolite.paths import OutputExistsError
 
 # typer vendors its own click: its exception classes, found through a public name (click's own never match)
 click_exceptions = sys.modules[typer.BadParameter.__module__]
@@ -51,10 +52,11 @@ def _register_verbs() -> None:
     if _state["registered"]:
         return
     _state["registered"] = True
-    from autolite.cli import (bench, compress, distill, evaluate, export, info, loadtest, optimize, prune, qat,
-                              sensitivity, serve)
+    from autolite.cli import (bench, compress, distill, evaluate, export, generate, info, loadtest, optimize, prune,
+                              qat, sensitivity, serve)
 
-    for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity, qat, optimize):
+    for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity, qat, optimize,
+                   generate):
         module.register(app)
 
 
@@ -89,7 +91,10 @@ def run(args: list[str]) -> int:
         except AutoliteError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
+            message = one_line(exc)
+            if isinstance(exc, OutputExistsError):  # the API says overwrite=True; the CLI's word for it
+                message = f"output directory {exc.path} already exists; choose another --out or pass --force"
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             return EXIT_ERROR
         except (KeyboardInterrupt, typer.Abort):
             status = EXIT_INTERRUPTED

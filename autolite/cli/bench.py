@@ -5,8 +5,8 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import (BATCH_OPT, DATA_OPT, MODEL_ARG, RECIPE_OPT, RUNS_OPT, SEQ_OPT, THREADS_OPT, WARMUP_OPT,
-                                 flag, progress_bar, rows_table, write_json_atomic)
+from autolite.cli.common import (BATCH_OPT, DATA_OPT, JSON_OPT, MODEL_ARG, RECIPE_OPT, RUNS_OPT, SEQ_OPT, THREADS_OPT,
+                                 WARMUP_OPT, flag, progress_bar, rows_table, write_json_atomic)
 
 
 def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
@@ -15,7 +15,7 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
           device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA when present)."),
           roofline: bool = flag(False, "--roofline", help="Also report GFLOP/s and GB/s per layer kind "
                                         "of the candidate against this machine's measured peaks."),
-          json_out: Path = typer.Option(None, "--json", help="Write the full result as JSON.")) -> None:
+          json_out: Path = JSON_OPT) -> None:
     """Measure latency, throughput, memory, size and fidelity of MODEL+recipe against FP32 eager."""
     from autolite.cli import console
     from autolite.eval.compare import bench_model

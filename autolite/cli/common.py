@@ -11,11 +11,14 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autolite.paths import check_output_file
+
 # Every option declares its type and range once, here or in its verb's signature (typer min/max): the
 # range is checked before any work, and a value outside it is a usage mistake (exit 2, option named).
 MODEL_ARG = typer.Argument("minilm", help="minilm | smollm2 | random:<preset> | HF directory | .gguf file")
 RECIPE_OPT = typer.Option("default", "--recipe", "-r", help="Preset name or YAML/JSON recipe file.")
-DATA_OPT = typer.Option(None, "--data", help="Text file (.txt/.csv/.jsonl with text[,label]); default: embedded corpus.")
+DATA_OPT = typer.Option(None, "--data", help="Text file (.txt/.csv/.jsonl with text[,label]); default: embedded "
+                                             "corpus.")
 BATCH_OPT = typer.Option(8, "--batch", min=1, help="Sequences per timed forward.")
 SEQ_OPT = typer.Option(128, "--seq", min=2, help="Tokens per sequence (at most the model's positions).")
 RUNS_OPT = typer.Option(10, "--runs", min=5, help="Timed runs per model (>= 5 for a meaningful median), after warm-up.")
@@ -23,6 +26,15 @@ WARMUP_OPT = typer.Option(2, "--warmup", min=0, help="Untimed warm-up runs per m
 THREADS_OPT = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: torch's choice).")
 MAX_TEXTS_OPT = typer.Option(None, "--max-texts", min=1, help="Use at most N texts.")
 FORCE_OPT = typer.Option(False, "--force", metavar="", help="Replace the output if it exists.")
+
+
+def output_file(value: Path | None) -> Path | None:
+    """typer callback: a file path autolite can write atomically (not a directory, parent not a file); an
+    impossible one is a reported error (exit 1, like an impossible --out), raised before any work."""
+    return None if value is None else check_output_file(value)
+
+
+JSON_OPT = typer.Option(None, "--json", callback=output_file, help="Also write the result to this JSON file.")
 
 
 def positive(value: float | None) -> float | None:
@@ -65,8 +77,13 @@ def rows_table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename (never half-written)."""
+    """Write JSON to ``path`` via a temporary file and rename (never half-written; the temporary is removed on
+    any failure, signals included)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -16,6 +16,7 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
              bench: bool = flag(True, "--bench/--no-bench", help="Measure before/after for report.md.")) -> None:
     """Compress MODEL with a recipe and save it (safetensors + recipe + report.md) to --out."""
     import autolite
+    from autolite.paths import check_output_dir
     from autolite.cli import console
     from autolite.passes import load_recipe
     from autolite.data import load_texts
@@ -25,8 +26,7 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
     from autolite.report.markdown import write_report
     from autolite.report.tables import comparison_rows
 
-    if out.exists() and not force:
-        raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    check_output_dir(out, overwrite=force)
     recipe_obj = load_recipe(recipe)
     calib = load_texts(data, split="calib")
     with progress_bar(f"loading {model}"):
@@ -37,7 +37,9 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
     with progress_bar(f"applying recipe {recipe_obj.name}"):
         small = autolite.compress(original, recipe_obj, tokenizer=tokenizer, family=family, ctx=ctx, inplace=True)
     small.config.autolite["source"] = model
-    result = _measure(baseline, small, tokenizer, family, model, recipe_obj, ctx, batch, seq, runs, data) if bench else None
+    result = None
+    if bench:
+        result = _measure(baseline, small, tokenizer, family, model, recipe_obj, ctx, batch, seq, runs, data)
     with atomic_dir(out, overwrite=force) as tmp:
         write_model_files(small, tokenizer, tmp)
         if result is not None:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, MAX_TEXTS_OPT, MODEL_ARG, progress_bar, rows_table, write_json_atomic
+from autolite.cli.common import (DATA_OPT, JSON_OPT, MAX_TEXTS_OPT, MODEL_ARG, progress_bar, rows_table,
+                                 write_json_atomic)
 
 
 def eval_command(model: str = MODEL_ARG,
@@ -14,8 +15,7 @@ def eval_command(model: str = MODEL_ARG,
                  data: Path = DATA_OPT,
                  max_texts: int = MAX_TEXTS_OPT,
                  max_length: int = typer.Option(128, min=2, help="Truncate texts to this many tokens."),
-                 json_out: Path = typer.Option(None, "--json", help="Also write the metrics to this JSON file.")
-                 ) -> None:
+                 json_out: Path = JSON_OPT) -> None:
     """Compare MODEL with a reference: cosine/agreement/accuracy (encoders), perplexity (decoders)."""
     import autolite
     from autolite.cli import console

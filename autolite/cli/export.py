@@ -24,13 +24,13 @@ def export(model: str = MODEL_ARG,
            max_texts: Optional[int] = MAX_TEXTS_OPT, force: bool = FORCE_OPT) -> None:
     """Export MODEL to --out in --format; the export is validated against the source and the difference printed."""
     import autolite
+    from autolite.paths import check_output_dir
     from autolite.cli import console
     from autolite.export import FORMATS, UnsupportedExportError
 
     if format not in FORMATS:
         raise UnsupportedExportError(f"unknown --format '{format}'; supported: {', '.join(FORMATS)}")
-    if out.exists() and not force:
-        raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    check_output_dir(out, overwrite=force)
     opts = _format_options(format, precision, optimize, bits, group_size)
     with progress_bar(f"loading {model}"):
         source, tokenizer, family = autolite.load(model)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, positive, rows_table, write_json_atomic
+from autolite.cli.common import DATA_OPT, JSON_OPT, positive, rows_table, write_json_atomic
 from autolite.errors import AutoliteError
 
 
@@ -22,7 +22,7 @@ def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL
              encoding_format: str = typer.Option("float", help="Embeddings: float (JSON numbers) or base64 "
                                                  "(float32 bytes, as OpenAI's SDK asks)."),
              data: Path = DATA_OPT,
-             json_out: Path = typer.Option(None, "--json", help="Write the summary as JSON.")) -> None:
+             json_out: Path = JSON_OPT) -> None:
     """Send REQUESTS from CONCURRENCY clients (or for DURATION seconds) and report req/s, p50/p90/p99, errors."""
     from autolite.cli import console
     from autolite.data import load_texts

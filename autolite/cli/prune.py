@@ -27,6 +27,7 @@ def prune(model: str = MODEL_ARG,
           force: bool = FORCE_OPT) -> None:
     """Prune MODEL's heads and FFN neurons (weights really shrink) and save it with report.md + importance.png."""
     import autolite
+    from autolite.paths import check_output_dir
     from autolite.cli import console
     from autolite.data import load_texts
     from autolite.export.hf import write_model_files
@@ -35,8 +36,7 @@ def prune(model: str = MODEL_ARG,
     from autolite.prune import PruneFFN, PruneHeads
     from autolite.prune.plot import plot_importance
 
-    if out.exists() and not force:
-        raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    check_output_dir(out, overwrite=force)
     if heads <= 0 and ffn <= 0:
         raise autolite.AutoliteError("nothing to prune: give --heads and/or --ffn (fractions in [0, 1))")
     recipe = []
@@ -83,7 +83,8 @@ def _rows(reference, small, fidelity: dict) -> list[tuple[str, str, str]]:
         if fidelity.get(key) is not None:
             rows.append((key, "-", f"{fidelity[key]:.4f}"))
     if fidelity.get("perplexity") is not None:
-        rows.append(("perplexity", f"{fidelity.get('perplexity_ref', float('nan')):.3f}", f"{fidelity['perplexity']:.3f}"))
+        rows.append(("perplexity", f"{fidelity.get('perplexity_ref', float('nan')):.3f}",
+                     f"{fidelity['perplexity']:.3f}"))
     return rows
 
 

@@ -28,13 +28,13 @@ def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
                 force: bool = FORCE_OPT) -> None:
     """Measure how much each layer's quantization to each bit width hurts MODEL's outputs."""
     import autolite
+    from autolite.paths import check_output_dir
     from autolite.cli import console
     from autolite.data import load_texts
     from autolite.io import atomic_dir
     from autolite.quant import sensitivity as sens
 
-    if out.exists() and not force:
-        raise autolite.AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    check_output_dir(out, overwrite=force)
     widths = _widths(bits)
     calib = load_texts(data, split="calib")
     with progress_bar(f"loading {model}"):
