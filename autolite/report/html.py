@@ -135,7 +135,8 @@ def write_html(result: dict[str, Any], path: Path) -> None:
         f"{len(result['trials'])} trials{' (interrupted: best so far)' if result['interrupted'] else ''}.</p>",
         _table(["", "FP32 eager", "pick"], summary_rows(result)),
         "<h2>Pareto front</h2><figure id='pareto'>", pareto_plot(result),
-        "<figcaption>Marker area ~ model size. Hollow: stopped at a cheap stage (proxy accuracy).</figcaption></figure>",
+        "<figcaption>Marker area ~ model size. Hollow: stopped at a cheap stage (proxy accuracy).</figcaption>",
+        "</figure>",
         "<h2>Per-layer sensitivity</h2><figure id='sensitivity'>", sensitivity_plot(result["sensitivity"]),
         f"<figcaption>Accuracy drop when one sub-layer's output is zeroed, on {result['sensitivity']['rows_scored']} "
         "validation rows.</figcaption></figure>",

@@ -86,7 +86,8 @@ def optimize(model: str, data: str, out: str, *, progress: Callable[[str], None]
         space = Space(**state["space"])
         study = open_study(Path(setup.state_dir), opts.objective, space)
         say(f"searching {', '.join(space.backends)} x pruning x {space.dynamic or 'no dynamic passes'} "
-            f"({opts.minutes or 'no'} minutes, {opts.trials or 'unlimited'} trials; {len(study.trials)} in the journal)")
+            f"({opts.minutes or 'no'} minutes, {opts.trials or 'unlimited'} trials; "
+            f"{len(study.trials)} in the journal)")
         interrupted = run_trials(study, space, worker, setup, state, opts, executor, say)
         return finish(study, worker, setup, splits, state, opts, interrupted, say)
     except AutoliteError:
@@ -109,8 +110,9 @@ def prepare(opts: Options, say: Callable[[str], None]) -> tuple[Worker, Setup, s
     say(f"loading {opts.model}")
     loaded = autolite.load(opts.model)
     sdata.num_labels(loaded[0])
-    full = TextData(raw[0], sdata.label_ids(raw[1], loaded[0].config, "--data"), opts.data)
-    test = TextData(raw_test[0], sdata.label_ids(raw_test[1], loaded[0].config, "--test"), opts.test) if raw_test else None
+    config = loaded[0].config
+    full = TextData(raw[0], sdata.label_ids(raw[1], config, "--data"), opts.data)
+    test = TextData(raw_test[0], sdata.label_ids(raw_test[1], config, "--test"), opts.test) if raw_test else None
     state_dir = Path(opts.out) / "search"
     setup = Setup(model=opts.model, batch=opts.batch, seq=opts.seq, max_drop=opts.max_drop,
                   objective=opts.objective, recover_steps=opts.recover_steps, state_dir=str(state_dir),

@@ -36,7 +36,8 @@ def choose(study, ref_val: float, max_drop: float, objective: str) -> tuple[Any,
         a = closest.user_attrs
         raise AutoliteError(
             f"no candidate kept validation accuracy within {max_drop:g} points of FP32 ({ref_val:.2f}%): the closest "
-            f"was '{a['label']}' at {a['val_acc']:.2f}% ({ref_val - a['val_acc']:.2f} points lower, {a['speedup']:.2f}x); "
+            f"was '{a['label']}' at {a['val_acc']:.2f}% ({ref_val - a['val_acc']:.2f} points lower, "
+            f"{a['speedup']:.2f}x); "
             "nothing saved: raise --max-drop or give more --minutes")
     key = (lambda t: (t.user_attrs["score"], t.user_attrs["val_acc"]))
     dense = [t for t in feasible if _dense_only(t.user_attrs["params"])]
@@ -94,7 +95,8 @@ def measure(worker, model, pick_params, dense, splits, setup) -> dict[str, Any]:
     if dense is not None:
         median.setdefault("dense", median["pick"])
         out["best_dense"] = {"label": dense.user_attrs["label"], "ms": median["dense"],
-                             "speedup": median["fp32"] / median["dense"], "pick_over_dense": median["dense"] / median["pick"]}
+                             "speedup": median["fp32"] / median["dense"],
+                             "pick_over_dense": median["dense"] / median["pick"]}
     return out
 
 

@@ -115,7 +115,8 @@ class Worker:
         samples = interleaved(fns, runs=runs, warmup=warmup)
         medians = {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
         joules = {name: sorted(s.joules)[len(s) // 2] / self.setup.batch for name, s in samples.items()}
-        return {"fp32_ms": medians["fp32"], "ms": medians["candidate"], "speedup": medians["fp32"] / medians["candidate"],
+        return {"fp32_ms": medians["fp32"], "ms": medians["candidate"],
+                "speedup": medians["fp32"] / medians["candidate"],
                 "joules": joules["candidate"], "fp32_joules": joules["fp32"],
                 "energy_source": samples["candidate"].energy_source}
 

@@ -1,5 +1,3 @@
-import time
-
 from autolite.eval.energy import EnergyMeter, summarize
 
 
