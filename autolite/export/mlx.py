@@ -5,6 +5,10 @@ Optional group-wise quantization uses MLX's own affine quantizer (``bits`` 4 or 
 MLX (CPU here) against the torch model: FP32 needs cosine >= 0.999 and rel L2 < 1e-3; a quantized export
 must reproduce its torch twin (same weights through ``mx.quantize``) within rel L2 1e-3, and keep cosine
 vs FP32 >= the twin's - 0.001.
+
+A decoder holding autolite's weight-only INT4/INT8 layers (RTN or GPTQ) is exported as it is, not
+re-quantized: MLX's affine ``w = scales * q + biases`` holds ``scale * (q - zero)`` exactly
+(:mod:`autolite.export.mlx_quant`); validation: rel L2 < 1e-3 against the model's own dequantized weights.
 """
 from __future__ import annotations
 
@@ -52,14 +56,19 @@ def export_mlx(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, b
     from autolite.arch import family_of
 
     family = family or family_of(model)
-    _check(model, family, bits, group_size)
+    twin = _check(model, family, bits, group_size)
     require_mlx()
     out_dir = Path(out_dir)
-    precision = f"q{bits}-g{group_size}" if bits else "fp32"
+    precision = f"q{bits}-g{group_size}" if bits else _packed_label(model) if twin is not None else "fp32"
     result = ExportResult(path=out_dir, format="mlx", precision=precision)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         if family.kind == "encoder":
             _write_encoder(model, tokenizer, family, tmp, bits, group_size, result.notes)
+        elif twin is not None:
+            _write_decoder(twin, tokenizer, tmp, None, group_size, packed=model)
+            result.notes.append("autolite's INT4/INT8 weights exported as they are: MLX affine groups with "
+                                "scales = scale and biases = -scale * zero (INT8: codes + 128, biases = -128 * "
+                                "scale); no re-quantization")
         else:
             _write_decoder(model, tokenizer, tmp, bits, group_size)
             if bits:
@@ -69,11 +78,15 @@ def export_mlx(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, b
             max_texts = DEFAULT_TEXTS if max_texts is None else max_texts
             run = _runner(tmp, family)
             with _right_padding(tokenizer):
-                result.validation = validate_mlx(run, model, tokenizer, family, precision, max_texts, bits, group_size)
+                result.validation = validate_mlx(run, twin if twin is not None else model, tokenizer, family,
+                                                 precision, max_texts, bits, group_size, packed=twin is not None)
     return result
 
 
-def _check(model: torch.nn.Module, family: Any, bits: int | None, group_size: int) -> None:
+def _check(model: torch.nn.Module, family: Any, bits: int | None, group_size: int) -> torch.nn.Module | None:
+    """Raise for what MLX cannot take; for a model with autolite's packed layers, its dequantized twin."""
+    from autolite.export.mlx_quant import dequantized_twin, packed_modules
+
     if bits is not None and bits not in BITS or group_size not in GROUP_SIZES:
         raise UnsupportedExportError(f"MLX export supports bits {' or '.join(map(str, BITS))} with group size "
                                      f"{' or '.join(map(str, GROUP_SIZES))} (MLX affine group-wise), or no bits "
@@ -84,7 +97,26 @@ def _check(model: torch.nn.Module, family: Any, bits: int | None, group_size: in
     if family.kind == "decoder" and not _mlx_lm_supports(model.config.model_type):
         raise UnsupportedExportError(f"mlx-lm has no model for model_type '{model.config.model_type}'; "
                                      "MLX export supports BERT-family encoders and mlx-lm's decoders")
-    require_plain(model, "mlx", "float and pruned models (quantize on the way out with bits 4|8)")
+    if packed_modules(model):
+        if family.kind != "decoder" or bits is not None:
+            raise UnsupportedExportError("MLX export writes autolite's INT4/INT8 weights as they are for decoders "
+                                         "only, without bits (they are quantized already); got "
+                                         f"{family.kind}, bits={bits}")
+        twin = dequantized_twin(model)
+        require_plain(twin, "mlx", "float, pruned and weight-only INT4/INT8 models")
+        return twin
+    require_plain(model, "mlx", "float, pruned and weight-only INT4/INT8 models (or quantize on the way out "
+                  "with bits 4|8)")
+    return None
+
+
+def _packed_label(model: torch.nn.Module) -> str:
+    """E.g. ``autolite-w4g32+w8`` for the packed layers a model holds."""
+    from autolite.export.mlx_quant import mlx_arrays, packed_modules
+
+    kinds = sorted({f"w{q['bits']}" + (f"g{q['group_size']}" if q["bits"] == 4 else "")
+                    for q in (mlx_arrays(m)[1] for m in packed_modules(model).values())})
+    return "autolite-" + "+".join(kinds)
 
 
 def _mlx_lm_supports(model_type: str) -> bool:
@@ -157,8 +189,9 @@ def _write_encoder(model, tokenizer, family, directory: Path, bits, group_size, 
     tokenizer.save_pretrained(str(directory))
 
 
-def _write_decoder(model, tokenizer, directory: Path, bits, group_size) -> None:
-    """Write an HF dir (with top-level rope_theta), load it with mlx-lm, quantize, save mlx-lm's layout."""
+def _write_decoder(model, tokenizer, directory: Path, bits, group_size, packed=None) -> None:
+    """Write an HF dir (with top-level rope_theta), load it with mlx-lm, quantize (RTN with ``bits``, or
+    ``packed``'s own INT4/INT8 weights into the float ``model`` = its twin), save mlx-lm's layout."""
     from mlx_lm.utils import load, quantize_model, save
 
     from autolite.export.hf import write_model_files
@@ -173,6 +206,9 @@ def _write_decoder(model, tokenizer, directory: Path, bits, group_size) -> None:
                 mlx_model, mlx_tok, config = load(src, return_config=True, lazy=True)
                 if bits:
                     mlx_model, config = quantize_model(mlx_model, config, group_size, bits)
+                elif packed is not None:
+                    config["quantization"] = _load_packed(mlx_model, packed)
+                    config["quantization_config"] = config["quantization"]
                 save(str(directory), src, mlx_model, mlx_tok, config)
         except (ValueError, TypeError, KeyError) as exc:  # what mlx-lm raises for configs/shapes it can't take
             raise UnsupportedExportError(
@@ -182,6 +218,28 @@ def _write_decoder(model, tokenizer, directory: Path, bits, group_size) -> None:
                 "export 'hf' or 'onnx' instead") from exc
         log.info("mlx-lm: %s", printed.getvalue().strip())
     add_top_level_rope_theta(directory, model.config)
+
+
+def _load_packed(mlx_model: Any, packed: torch.nn.Module) -> dict[str, Any]:
+    """Turn the mlx-lm model's matching layers into MLX quantized ones holding ``packed``'s exact codes,
+    scales and biases; returns the config's ``quantization`` (a per-layer entry for each)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from autolite.export.mlx_quant import mlx_arrays, packed_modules
+
+    gpt2 = packed.config.model_type == "gpt2"  # mlx-lm's GPT-2 names the body "model", not "transformer"
+    layers = {("model" + name[len("transformer"):] if gpt2 else name): mlx_arrays(m)
+              for name, m in packed_modules(packed).items()}
+    missing = sorted(set(layers) - {name for name, _ in mlx_model.named_modules()})
+    if missing:
+        raise UnsupportedExportError(f"mlx-lm's {packed.config.model_type} model has no layer {missing[0]} for "
+                                     "autolite's packed weights")
+    nn.quantize(mlx_model, class_predicate=lambda path, _: layers[path][1] if path in layers else False)
+    mlx_model.load_weights([(f"{path}.{key}", mx.array(value)) for path, (arrays, _) in layers.items()
+                            for key, value in arrays.items()], strict=False)
+    first = next(iter(layers.values()))[1]
+    return {**first, "mode": "affine", **{path: params for path, (_, params) in layers.items()}}
 
 
 def _runner(directory: Path, family: Any):
@@ -209,9 +267,10 @@ def _runner(directory: Path, family: Any):
     return lambda batch: {"logits": to_torch(model(mx.array(batch["input_ids"].numpy())))}
 
 
-def validate_mlx(run, model, tokenizer, family, precision: str, max_texts, bits=None, group_size=64):
+def validate_mlx(run, model, tokenizer, family, precision: str, max_texts, bits=None, group_size=64, packed=False):
     """Compare the MLX export with the torch model (encoders: mean-pooled embedding first); a quantized
-    export is also compared with its torch twin (:mod:`autolite.export.mlx_quant`)."""
+    export is also compared with its torch twin (:mod:`autolite.export.mlx_quant`); an export of autolite's
+    own INT4/INT8 weights (``packed``; ``model`` is then their FP32 dequantized twin) must match it."""
     from autolite.eval.forward import mean_pool
     from autolite.export.mlx_quant import quantized_twin
     from autolite.export.validate import validate_quantized
@@ -225,6 +284,10 @@ def validate_mlx(run, model, tokenizer, family, precision: str, max_texts, bits=
             return {"embedding": mean_pool(hidden, batch["attention_mask"]), "last_hidden_state": hidden}
         return reference
 
+    if packed:
+        return validate(run, outputs_of(model), tokenizer, Tolerance(max_rel_l2=1e-3), what=f"mlx {precision}",
+                        against="autolite's INT4/INT8 model (its dequantized weights, FP32 torch)",
+                        max_texts=max_texts)
     if not bits:
         return validate(run, outputs_of(model), tokenizer, FP32_TOLERANCE, what=f"mlx {precision}",
                         max_texts=max_texts)

@@ -1,0 +1,66 @@
+"""MLX export of autolite's own INT4/INT8 weights, as they are (no re-quantization)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import autolite
+from autolite.export import UnsupportedExportError
+from autolite.quant import WeightOnly
+
+mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'mlx[cpu]' mlx-lm): MLX export untested")
+
+
+def test_mlx_holds_our_int4_exactly(tmp_path, load_model):
+    """Asymmetric INT4 g32 (+ INT8 embedding): MLX's dequantized weights equal ours and the logits match."""
+    from mlx_lm import load
+
+    from autolite.quant.layers import WeightOnlyInt4Linear
+
+    model, tok, _ = load_model("tiny-llama")
+    quantized = autolite.compress(model, [WeightOnly(bits=4, group_size=32, symmetric=False, embedding=True)])
+    result = autolite.export(quantized, tok, tmp_path / "mlx", format="mlx", max_texts=3)
+    assert result.precision == "autolite-w4g32+w8" and result.validation.rel_l2 < 1e-5
+    config = json.loads((tmp_path / "mlx" / "config.json").read_text())
+    assert config["quantization"]["model.layers.0.mlp.down_proj"] == {"group_size": 32, "bits": 4}
+    assert config["quantization"]["model.embed_tokens"] == {"group_size": 64, "bits": 8}
+    mlx_model, _ = load(str(tmp_path / "mlx"))
+    layer = mlx_model.model.layers[0].self_attn.q_proj
+    ours = quantized.model.layers[0].self_attn.q_proj
+    assert isinstance(ours, WeightOnlyInt4Linear)
+    theirs = mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=32, bits=4)
+    np.testing.assert_array_equal(np.array(theirs), ours.dequantize(torch.float32).numpy())
+
+
+def test_mlx_packed_rejects_bits_and_encoders(tmp_path, load_model):
+    model, tok, _ = load_model("tiny-llama")
+    quantized = autolite.compress(model, [WeightOnly(bits=8, group_size=None)])
+    with pytest.raises(UnsupportedExportError, match="as they are for decoders only, without bits"):
+        autolite.export(quantized, tok, tmp_path / "a", format="mlx", bits=4)
+    bert, btok, _ = load_model("tiny-bert")
+    with pytest.raises(UnsupportedExportError, match="as they are for decoders only"):
+        autolite.export(autolite.compress(bert, [WeightOnly(bits=8, group_size=None)]), btok, tmp_path / "b",
+                        format="mlx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_mlx_smollm2_gptq_answers_as_our_int4(tmp_path):
+    """SmolLM2 w4g64 GPTQ exported as it is: logits match our INT4 model (rel L2 < 1e-3) and mlx-lm's greedy
+    answer to the capital question is the one our INT4 model gives."""
+    from mlx_lm import generate, load
+
+    model, tok, _ = autolite.load("smollm2")
+    quantized = autolite.compress(model, [WeightOnly(bits=4, group_size=64, method="gptq")], tokenizer=tok)
+    result = autolite.export(quantized, tok, tmp_path / "mlx", format="mlx", max_texts=8)
+    assert result.validation.passed and result.validation.rel_l2 < 1e-3
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     add_generation_prompt=True, tokenize=False)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = quantized.generate(ids, max_new_tokens=16, do_sample=False)
+    ours_text = tok.decode(ours[0, ids.shape[1]:], skip_special_tokens=True)
+    mlx_model, mlx_tok = load(str(tmp_path / "mlx"))
+    text = generate(mlx_model, mlx_tok, prompt=prompt, max_tokens=16)
+    assert "Paris" in ours_text and text.strip().startswith(ours_text.strip()[:20]), (text, ours_text)
