@@ -129,17 +129,15 @@ def _cut(model, family, ctx, config, target: str, groups: list, plan: dict, cut_
 
 def _samples(model: torch.nn.Module, family: Any, ctx: Any, samples: int) -> list:
     """Up to ``samples`` calibration texts in length-sorted batches (little padding), cached on the context."""
-    cache = getattr(ctx, "_prune_batches", None) or {}
-    if samples not in cache:
-        cache[samples] = calib_batches(model, family, ctx, samples=samples, by_length=True)
-        ctx._prune_batches = cache
-    return cache[samples]
+    if samples not in ctx.prune_batches:
+        ctx.prune_batches[samples] = calib_batches(model, family, ctx, samples=samples, by_length=True)
+    return ctx.prune_batches[samples]
 
 
 def _teacher(model: torch.nn.Module, config: Any, ctx: Any) -> torch.nn.Module | None:
     if not config.recover_steps:
         return None
-    teacher = getattr(ctx, "teacher", None)
+    teacher = ctx.teacher
     return teacher if teacher is not None else copy.deepcopy(model).eval()
 
 
@@ -153,9 +151,7 @@ def _count(model: torch.nn.Module) -> int:
 
 def _remember_scores(ctx: Any, target: str, scores: dict) -> None:
     """Keep the last scores on the context (the CLI plots them)."""
-    store = getattr(ctx, "prune_scores", None) or {}
-    store[target] = {k: [float(x) for x in v] for k, v in scores.items()}
-    ctx.prune_scores = store
+    ctx.prune_scores[target] = {k: [float(x) for x in v] for k, v in scores.items()}
 
 
 def _note(ctx, config, family, model, target, original, groups_fn, before) -> None:

@@ -134,9 +134,8 @@ def apply_int8_dynamic(model: nn.Module, config: Int8Dynamic, ctx: PassContext) 
     plan = _plan(model, config, ctx)
     for name, kernel in plan.items():
         common.set_module(model, name, DynamicInt8Linear.from_float(model.get_submodule(name), kernel))
-    config.layers = sorted(plan)  # recorded with the recipe: load rebuilds exactly these layers
     ctx.note(f"int8-dynamic: {len(plan)} linear layers quantized to INT8")
-    return model
+    return model, dataclasses.replace(config, layers=sorted(plan))  # recorded: load rebuilds exactly these
 
 
 def restore_int8_dynamic(model: nn.Module, config: Int8Dynamic, ctx: PassContext) -> nn.Module:

@@ -123,9 +123,9 @@ def apply_int8_static(model: nn.Module, config: Int8Static, ctx: PassContext) ->
             continue
         errors[name] = (error, observer)
         common.set_module(model, name, layer)
-    config.layers = sorted(errors)
-    _report(config, ctx, errors, kept_float)
-    return model
+    applied = dataclasses.replace(config, layers=sorted(errors))  # recorded: load rebuilds exactly these
+    _report(applied, ctx, errors, kept_float)
+    return model, applied
 
 
 def _report(config: Int8Static, ctx: PassContext, errors: dict[str, tuple[float, str]], kept: list[str]) -> None:

@@ -281,8 +281,8 @@ def _gptq_engine_layers(model: torch.nn.Module, config: MixedPrecision, plan: di
 
 @register_pass(MixedPrecision, restore=lambda m, c, ctx: _restore(m, c, ctx))
 def apply_mixed_precision(model: torch.nn.Module, config: MixedPrecision, ctx: PassContext) -> torch.nn.Module:
-    if not config.bits:
-        config.bits = plan_from_budget(model, config, ctx)  # recorded in the recipe: reload needs no analysis
+    if not config.bits:  # the plan is recorded in the recipe: reload needs no analysis
+        config = dataclasses.replace(config, bits=plan_from_budget(model, config, ctx))
     plan = resolve_bits(model, ctx.family, config)
     if not plan:
         raise RecipeError("mixed_precision bits map matches no linear of this model; check the layer names")
@@ -293,7 +293,7 @@ def apply_mixed_precision(model: torch.nn.Module, config: MixedPrecision, ctx: P
             w = weight_matrix(modules[name])
             set_weight_matrix(modules[name], dequantized(w, fmt, config.group_size, engine=False))
     if config.embedding:
-        config.embedding_layers = quantize_embeddings(model, KERNEL_MAX_ROWS)
+        config = dataclasses.replace(config, embedding_layers=quantize_embeddings(model, KERNEL_MAX_ROWS))
     packed = _gptq_engine_layers(model, config, engine_plan, ctx) if config.method == "gptq" else set()
     packed |= set(_swap_engine_layers(model, config, {n: f for n, f in engine_plan.items() if n not in packed},
                                       empty=False))
@@ -303,7 +303,7 @@ def apply_mixed_precision(model: torch.nn.Module, config: MixedPrecision, ctx: P
     ctx.note(f"mixed_precision ({config.method}): formats {dict(sorted(counts.items()))}; {len(packed)} linears "
              f"stored packed by the weight-only engine (INT4/INT8), {len(plan) - len(packed)} fake-quantized in "
              f"place (float storage){'; INT8 per-row embedding' if config.embedding_layers else ''}")
-    return model
+    return model, config
 
 
 def _restore(model: torch.nn.Module, config: MixedPrecision, ctx: PassContext) -> torch.nn.Module:

@@ -142,10 +142,11 @@ def _quantize_linears(model: nn.Module, targets: dict[str, nn.Module], config: W
 def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: PassContext) -> nn.Module:
     if config.layers is not None:
         common.check_layers_exist(model, config.layers)
-    config.embedding_layers = quantize_embeddings(model, config.kernel_max_rows) if config.embedding else None
+    embedding_layers = quantize_embeddings(model, config.kernel_max_rows) if config.embedding else None
     targets = dict(common.target_linears(model, include_head=config.include_head, skip=config.skip,
                                          layers=config.layers))
-    config.layers = _quantize_linears(model, targets, config, ctx)  # recorded: load rebuilds exactly these
+    layers = _quantize_linears(model, targets, config, ctx)
+    config = dataclasses.replace(config, layers=layers, embedding_layers=embedding_layers)  # recorded for load
     kernel = "_weight_int8pack_mm" if config.bits == 8 else "_weight_int4pack_mm_for_cpu"
     method = f", {config.method}" if config.bits == 4 else ""
     ctx.note(f"weight-only: {len(config.layers)} linear layers stored as INT{config.bits}{method} "
@@ -156,7 +157,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: PassContext) ->
     if config.embedding_layers:
         ctx.note(f"weight-only: INT8 per-row {', '.join(f'{n} ({k})' for n, k in config.embedding_layers.items())}"
                  " (lookup gathers INT8 rows; head runs aten._weight_int8pack_mm at decode)")
-    return model
+    return model, config
 
 
 def restore_weight_only(model: nn.Module, config: WeightOnly, ctx: PassContext) -> nn.Module:

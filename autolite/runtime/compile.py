@@ -41,14 +41,19 @@ class Compile(PassConfig):
             raise RecipeError(f"unknown torch.compile mode '{self.mode}'")
 
 
-def apply_compile(model: torch.nn.Module, config: Compile, ctx: PassContext) -> torch.nn.Module:
-    if config.freeze:
-        import torch._inductor.config as inductor_config
+def compile_options(config: Compile) -> dict:
+    """``torch.compile`` keywords for ``config``. Freezing goes in Inductor's per-compilation ``options``
+    (applied while the lazily built graph compiles), never into the process-wide Inductor config."""
+    if config.backend != "inductor" or not config.freeze:
+        return {"mode": config.mode}
+    mode = torch._inductor.list_mode_options(config.mode, config.dynamic) if config.mode else {}
+    return {"options": {**mode, "freezing": True}}
 
-        inductor_config.freezing = True
+
+def apply_compile(model: torch.nn.Module, config: Compile, ctx: PassContext) -> torch.nn.Module:
     model.eval()
     opaque = make_opaque(model)
-    model.compile(backend=config.backend, dynamic=config.dynamic, mode=config.mode)
+    model.compile(backend=config.backend, dynamic=config.dynamic, **compile_options(config))
     ctx.note(f"torch.compile(backend={config.backend}, freeze={config.freeze}): compiled on first call"
              + (f"; {opaque} INT8 engine layers run as opaque graph nodes (no graph breaks)" if opaque else ""))
     return model
