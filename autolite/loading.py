@@ -95,11 +95,17 @@ def _from_pretrained(model_cls: type, directory: Path) -> torch.nn.Module:
 
 
 def load_tokenizer(directory: Path) -> Any:
+    """The directory's tokenizer, checked to turn plain text into tokens (a broken one fails here, not later)."""
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(directory))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
     except Exception as exc:
         raise ModelLoadError(f"no usable tokenizer in {directory} ({str(exc).splitlines()[0]}); "
                              "save the tokenizer files next to the model") from exc
+    ids = tokenizer("The quick brown fox.", add_special_tokens=False)["input_ids"] if tokenizer is not None else []
+    if all(i == getattr(tokenizer, "unk_token_id", None) for i in ids):  # none, or only unknowns: no vocabulary
+        raise ModelLoadError(f"the tokenizer in {directory} is missing or empty (it turns text into no known "
+                             "tokens); save the tokenizer files (tokenizer.json or vocab files) next to the model")
+    return tokenizer
 
 
 def _package_dir(package: str, hint: str) -> Path:

@@ -99,3 +99,22 @@ def test_unsupported_architecture_dir(tmp_path):
 def test_gguf_missing_file(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         autolite.load(str(tmp_path / "model.gguf"))
+
+
+def test_a_model_dir_without_tokenizer_fails_at_load(tmp_path, load_model):
+    import autolite
+    from autolite.errors import ModelLoadError
+
+    model, _, _ = load_model("tiny-bert")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="tokenizer in .* is missing or empty"):
+        autolite.load(tmp_path)
+
+
+def test_bench_inputs_refuses_a_tokenizer_without_tokens(load_model):
+    from autolite.errors import DataError
+    from autolite.eval.bench import bench_inputs
+
+    _, tok, family = load_model("tiny-bert")
+    with pytest.raises(DataError, match="no tokens"):
+        bench_inputs(tok, family, 2, 8, texts=["   "])

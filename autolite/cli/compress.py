@@ -28,9 +28,9 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
 
     check_output_dir(out, overwrite=force)
     recipe_obj = load_recipe(recipe)
-    calib = load_texts(data, split="calib")
     with progress_bar(f"loading {model}"):
         original, tokenizer, family = autolite.load(model)
+    calib = load_texts(data, split="calib", label2id=original.config.label2id)  # label names -> the model's ids
     baseline = copy.deepcopy(original) if bench else None
     ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels,
                       shape=(batch, seq))
@@ -62,7 +62,8 @@ def _measure(baseline, small, tokenizer, family, model, recipe, ctx, batch, seq,
 
     with progress_bar("measuring before/after (interleaved)", total=runs) as advance:
         result = compare(baseline, small, tokenizer, family, batch=batch, seq=seq, runs=runs,
-                         data=load_texts(data, split="heldout" if data is None else "all"), progress=advance)
+                         data=load_texts(data, split="heldout" if data is None else "all",
+                                         label2id=small.config.label2id), progress=advance)
     result.update(model=model, family=family.name, recipe=recipe.to_dict(), notes=ctx.notes,
                   machine=probe().to_dict(), autolite_version=autolite.__version__,
                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

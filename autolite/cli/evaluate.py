@@ -25,7 +25,7 @@ def eval_command(model: str = MODEL_ARG,
         candidate, tokenizer, family = autolite.load(model)
     reference = reference or (getattr(candidate.config, "autolite", None) or {}).get("source")
     ref_model = autolite.load(reference)[0] if reference else None
-    texts = load_texts(data, split="heldout")
+    texts = load_texts(data, split="heldout", label2id=candidate.config.label2id)
     with progress_bar(f"evaluating on {texts.source}"):
         metrics = autolite.evaluate(candidate, tokenizer, reference=ref_model, data=texts, family=family,
                                     max_texts=max_texts, max_length=max_length)

@@ -46,15 +46,15 @@ def prune(model: str = MODEL_ARG,
     if ffn > 0:
         recipe.append(PruneFFN(ratio=ffn, importance=_ffn_importance(importance), scope=scope, round_to=round_to,
                                recover_steps=recover_steps, recover_lr=recover_lr))
-    calib = load_texts(data, split="calib")
     with progress_bar(f"loading {model}"):
         original, tokenizer, family = autolite.load(model)
+    calib = load_texts(data, split="calib", label2id=original.config.label2id)
     reference = copy.deepcopy(original)
     ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels)
     ctx.teacher = reference
     small = autolite.compress(original, recipe, tokenizer=tokenizer, family=family, ctx=ctx, inplace=True)
     small.config.autolite["source"] = model
-    held = load_texts(data, split="heldout" if data is None else "all")
+    held = load_texts(data, split="heldout" if data is None else "all", label2id=original.config.label2id)
     with progress_bar("fidelity vs the original"):
         fidelity = autolite.evaluate(small, tokenizer, reference=reference, data=held, family=family, max_texts=64)
     rows = _rows(reference, small, fidelity)

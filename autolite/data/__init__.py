@@ -47,8 +47,10 @@ def corpus(split: str = "all") -> TextData:
     return TextData(texts, None, f"corpus:{split}")
 
 
-def load_texts(path: str | Path | None = None, split: str = "all") -> TextData:
-    """Read texts (and labels) from a .txt (one text per line), .csv or .jsonl file; None = the corpus."""
+def load_texts(path: str | Path | None = None, split: str = "all", label2id: dict[str, int] | None = None) -> TextData:
+    """Read texts (and labels) from a .txt (one text per line), .csv or .jsonl file; None = the corpus.
+
+    Labels are class ids, or class names mapped through ``label2id`` (a model's ``config.label2id``)."""
     if path is None:
         return corpus(split)
     path = Path(path)
@@ -64,7 +66,7 @@ def load_texts(path: str | Path | None = None, split: str = "all") -> TextData:
         raise DataError(f"data file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if not texts:
         raise DataError(f"data file {path} holds no text; give at least one non-empty line/row")
-    return TextData(texts, labels, str(path))
+    return TextData(texts, _label_ids(labels, label2id, path), str(path))
 
 
 def _read_txt(path: Path) -> tuple[list[str], None]:
@@ -101,7 +103,21 @@ def _texts_and_labels(rows: list[dict], path: Path) -> tuple[list[str], list[int
     texts = [str(r["text"]).strip() for r in rows]
     if not rows or not all(r.get("label") not in (None, "") for r in rows):
         return texts, None
+    return texts, [r["label"] for r in rows]
+
+
+def _label_ids(labels: list | None, label2id: dict[str, int] | None, path: Path) -> list[int] | None:
+    """Class ids as given, or class names mapped through ``label2id`` (case-insensitive)."""
+    if labels is None:
+        return None
     try:
-        return texts, [int(r["label"]) for r in rows]
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{path}: labels must be integers (class ids), e.g. 0/1") from exc
+        return [int(label) for label in labels]
+    except (TypeError, ValueError):
+        pass
+    names = {str(name).lower(): int(i) for name, i in (label2id or {}).items()}
+    unknown = sorted({str(label) for label in labels if str(label).strip().lower() not in names})
+    if not names or unknown:
+        known = ", ".join(sorted(label2id or {})) or "no label2id given"
+        raise DataError(f"{path}: label(s) {unknown[:3] or sorted(set(map(str, labels)))[:3]} are neither class "
+                        f"ids nor names of the model's classes ({known})")
+    return [names[str(label).strip().lower()] for label in labels]

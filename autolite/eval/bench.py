@@ -19,6 +19,7 @@ import torch
 
 from autolite.arch import ArchSpec
 from autolite.data import corpus
+from autolite.errors import DataError
 from autolite.eval.energy import EnergyMeter, summarize
 from autolite.eval.forward import ensure_pad_token, model_device, model_inputs
 
@@ -71,6 +72,8 @@ def bench_inputs(tokenizer: Any, family: ArchSpec, batch: int, seq: int,
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(ids) >= batch * seq:
             break
+    if not ids:  # else the loop below would extend an empty list forever
+        raise DataError("the tokenizer turned the texts into no tokens; is the model directory's tokenizer complete?")
     while len(ids) < batch * seq:
         ids.extend(ids)
     input_ids = torch.tensor(ids[: batch * seq]).view(batch, seq)

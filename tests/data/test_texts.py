@@ -31,7 +31,7 @@ def test_csv_without_labels_has_none(tmp_path):
     ("empty.txt", "\n\n", "holds no text"),
     ("nocol.csv", "sentence,label\nhi,1\n", "needs a 'text' column"),
     ("bad.jsonl", '{"text": "a"}\nnot json\n', "bad.jsonl:2 is not valid JSON"),
-    ("labels.csv", "text,label\nhi,positive\n", "labels must be integers"),
+    ("labels.csv", "text,label\nhi,positive\n", "neither class ids nor names"),
     ("data.parquet", "x", "must be .txt, .csv or .jsonl"),
 ])
 def test_bad_data_files(tmp_path, name, content, message):
@@ -47,3 +47,11 @@ def test_missing_and_non_utf8(tmp_path):
     (tmp_path / "latin.txt").write_bytes(b"caf\xe9\n")
     with pytest.raises(DataError, match="not UTF-8"):
         load_texts(tmp_path / "latin.txt")
+
+
+def test_label_names_map_through_label2id(tmp_path):
+    (tmp_path / "named.csv").write_text("text,label\ngood,Positive\nbad,negative\n")
+    assert load_texts(tmp_path / "named.csv", label2id={"negative": 0, "positive": 1}).labels == [1, 0]
+    with pytest.raises(DataError, match=r"\['Positive'\] are neither class ids nor names of the model's classes "
+                                        r"\(LABEL_0, negative\)"):
+        load_texts(tmp_path / "named.csv", label2id={"LABEL_0": 0, "negative": 1})
