@@ -1,0 +1,213 @@
+"""The peers a user could pick instead, and autolite's presets, timed on the same inputs in one process.
+
+    python benchmarks/peers.py                                    # every model and shape (long on 2 cores)
+    python benchmarks/peers.py --models random:bert-base minilm --shapes 32x128 1x128
+    python benchmarks/peers.py --render                           # only rewrite docs/PEERS.md from the JSON
+
+Per (model, shape): every contender is built and warmed, then all are timed round-robin with PyTorch FP32
+eager (A B C ... A B C ..., medians after warm-up), so load on the machine hits them alike. Peers: PyTorch FP32
+eager, ``torch.compile`` (Inductor, freezing) in FP32 and BF16 (BF16 only where the CPU runs it natively),
+ONNX Runtime FP32 and dynamic INT8 (transformer optimizer fusions; ``quantize_dynamic``), OpenVINO (its
+default precision, and INT8 by NNCF post-training quantization on the calibration texts). The ONNX Runtime and
+OpenVINO peers go through the same tool calls a user makes (autolite's backend passes make exactly these
+calls). Ours: the ``default`` and ``int8-dynamic`` presets and ``fast-dense`` (its search measured fresh, at the
+same shape, its time recorded). Each row: median ms, speedup over FP32 eager, ratio to the best peer, cosine
+of mean-pooled embeddings vs FP32 on held-out corpus texts, memory the model holds. A peer whose package is
+not installed is skipped with a note (once). Writes benchmarks/results/peers/<model>-b<B>x<S>.json and
+docs/PEERS.md (rendered from every JSON there).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import autolite
+from autolite.data import load_texts
+from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
+from autolite.passes import PassContext
+from autolite.runtime.dense_search import build as build_recipe
+from autolite.runtime.fast_dense import FastDense
+from autolite.runtime.hardware import probe
+from autolite.runtime.precision import native_dtypes
+from make_docs import render_peers  # benchmarks/make_docs.py (this script's folder is on sys.path)
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "peers"
+DOC = ROOT / "docs" / "PEERS.md"
+MODELS = ["random:bert-base", "random:roberta-large", "random:t5-small", "minilm"]
+SHAPES = ["32x128", "1x128"]
+log = logging.getLogger("peers")
+
+# name -> (who makes it, "peer" | "ours", how to build it: passes, or a callable on the FP32 model)
+PEERS: dict[str, tuple[str, str, Any]] = {
+    "torch.compile FP32 (freezing)": ("PyTorch", "peer", "compile-fp32"),
+    "torch.compile BF16 (freezing)": ("PyTorch", "peer", "compile-bf16"),
+    "ONNX Runtime FP32 (fused)": ("ONNX Runtime", "peer", [{"pass": "onnxruntime", "precision": "fp32"}]),
+    "ONNX Runtime INT8 (fused, dynamic)": ("ONNX Runtime", "peer", [{"pass": "onnxruntime", "precision": "int8"}]),
+    "OpenVINO default": ("OpenVINO", "peer", [{"pass": "openvino", "precision": "auto"}]),
+    "OpenVINO INT8 (NNCF)": ("OpenVINO", "peer", [{"pass": "openvino", "precision": "int8"}]),
+    "autolite default": ("autolite", "ours", "default"),
+    "autolite int8-dynamic": ("autolite", "ours", "int8-dynamic"),
+    "autolite fast-dense": ("autolite", "ours", "fast-dense"),
+}
+REQUIRES = {"ONNX Runtime": ("onnxruntime", "onnx"), "OpenVINO": ("openvino",)}
+
+
+def torch_compiled(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """What a PyTorch user does: cast, ``torch.compile`` with Inductor freezing (weights as constants)."""
+    model = copy.deepcopy(model).to(dtype).eval()
+    torch._dynamo.reset()
+    return torch.compile(model, options={"freezing": True})
+
+
+def missing_package(tool: str) -> str | None:
+    import importlib.util
+
+    for name in REQUIRES.get(tool, ()):
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
+def build_contender(name: str, how: Any, model, tok, family, ctx: PassContext, shape) -> tuple[Any, dict]:
+    """(model or the reason it was skipped, extra facts) for one contender."""
+    if how == "compile-bf16" and "bf16" not in native_dtypes(torch.device("cpu")):
+        return "BF16 is not native on this CPU", {}
+    if how in ("compile-fp32", "compile-bf16"):
+        return torch_compiled(model, torch.bfloat16 if how == "compile-bf16" else torch.float32), {}
+    if how == "fast-dense":
+        inner = PassContext(family=family, tokenizer=tok, calib=ctx.calib, shape=shape)
+        config = FastDense(batch=shape[0], seq=shape[1], use_cache=False)
+        built = autolite.compress(model, [config], tokenizer=tok, family=family, ctx=inner)
+        note = next((n for n in inner.notes if n.startswith("fast-dense at")), "")
+        searched = re.search(r"measured in (\d+) s", note)
+        return built, {"note": note, "search_s": int(searched.group(1)) if searched else None}
+    passes = how if isinstance(how, list) else [p.to_dict() for p in autolite.load_recipe(how).passes]
+    return build_recipe(model, passes, ctx), {}
+
+
+def cosine(candidate, model, tok, family, seq: int) -> float | None:
+    heldout = load_texts(None, split="heldout")
+    result = autolite.evaluate(candidate, tok, reference=model, data=heldout, family=family, max_texts=32,
+                               max_length=seq)
+    return result.get("cosine")
+
+
+def cpu_times() -> tuple[float, float]:
+    """(total jiffies, steal jiffies) from /proc/stat (0, 0 where unreadable)."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return sum(fields), fields[7] if len(fields) > 7 else 0.0
+
+
+def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, skipped_tools: dict) -> dict:
+    """Build every contender for ``spec`` at ``batch x seq`` and time them round-robin with FP32 eager."""
+    model, tok, family = autolite.load(spec)
+    if family.kind != "encoder":
+        return {"model": spec, "batch": batch, "seq": seq, "skipped": f"a {family.kind} model: the engines here "
+                "take encoder families (the T5 encoder stack alone is not one of them yet)"}
+    calib = load_texts(None, split="calib").texts
+    ctx = PassContext(family=family, tokenizer=tok, calib=calib, shape=(batch, seq))
+    inputs = bench_inputs(tok, family, batch, seq)
+    fns: dict[str, Callable] = {"PyTorch FP32 eager": forward_fn(model, family, inputs)}
+    rows: dict[str, dict] = {"PyTorch FP32 eager": {"tool": "PyTorch", "side": "peer",
+                                                    "held_mb": round(model_size(model)[0], 1), "cosine": 1.0}}
+    for name in sorted(PEERS, key=lambda n: n != "autolite fast-dense"):  # its search first: nothing cached yet
+        tool, side, how = PEERS[name]
+        if only and name not in only:
+            continue
+        package = missing_package(tool)
+        if package:
+            skipped_tools.setdefault(tool, f"{tool} not installed (pip install 'autolite[peers]'): skipped")
+            rows[name] = {"tool": tool, "side": side, "skipped": f"{package} not installed"}
+            continue
+        start = time.perf_counter()
+        built, extra = build_contender(name, how, model, tok, family, ctx, (batch, seq))
+        if isinstance(built, str):
+            rows[name] = {"tool": tool, "side": side, "skipped": built}
+            continue
+        fns[name] = forward_fn(built, family, inputs)
+        fns[name]()  # compile / first call now, before the next contender resets dynamo
+        rows[name] = {"tool": tool, "side": side, "build_s": round(time.perf_counter() - start, 1), **extra,
+                      "held_mb": round(model_size(built)[0], 1),
+                      "cosine": cosine(built, model, tok, family, seq)}
+        log.info("built %s in %.1f s", name, rows[name]["build_s"])
+    rows = {name: rows[name] for name in ["PyTorch FP32 eager", *PEERS] if name in rows}  # display order
+    total0, steal0 = cpu_times()
+    load0 = os.getloadavg()[0]
+    samples = interleaved(fns, runs=runs, warmup=1)
+    total1, steal1 = cpu_times()
+    eager = _median(samples["PyTorch FP32 eager"])
+    for name, values in samples.items():
+        rows[name].update(median_ms=round(_median(values), 2), speedup=round(eager / _median(values), 3),
+                          samples_ms=[round(v, 2) for v in values])
+    return {"model": spec, "batch": batch, "seq": seq, "runs": runs, "threads": torch.get_num_threads(),
+            "rows": rows, "floor": _floor(model, batch * seq, eager),
+            "load": {"loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
+                     "cpu_steal_share": round((steal1 - steal0) / max(total1 - total0, 1.0), 4)},
+            "machine": probe().to_dict(), "command": " ".join(["python", "benchmarks/peers.py", *sys.argv[1:]]),
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _floor(model: torch.nn.Module, tokens: int, eager_ms: float) -> dict[str, Any]:
+    """The dense floor from the machine's measured GEMM peaks (``autolite bench --roofline``'s)."""
+    from autolite.runtime.roofline import dense_floor, measure_peaks
+
+    peaks = measure_peaks()
+    return {"peaks": {k: v for k, v in peaks.items() if k != "int8_kernels"},
+            **dense_floor({"rows": {}}, peaks, model, tokens), "fp32_eager_ms": round(eager_ms, 2)}
+
+
+def slug(spec: str, batch: int, seq: int) -> str:
+    return f"{spec.split(':')[-1]}-b{batch}x{seq}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BATCHxSEQ, e.g. 32x128")
+    parser.add_argument("--runs", type=int, default=None, help="timed rounds (default: 5 at batch >= 8, else 20)")
+    parser.add_argument("--only", nargs="+", default=None, help="contender names (FP32 eager always runs)")
+    parser.add_argument("--render", action="store_true", help="only rewrite docs/PEERS.md from the JSON")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON folder (and, with --doc, the doc)")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("autolite", "torch", "transformers", "nncf", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not args.render:
+        skipped: dict[str, str] = {}
+        for spec in args.models:
+            for shape in args.shapes:
+                batch, seq = (int(v) for v in shape.lower().split("x"))
+                runs = args.runs or (5 if batch >= 8 else 20)
+                result = run_one(spec, batch, seq, runs, args.only, skipped)
+                args.results.mkdir(parents=True, exist_ok=True)
+                out = args.results / f"{slug(spec, batch, seq)}.json"
+                out.write_text(json.dumps(result, indent=1))
+                log.info("wrote %s", out)
+        for note in skipped.values():
+            log.warning(note)
+    args.doc.write_text(render_peers(sorted(args.results.glob("*.json"))))
+    print(f"wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
