@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench bench-peers clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/make_docs.py
+
+# The peers (PyTorch compile, ONNX Runtime, OpenVINO) against autolite, same machine, one run; long on 2 cores
+bench-peers: setup
+	$(BIN)/python benchmarks/peers.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
