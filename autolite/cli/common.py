@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,9 +39,16 @@ JSON_OPT = typer.Option(None, "--json", callback=output_file, help="Also write t
 
 
 def positive(value: float | None) -> float | None:
-    """typer callback: a number that must be > 0 (typer's min cannot say "open")."""
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"{value:g} is not > 0")
+    """typer callback: a finite number > 0 (typer's min cannot say "open", and lets NaN through)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value:g} is not a finite number > 0")
+    return value
+
+
+def non_negative(value: float) -> float:
+    """typer callback: a finite number >= 0."""
+    if not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value:g} is not a finite number >= 0")
     return value
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import typer
 
@@ -29,6 +31,7 @@ def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL
     from autolite.serve.loadgen import check_loopback_url, default_bodies, run_load, short_sentences
 
     target = check_loopback_url(url)
+    _check_listening(target)
     texts = short_sentences(load_texts(data).texts, max_words)
     if encoding_format not in ("float", "base64"):
         raise AutoliteError(f"--encoding-format must be float or base64, not '{encoding_format}'")
@@ -41,6 +44,19 @@ def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL
     if json_out:
         write_json_atomic(json_out, summary)
         console.print(f"wrote {json_out}")
+    if not summary["ok"]:
+        raise AutoliteError(f"no request succeeded ({summary['error_kinds']}); latencies are undefined")
+
+
+def _check_listening(target: str) -> None:
+    """One line, before any load, when nothing listens at ``target``."""
+    parts = urlsplit(target)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as exc:
+        raise AutoliteError(f"no server answers at {parts.hostname}:{port} ({exc.strerror or exc}); start one with "
+                            "`autolite serve MODEL --port N`") from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import typer
 
-from autolite.cli.common import MODEL_ARG, flag, positive
+from autolite.cli.common import MODEL_ARG, flag, non_negative, positive
 
 
 def serve(model: str = MODEL_ARG,
           host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
           port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free port, printed)."),
           max_batch_size: int = typer.Option(32, min=1, help="Texts per forward; 1 = no batching."),
-          max_wait_ms: float = typer.Option(5.0, min=0, help="How long the oldest text may wait for a fuller batch."),
+          max_wait_ms: float = typer.Option(5.0, callback=non_negative, help="How long the oldest text may wait for a fuller batch."),
           workers: int = typer.Option(1, min=1, help="Model workers (threads sharing the weights), cores split "
                                                      "between them."),
           threads: int = typer.Option(None, min=1, help="Intra-op threads per worker (default: its CPU count)."),
