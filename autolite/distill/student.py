@@ -15,6 +15,7 @@ from torch import nn
 
 from autolite.arch import ArchSpec, base_model
 from autolite.errors import RecipeError, UnsupportedArchitectureError
+from autolite.eval.forward import run_model, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def search_layers(teacher: nn.Module, family: ArchSpec, keep: int, tokenizer: An
     evenly spread layers when still too many). Score: pooled-embedding cosine (encoders) or minus the
     next-token KL (decoders). Returns (layers, score).
     """
-    from autolite.eval.forward import run_model, tokenize
-
     total = len(family.layers(teacher))
     even = select_layers(total, keep)  # also validates keep
     combos = list(itertools.combinations(range(total), keep))

@@ -31,12 +31,12 @@ def test_training_texts_add_the_distill_corpus_and_never_the_heldout_split():
 
 
 def test_distill_verb_adds_the_extra_text_when_asked():
-    from autolite.cli.distill import _data
+    from autolite.distill.workflow import training_data
 
-    train, heldout = _data(None, extra_text=True)
+    train, heldout = training_data(None, extra_text=True)
     assert train.source == "corpus:calib+distill-corpus" and heldout.texts == corpus("heldout").texts
     assert len(train) == len(corpus("calib")) + len(distill_corpus())
-    assert _data(None)[0].texts == corpus("calib").texts  # default: the calibration split only
+    assert training_data(None)[0].texts == corpus("calib").texts  # default: the calibration split only
 
 
 def test_calib_share_repeats_the_in_domain_sentences():
