@@ -85,8 +85,10 @@ def _gpt2_layer(block: nn.Module) -> Layer:
 class Decoder:
     """A causal LM's functional forward over a static cache, plus the generation loop; see the module doc."""
 
+    FAMILIES = ("llama", "gpt2")
+
     def __init__(self, model: nn.Module, family: ArchSpec, *, compile: bool = True, prefill_chunk: int = 64) -> None:
-        if family.kind != "decoder" or family.name not in ("llama", "gpt2"):
+        if family.kind != "decoder" or family.name not in self.FAMILIES:
             raise UnsupportedArchitectureError(f"the decode loop runs Llama-like decoders and GPT-2, not {family.name}")
         self.model, self.family, self.prefill_chunk = model.eval(), family, prefill_chunk
         base, config = base_model(model), model.config

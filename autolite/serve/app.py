@@ -20,6 +20,7 @@ from autolite.runtime.threads import (WorkerPlan, calibrate_threads, pin_current
                                       thread_candidates)
 from autolite.serve import schemas as S
 from autolite.serve.batcher import Batcher, ShuttingDownError
+from autolite.serve.decode_batcher import DecodeBatcher, decode_batcher_for
 from autolite.serve.engine import Engine, GenerateParams
 from autolite.serve.http import LimitAndMeasure, TooManyTextsError, check_api_key, install_error_handlers
 from autolite.serve.metrics import ServeMetrics
@@ -47,6 +48,9 @@ class ServeConfig:
     truncate: bool = False
     normalize: bool = True
     api_key: str | None = None
+    continuous_batching: bool = False  # decoders: autolite's decode loop, rows join/leave between steps
+    decode_slots: int = 8  # rows of its KV cache (concurrent generations)
+    decode_compile: bool = True  # torch.compile its one-token step (at start-up)
 
     def __post_init__(self) -> None:
         checks = [(self.max_batch_size >= 1, "--max-batch-size must be >= 1"),
@@ -55,7 +59,7 @@ class ServeConfig:
                   (self.max_body_bytes >= 1024, "--max-body-bytes must be >= 1024"),
                   (self.max_texts >= 1, "--max-texts must be >= 1"), (self.max_new_tokens >= 1, "max_new_tokens >= 1"),
                   (self.max_tokens is None or self.max_tokens >= 2, "--max-tokens must be >= 2"),
-                  (self.workers >= 1, "--workers must be >= 1"),
+                  (self.workers >= 1, "--workers must be >= 1"), (self.decode_slots >= 1, "decode_slots >= 1"),
                   (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
                   (self.api_key is None or len(self.api_key) >= 8, "--api-key must have at least 8 characters")]
         for ok, message in checks:
@@ -78,12 +82,15 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
                           executors=[_executor(plan, config.pin) for plan in plans], metrics=metrics)
         await batcher.start()
         await _warm_up(engine, batcher, plans, config, state)
-        state.update(status="ok", batcher=batcher)
+        decode = await _start_decode_batcher(engine, config, metrics) if config.continuous_batching else None
+        state.update(status="ok", batcher=batcher, decode=decode)
         log.info("serving %s: %s", engine.name, " | ".join(state["workers"]))
         try:
             yield
         finally:
             state["status"] = "draining"
+            if decode is not None:
+                await decode.stop()
             await batcher.stop()
 
     app = FastAPI(title="autolite server", version="1", lifespan=lifespan,
@@ -95,6 +102,16 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     routes = {"/v1/embeddings", "/v1/classify", "/v1/completions", "/health", "/metrics"}
     app.add_middleware(LimitAndMeasure, max_body_bytes=config.max_body_bytes, metrics=metrics, routes=routes)
     return app
+
+
+async def _start_decode_batcher(engine: Engine, config: ServeConfig, metrics: ServeMetrics) -> DecodeBatcher | None:
+    """The continuous batcher for a decoder the decode loop runs (compiled and warmed up), else None."""
+    decode = await asyncio.to_thread(
+        decode_batcher_for, engine, slots=config.decode_slots, compile=config.decode_compile,
+        max_new_tokens=config.max_new_tokens, max_queue=config.max_queue, timeout_s=config.timeout_s, metrics=metrics)
+    if decode is not None:
+        await decode.start()
+    return decode
 
 
 def _executor(plan: WorkerPlan, pin: bool) -> ThreadPoolExecutor:
@@ -194,9 +211,10 @@ def _add_completion_route(app: FastAPI, engine: Engine, config: ServeConfig, sta
         room = engine.context_length - req.max_tokens if engine.family.kind == "decoder" else engine.max_tokens
         ids = await _tokenize(engine, config, prompts, max(2, min(engine.max_tokens, room)))
         params = GenerateParams(req.max_tokens, req.temperature, req.top_p, req.seed)
+        target = state.get("decode") or _batcher(state)  # continuous batching when on for this decoder
         if req.stream:
-            return await stream_completions(_batcher(state), ("generate", params), ids, engine.name, metrics)
-        outs = await _batcher(state).submit(("generate", params), ids, [len(i) for i in ids])
+            return await stream_completions(target, ("generate", params), ids, engine.name, metrics)
+        outs = await target.submit(("generate", params), ids, [len(i) for i in ids])
         choices = [{"index": i, "text": o["text"], "finish_reason": o["finish_reason"], "logprobs": None}
                    for i, o in enumerate(outs)]
         usage = _usage(ids, completion=sum(o["tokens"] for o in outs))

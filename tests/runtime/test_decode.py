@@ -136,3 +136,22 @@ def test_compiled_step_matches_hf(name):
     decoder = Decoder(model, family, compile=True)
     for n in (12, 140):  # the second crosses an attention-window boundary (dynamic window)
         assert generate(decoder, tok, ids, n).tokens == _hf_greedy(model, ids, n)
+
+
+def test_generate_cli(run_cli, tmp_path):
+    import json
+
+    out = tmp_path / "g.json"
+    code, stdout, stderr = run_cli("generate", "random:tiny-llama", "--prompt", PROMPT, "--max-tokens", "6",
+                                   "--eager", "--json", str(out))
+    assert code == 0, stderr
+    data = json.loads(out.read_text())
+    assert data["completion_tokens"] == 6 and data["text"].strip() in stdout and "tokens/s" in stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-tokens", "0"], "--max-tokens"), (["--max-tokens", "100000"], "over the limit"),
+    (["--max-tokens", "600"], "context"), (["--top-p", "0"], "top_p"), (["--nucleus", "3"], "--nucleus")])
+def test_generate_cli_bad_input(run_cli, args, message):
+    code, _, stderr = run_cli("generate", "random:tiny-llama", "--prompt", PROMPT, "--eager", *args)
+    assert code in (1, 2) and message in stderr and "Traceback" not in stderr
