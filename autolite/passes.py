@@ -36,6 +36,7 @@ BUILTIN_PASS_MODULES = [
     "autolite.dynamic.early_exit",
     "autolite.dynamic.router",
     "autolite.dynamic.head_select",
+    "autolite.runtime.act_sparsity",
 ]
 
 # A handler returns the model, or ``(model, applied_config)`` when it fills in config fields (the layers it
