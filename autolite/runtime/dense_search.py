@@ -7,9 +7,9 @@ those, and race each against the leader so a loser stops after a run or two.
    (INT8 for quantized candidates, BF16 for BF16 ones, else FP32). Other backends' kernels may beat torch's
    measured peak by a margin, so the bound is taken ``FLOOR_SLACK`` lower. Candidates are tried
    lowest floor first; one whose floor is above the leader's median is skipped unbuilt ("cannot win").
-3. **Race** (successive halving over runs): the baseline runs once per round, interleaved with the
-   candidate; each round doubles the candidate's runs (1, 2, 4, ... up to ``runs``) and the candidate stops
-   as soon as its fastest run is slower than the leader's median.
+3. **Race** (successive halving over runs): each round doubles the candidate's runs (1, 2, 4, ... up to
+   ``runs``) and the candidate stops as soon as its fastest run is slower than the leader's median. The FP32
+   baseline (the slowest model, only needed for the reported speedups) runs once next to each candidate.
 4. **Fidelity** is checked before a candidate is timed (a candidate out of bounds is never timed), and the
    whole search respects ``budget_s``: once spent, the remaining candidates are skipped with that reason.
 """
@@ -133,7 +133,8 @@ def predicted_floors(candidates: list[tuple[str, list[dict]]], gflop: float, pea
 
 
 class Race:
-    """Times candidates against the baseline and a leader; one round = 1 baseline run + k candidate runs."""
+    """Times candidates against the baseline and a leader: the baseline runs once next to each candidate's
+    first round (what its speedup is measured against; it is the slowest model here), the rounds double."""
 
     def __init__(self, baseline_fn: Callable[[], Any], runs: int) -> None:
         self.baseline_fn, self.runs = baseline_fn, runs
@@ -148,7 +149,8 @@ class Race:
         samples: list[float] = []
         k = 1
         while len(samples) < self.runs:
-            self.baseline_ms.append(time_once("baseline", self.baseline_fn))
+            if k == 1:
+                self.baseline_ms.append(time_once("baseline", self.baseline_fn))
             samples += [time_once(name, fn) for _ in range(min(k, self.runs - len(samples)))]
             if self.leader and min(samples) > self.leader[1]:
                 break
