@@ -18,9 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +27,7 @@ import torch
 
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError
+from autolite.io import write_json_atomic
 from autolite.passes import PassContext
 
 log = logging.getLogger(__name__)
@@ -70,15 +69,6 @@ def read_json(path: Path, required: tuple[str, ...]) -> dict | None:
     return data
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)
-
-
 def machine_peaks(measure: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """FP32 / BF16 / INT8 GEMM peaks of this machine (GFLOP/s, GOP/s), measured once and cached."""
     from autolite.loading import cache_root
@@ -89,7 +79,7 @@ def machine_peaks(measure: Callable[[], dict[str, Any]] | None = None) -> dict[s
     if peaks is None or not all(isinstance(v, (int, float)) and v > 0
                                 for v in (peaks["gemm_gflops"], peaks["int8_gemm_gops"])):
         peaks = (measure or measure_peaks)()
-        write_json_atomic(path, peaks)
+        write_json_atomic(path, peaks, indent=1)
     return peaks
 
 
@@ -216,16 +206,24 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
         verdict = fidelity_ok(evaluate(candidate, ctx.tokenizer, reference=model, data=texts, family=ctx.family,
                                        max_texts=32, max_length=seq))
         if verdict["ok"]:
-            fn = forward_fn(candidate, ctx.family, inputs)
-            fn()  # warm-up (and compilation)
-            verdict.update(race.run(name, fn))
-            verdict["speedup"] = round(race.baseline_median() / verdict["median_ms"], 3)
-            verdict["baseline_ms"] = round(race.baseline_median(), 2)
+            verdict.update(_timed(name, forward_fn(candidate, ctx.family, inputs), race, batch, seq))
         verdict["search_s"] = round(time.perf_counter() - began, 3)  # build + compile + fidelity + timing
         measured[name] = verdict
         log.info("fast-dense candidate %s: %s", name, verdict)
         del candidate
     return measured
+
+
+def _timed(name: str, fn: Callable[[], Any], race: Race, batch: int, seq: int) -> dict[str, Any]:
+    """Warm ``fn`` up (compiles) and race it; a backend that cannot run this shape is skipped with why."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - engines raise their own types; the candidate is skipped, said why
+        return {"skipped": f"cannot run batch {batch} x seq {seq}: {str(exc).splitlines()[0][:200]}", "ok": False}
+    verdict = race.run(name, fn)
+    verdict["speedup"] = round(race.baseline_median() / verdict["median_ms"], 3)
+    verdict["baseline_ms"] = round(race.baseline_median(), 2)
+    return verdict
 
 
 def _skip_reason(floor: float, race: Race, spent: float, budget_s: float) -> str | None:

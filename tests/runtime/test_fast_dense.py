@@ -157,3 +157,12 @@ def test_compiled_candidates_do_not_hit_the_recompile_limit(load_model, caplog, 
     with torch._dynamo.config.patch(recompile_limit=1):  # same mechanism, fewer compiles
         assert not _compiled_candidates_hit_limit(model, family, tok, caplog, True, monkeypatch)
     torch._dynamo.reset()
+
+
+def test_a_shape_a_backend_cannot_take_is_skipped_with_the_reason():
+    def fails():
+        raise RuntimeError("Got invalid dimensions for input: input_ids\nmore detail")
+    race = dense_search.Race(lambda: None, runs=2)
+    verdict = dense_search._timed("ort-int8", fails, race, 4, 1024)
+    assert verdict["ok"] is False and verdict["skipped"].startswith("cannot run batch 4 x seq 1024: Got invalid")
+    assert race.leader is None
