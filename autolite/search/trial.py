@@ -22,7 +22,6 @@ import torch
 
 import autolite
 from autolite.config import PassConfig
-from autolite.errors import AutoliteError
 from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
 from autolite.passes import PassContext, compress
 from autolite.runtime.fast_dense import fresh_compile_cache
@@ -159,6 +158,6 @@ def run_safely(worker: Worker, params: dict[str, Any], gate: dict[str, Any]) -> 
         return {"state": "complete", "attrs": worker.run(params, gate)}
     except Pruned as exc:
         return {"state": "pruned", "attrs": exc.attrs}
-    except (AutoliteError, RuntimeError, ValueError) as exc:  # a candidate this model/machine cannot run
+    except Exception as exc:  # a candidate that cannot run here (a pass combination, a backend) is a failed trial
         log.info("trial %s failed: %s", params, exc)
         return {"state": "failed", "attrs": {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}}
