@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from autolite.errors import AutoliteError, CorruptWeightsError
 
@@ -37,6 +38,32 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` (same suffix); rename it onto ``target`` only on success.
+
+    On any error the temporary file is removed, so ``target`` is never half-written.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp makes it private; the result is an ordinary output file
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int = 2) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (values JSON cannot hold are written as strings)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent, default=str), encoding="utf-8")
 
 
 def check_safetensors(directory: Path) -> list[Path]:

@@ -1,9 +1,7 @@
 """Options and helpers shared by the CLI verbs."""
 from __future__ import annotations
 
-import json
 import math
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autolite.io import write_json_atomic  # noqa: F401 - the verbs' --json writer
 from autolite.paths import check_output_file
 
 # Every option declares its type and range once, here or in its verb's signature (typer min/max): the
@@ -82,16 +81,3 @@ def rows_table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]
     for row in rows:
         table.add_row(*row)
     return table
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename (never half-written; the temporary is removed on
-    any failure, signals included)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -1,10 +1,11 @@
 """Per-layer importance plot: a heads heatmap and the spread of FFN neuron scores per layer."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from autolite.io import atomic_file
 
 
 def plot_importance(scores: dict[str, dict[str, list[float]]], path: str | Path, title: str = "") -> Path:
@@ -42,8 +43,7 @@ def plot_importance(scores: dict[str, dict[str, list[float]]], path: str | Path,
     fig.suptitle(title or "importance per layer (low = pruned first)")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -32,7 +32,8 @@ from autolite.errors import RecipeError
 from autolite.passes import PassContext, apply_pass, handler_for, register_pass
 from autolite.runtime import dense_search
 from autolite.runtime.dense_search import build as _build  # noqa: F401 - the benchmarks' candidate builder
-from autolite.runtime.dense_search import fresh_compile_cache, machine_key, read_json, write_json_atomic
+from autolite.io import write_json_atomic
+from autolite.runtime.dense_search import fresh_compile_cache, machine_key, read_json
 
 log = logging.getLogger(__name__)
 SEARCH_VERSION = 2  # bump when the search changes what a cached decision means (2: predicted floors + race)
@@ -169,7 +170,7 @@ def apply_fast_dense(model: torch.nn.Module, config: FastDense, ctx: PassContext
     decision = _load_decision(path) if config.use_cache else None
     if decision is None:
         decision = measure(model, config, ctx)
-        write_json_atomic(path, decision)
+        write_json_atomic(path, decision, indent=1)
         source = f"measured in {decision['search_s']:.0f} s, {decision['search_cpu_s']:.0f} CPU s"
     else:
         source = f"cached ({path.name})"
