@@ -67,4 +67,5 @@ def _print_routing(routing: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(bench)
+    app.command(epilog="Example: autolite bench random:bert-base --recipe ort-int8 --batch 32 --seq 128 "
+                         "--json bench.json")(bench)

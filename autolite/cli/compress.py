@@ -71,4 +71,4 @@ def _measure(baseline, small, tokenizer, family, model, recipe, ctx, batch, seq,
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(compress)
+    app.command(epilog="Example: autolite compress minilm --recipe int8-dynamic --out minilm-int8/")(compress)

@@ -32,9 +32,13 @@ def eval_command(model: str = MODEL_ARG,
     metrics.update(model=model, reference=reference)
     rows = [(key, f"{value:.6g}" if isinstance(value, float) else str(value)) for key, value in metrics.items()]
     console.print(rows_table(f"{model} vs {reference or 'no reference'}", ("metric", "value"), rows))
+    if reference is None:
+        console.print("  note: no reference, so only the model's own metrics; pass --reference MODEL (a compressed "
+                      "model records its source and is compared with it by default)")
     if json_out:
         write_json_atomic(json_out, metrics)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    app.command("eval", epilog="Example: autolite eval minilm-int8/ --reference minilm "
+                "--data reviews.csv")(eval_command)

@@ -66,4 +66,5 @@ def _format_options(format: str, precision: str, optimize: bool, bits: Optional[
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(export)
+    app.command(epilog="Example: autolite export minilm-int8/ --format onnx --precision int8 "
+                "--out minilm-onnx/")(export)

@@ -30,4 +30,4 @@ def info(as_json: bool = flag(False, "--json", help="Print the probe as JSON."))
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(info)
+    app.command(epilog="Example: autolite info --json")(info)

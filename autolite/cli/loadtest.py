@@ -60,4 +60,4 @@ def _check_listening(target: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(loadtest)
+    app.command(epilog="Example: autolite loadtest http://127.0.0.1:8000 --concurrency 64 --requests 2000")(loadtest)

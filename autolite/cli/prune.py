@@ -97,4 +97,5 @@ def _report(model: str, recipe: list, rows: list, notes: list[str]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(prune)
+    app.command(epilog="Example: autolite prune minilm --heads 0.3 --ffn 0.4 --recover-steps 200 "
+                "--out minilm-pruned/")(prune)

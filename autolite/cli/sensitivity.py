@@ -113,4 +113,4 @@ def _mixed(net, tokenizer, family, table, budget: float, tmp: Path, which: str) 
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(sensitivity)
+    app.command(epilog="Example: autolite sensitivity smollm2 --out sens/ --budget 4.5")(sensitivity)

@@ -10,7 +10,8 @@ def serve(model: str = MODEL_ARG,
           host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
           port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free port, printed)."),
           max_batch_size: int = typer.Option(32, min=1, help="Texts per forward; 1 = no batching."),
-          max_wait_ms: float = typer.Option(5.0, callback=non_negative, help="How long the oldest text may wait for a fuller batch."),
+          max_wait_ms: float = typer.Option(5.0, callback=non_negative,
+                                            help="How long the oldest text may wait for a fuller batch."),
           workers: int = typer.Option(1, min=1, help="Model workers (threads sharing the weights), cores split "
                                                      "between them."),
           threads: int = typer.Option(None, min=1, help="Intra-op threads per worker (default: its CPU count)."),
@@ -67,4 +68,4 @@ def serve(model: str = MODEL_ARG,
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
+    app.command(epilog="Example: autolite serve minilm-int8/ --port 8000 --max-batch-size 32 --max-wait-ms 5")(serve)

@@ -8,7 +8,7 @@ import torch
 
 from autolite.arch import ArchSpec, family_of
 from autolite.data import TextData, load_texts
-from autolite.errors import DataError
+from autolite.errors import ArgumentError, DataError
 from autolite.eval import metrics
 from autolite.eval.forward import Outputs, batches, run_model
 
@@ -38,6 +38,7 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, reference: torch.nn.Module 
     accuracy on labeled data. Decoders and seq2seq: perplexity of both, its relative change and
     next-token agreement. Without a reference only the model's own metrics are given.
     """
+    _check_arguments(model, tokenizer, reference)
     family = family or family_of(model)
     data = _as_text_data(data).head(max_texts)
     labels = torch.tensor(data.labels) if data.labels is not None else None
@@ -63,11 +64,23 @@ def _as_text_data(data: TextData | str | list[str] | None) -> TextData:
     return load_texts(data, split="heldout" if data is None else "all")
 
 
+def _check_arguments(model: Any, tokenizer: Any, reference: Any) -> None:
+    for name, value in (("model", model), ("reference", reference)):
+        if value is not None and not isinstance(value, torch.nn.Module) or (name == "model" and value is None):
+            raise ArgumentError(f"evaluate() needs an HF model as {name}, got {type(value).__name__}")
+    if not callable(tokenizer):
+        raise ArgumentError(f"evaluate() needs the model's tokenizer, got {type(tokenizer).__name__}")
+
+
 def _check(out: Outputs, ref: Outputs | None) -> None:
     metrics.check_finite(out.logits, "model logits")
     metrics.check_finite(out.embeddings, "model embeddings")
     if ref is not None:
         metrics.check_finite(ref.logits, "reference logits")
+        for what, mine, theirs in (("embeddings", out.embeddings, ref.embeddings), ("logits", out.logits, ref.logits)):
+            if mine is not None and theirs is not None and mine.shape != theirs.shape:
+                raise ArgumentError(f"the reference's {what} {tuple(theirs.shape)} do not match the model's "
+                                    f"{tuple(mine.shape)}: compare a model with the model it was made from")
 
 
 def _accumulate(totals: _Totals, family: ArchSpec, out: Outputs, ref: Outputs | None,

@@ -32,12 +32,12 @@ def load_engine(spec: str, config: ServeConfig, device: str = "auto") -> Engine:
     if device == "auto":
         device = choose_backend(probe()).device
     if device not in ("cpu", "cuda"):
-        raise AutoliteError(f"--device must be auto, cpu or cuda, not '{device}'")
+        raise AutoliteError(f"device must be auto, cpu or cuda, not '{device}'")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise AutoliteError("--device cuda but torch sees no CUDA GPU; use --device cpu")
+            raise BackendUnavailableError("device 'cuda' asked for, but torch sees no CUDA GPU; use 'cpu'")
         model = model.to("cuda")
     name = Path(spec).name if Path(spec).exists() else spec
     return Engine(model, tokenizer, family, name=name, max_tokens=config.max_tokens, truncate=config.truncate,
@@ -47,7 +47,7 @@ def load_engine(spec: str, config: ServeConfig, device: str = "auto") -> Engine:
 def check_host(host: str, api_key: str | None) -> None:
     """Warn when the server is exposed beyond loopback without an API key."""
     if not is_loopback(host) and api_key is None:
-        log.warning("serving on %s (not loopback) without --api-key: anyone who can reach it may use it", host)
+        log.warning("serving on %s (not loopback) without an API key: anyone who can reach it may use it", host)
 
 
 def is_loopback(host: str) -> bool:

@@ -49,3 +49,19 @@ def test_labels_without_head_are_reported_not_faked(load_model):
     model, tok, _ = load_model("tiny-llama")
     result = autolite.evaluate(model, tok, data=TextData(["a b c", "d e f"], [0, 1]))
     assert result["accuracy"] is None and "no classification head" in result["accuracy_note"]
+
+
+def test_api_mistakes_are_one_line_errors(load_model):
+    import pytest
+
+    import autolite
+    from autolite.errors import ArgumentError
+
+    model, tok, _ = load_model("tiny-bert")
+    other, _, _ = load_model("tiny-llama")
+    with pytest.raises(ArgumentError, match="needs an HF model as model, got NoneType"):
+        autolite.evaluate(None, tok)
+    with pytest.raises(ArgumentError, match="needs the model's tokenizer, got NoneType"):
+        autolite.evaluate(model, None)
+    with pytest.raises(ArgumentError, match="do not match the model's"):
+        autolite.evaluate(model, tok, reference=other, max_texts=2)
