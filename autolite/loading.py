@@ -52,7 +52,7 @@ def load(spec: str | os.PathLike = DEFAULT_MODEL) -> tuple[torch.nn.Module, Any,
 def load_dir(directory: Path) -> tuple[torch.nn.Module, Any, ArchSpec]:
     """Load an HF model directory (plain, pruned or autolite-compressed) with its tokenizer."""
     config = read_config(directory)
-    family = family_for(config.get("model_type"))
+    family = family_for(config.get("model_type"), config)
     check_safetensors(directory)
     model_cls = model_class(config, family)
     if config.get("autolite"):

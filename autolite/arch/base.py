@@ -53,7 +53,8 @@ class ArchSpec:
     """A model family: its kind, the HF model types it covers, and how to find its layers.
 
     ``config_keys`` names the HF config fields a structural pass must keep true
-    (``layers``, ``heads``, ``kv_heads``, ``intermediate``, ``hidden``).
+    (``layers``, ``heads``, ``kv_heads``, ``intermediate``, ``hidden``). GPT-2's transposed ``Conv1D``
+    linears are told apart by :func:`is_conv1d`, the one check for them.
     """
 
     name: str
@@ -62,6 +63,11 @@ class ArchSpec:
     find_layers: Callable[[nn.Module], list[LayerView]]
     config_keys: dict[str, str]
     members: str = ""
+    # Family quirks the passes read (instead of testing the family's name):
+    head_count_in_config: bool = False  # the HF config sets the head count without deriving the head size from it
+    shared_position_bias: bool = False  # one relative-position bias per stack, held by its first layer (T5)
+    onnx_optimizer: str | None = None  # onnxruntime.transformers optimizer model type for this family
+    generic: bool = False  # no family module: only the generic passes run (``autolite.arch.generic``)
 
     def layers(self, model: nn.Module) -> list[LayerView]:
         """Every layer of ``model`` (a bare model or one with a task head)."""
@@ -69,6 +75,11 @@ class ArchSpec:
 
     def __str__(self) -> str:
         return self.name
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' ``Conv1D`` (GPT-2 family): a linear whose weight is stored ``(in, out)``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def base_model(model: nn.Module) -> nn.Module:

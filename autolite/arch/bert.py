@@ -43,14 +43,14 @@ BERT = ArchSpec(
     find_layers=_bert_layers,
     config_keys={"layers": "num_hidden_layers", "heads": "num_attention_heads",
                  "intermediate": "intermediate_size", "hidden": "hidden_size"},
-    members="BERT, RoBERTa, XLM-RoBERTa, MiniLM",
+    members="BERT, RoBERTa, XLM-RoBERTa, MiniLM", onnx_optimizer="bert",
 )
 
 DISTILBERT = ArchSpec(
     name="distilbert", kind="encoder", model_types=("distilbert",),
     find_layers=_distilbert_layers,
     config_keys={"layers": "n_layers", "heads": "n_heads", "intermediate": "hidden_dim", "hidden": "dim"},
-    members="DistilBERT",
+    members="DistilBERT", onnx_optimizer="bert",
 )
 
 SPECS = [BERT, DISTILBERT]

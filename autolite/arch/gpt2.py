@@ -25,7 +25,7 @@ GPT2 = ArchSpec(
     name="gpt2", kind="decoder", model_types=("gpt2",),
     find_layers=_gpt2_layers,
     config_keys={"layers": "n_layer", "heads": "n_head", "intermediate": "n_inner", "hidden": "n_embd"},
-    members="GPT-2",
+    members="GPT-2", onnx_optimizer="gpt2",
 )
 
 SPECS = [GPT2]

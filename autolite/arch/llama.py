@@ -32,7 +32,7 @@ LLAMA = ArchSpec(
     find_layers=_llama_layers,
     config_keys={"layers": "num_hidden_layers", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
                  "intermediate": "intermediate_size", "hidden": "hidden_size"},
-    members="Llama, Qwen2, Qwen3, Mistral, GLM",
+    members="Llama, Qwen2, Qwen3, Mistral, GLM", head_count_in_config=True,
 )
 
 SPECS = [LLAMA]

@@ -39,7 +39,7 @@ T5 = ArchSpec(
     find_layers=_t5_layers,
     config_keys={"layers": "num_layers", "heads": "num_heads", "intermediate": "d_ff", "hidden": "d_model",
                  "decoder_layers": "num_decoder_layers"},
-    members="T5, mT5",
+    members="T5, mT5", head_count_in_config=True, shared_position_bias=True, onnx_optimizer="t5",
 )
 
 SPECS = [T5]

@@ -29,7 +29,6 @@ from autolite.io import atomic_dir
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8")
 OPSET = 17
-OPTIMIZER_TYPES = {"bert": "bert", "roberta": "bert", "distilbert": "bert", "gpt2": "gpt2", "t5": "t5"}
 _INT8_COSINE_SLACK = 0.001  # issue 7: INT8 exports keep cosine >= the in-memory INT8 model's - 0.001
 
 
@@ -150,7 +149,7 @@ def optimize_graph(path: Path, config: Any, family: Any) -> str:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model_type = OPTIMIZER_TYPES.get(family.name)
+    model_type = family.onnx_optimizer
     if model_type is None:
         return f"optimize: ONNX Runtime has no transformer optimizer for {family.name}; graph left as exported"
     heads, hidden = attention_size(config)

@@ -43,11 +43,11 @@ class PruneHeads(StructuredPrune, PassConfig):
 def plan_heads(groups: list[HeadGroup], scores: dict, ratio: float, original: dict, config: PruneHeads,
                family) -> dict[str, torch.Tensor]:
     """Which query heads each block keeps: ``{key: indices}`` (blocks absent from it stay whole)."""
-    if family.name == "t5" and config.skip_layers:
+    if family.shared_position_bias and config.skip_layers:
         raise RecipeError("prune-heads: T5 layers share one relative-position bias per stack, so every layer "
                           "must keep the same heads; remove skip_layers")
-    scores = _shared_t5_scores(groups, scores) if family.name == "t5" else scores
-    if config.scope == "global" and family.name != "t5":
+    scores = _shared_t5_scores(groups, scores) if family.shared_position_bias else scores
+    if config.scope == "global" and not family.shared_position_bias:
         return _plan_global(groups, scores, ratio, original, config)
     plan = {}
     for group in groups:

@@ -11,10 +11,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from autolite.arch import ArchSpec
+from autolite.arch import ArchSpec, is_conv1d
 from autolite.errors import RecipeError
 from autolite.prune.calib import CalibBatch, calib_loss, has_head, track
-from autolite.prune.structure import Part, axis_tensors, head_groups, is_conv1d, neuron_groups
+from autolite.prune.structure import Part, axis_tensors, head_groups, neuron_groups
 
 Scores = dict[str, torch.Tensor]
 Importance = Callable[[torch.nn.Module, ArchSpec, list[CalibBatch], str], Scores]

@@ -85,7 +85,7 @@ def remove_layers(model: nn.Module, family: ArchSpec, drop: set[str]) -> None:
         if not keep:
             raise RecipeError(f"prune-layers: that would remove every {stack} layer; keep at least one")
         container = _container(base_model(model), stack_views[0].module)
-        if family.name == "t5" and _key(stack_views[0]) in drop:
+        if family.shared_position_bias and _key(stack_views[0]) in drop:
             _move_t5_bias(stack_views[0].module, keep[0].module)
         _trim_config_lists(model.config, len(stack_views), [v.index for v in keep])
         for position in range(len(container) - 1, -1, -1):

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from autolite.arch import ArchSpec
+from autolite.arch import ArchSpec, is_conv1d
 from autolite.prune.calib import CalibBatch, track
-from autolite.prune.structure import channel_index, head_groups, is_conv1d, neuron_groups
+from autolite.prune.structure import channel_index, head_groups, neuron_groups
 
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # candidate strengths, relative to the mean diagonal of the kept Gram block
 GRAM_BYTES = 1 << 30  # Gram matrices held at once; more blocks are collected (and cut) in several passes

@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from autolite.arch import ArchSpec, family_of
+from autolite.arch import ArchSpec, family_of, is_conv1d
 from autolite.config import PassConfig
 from autolite.errors import RecipeError
 from autolite.passes import PassContext, register_pass
@@ -123,7 +123,7 @@ def targets(model: nn.Module, family: ArchSpec, config: Sparsify) -> list[tuple[
             continue
         for parent in view.module.modules():
             for attr, child in parent.named_children():
-                if isinstance(child, nn.Linear) or type(child).__name__ == "Conv1D":
+                if isinstance(child, nn.Linear) or is_conv1d(child):
                     found.append((parent, attr, child))
     return found
 

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from autolite.arch import ArchSpec, AttentionView, FFNView, LayerView
+from autolite.arch import ArchSpec, AttentionView, FFNView, LayerView, is_conv1d
 from autolite.errors import UnsupportedArchitectureError
 
 
@@ -47,10 +47,6 @@ class NeuronGroup:
     view: FFNView
     parts: list[Part]
     size: int
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"
 
 
 def axis_tensors(part: Part) -> list[tuple[torch.Tensor, int]]:

@@ -15,8 +15,6 @@ from autolite.arch import ArchSpec
 from autolite.prune.structure import HeadGroup, NeuronGroup, channel_index, head_groups, neuron_groups, shrink_part
 
 LAYOUT_KEY = "autolite_layout"
-# Families whose config sets the number of heads without deriving the head size from it.
-HEAD_CONFIG_FAMILIES = ("llama", "t5")
 _HEAD_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
 _WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size")
 
@@ -84,7 +82,7 @@ def record_layout(family: ArchSpec, model: nn.Module) -> dict[str, dict[str, int
         setattr(config, keys["intermediate"], ffn_sizes.pop())
     heads = {(e["heads"], e["kv_heads"]) for e in layout.values()}
     heads |= {(e["cross_heads"], e["cross_kv_heads"]) for e in layout.values() if "cross_heads" in e}
-    if len(heads) == 1 and family.name in HEAD_CONFIG_FAMILIES:
+    if len(heads) == 1 and family.head_count_in_config:
         n, kv = heads.pop()
         head_dim = head_groups(family, model)[0].head_dim
         setattr(config, keys["heads"], n)
@@ -110,7 +108,7 @@ def why_not_plain(family: ArchSpec, model: nn.Module) -> str | None:
     pairs = {(e["heads"], e["kv_heads"]) for e in layout}
     pairs |= {(e["cross_heads"], e["cross_kv_heads"]) for e in layout if "cross_heads" in e}
     if pairs != {(heads, kv)}:
-        if family.name not in HEAD_CONFIG_FAMILIES:
+        if not family.head_count_in_config:
             return (f"{family.name}'s HF config derives the head size from the head count and transformers 5 "
                     "has no pruned_heads, so fewer heads cannot be written into config.json")
         return "the layers keep different numbers of heads and the HF config has one head count"

@@ -13,15 +13,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from autolite.arch import is_conv1d
 from autolite.errors import RecipeError
 
 # Output heads kept in float unless asked: their error goes straight into logits / class scores.
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls")
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """True for the transformers ``Conv1D`` (GPT-2 family) linear."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def is_linear(module: nn.Module) -> bool:

@@ -28,10 +28,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from autolite.arch import ArchSpec
+from autolite.arch import ArchSpec, is_conv1d
 from autolite.errors import DataError
 from autolite.eval.forward import mean_pool, model_inputs, tokenize
-from autolite.quant.common import is_conv1d, set_weight_matrix, transformer_linears, weight_matrix
+from autolite.quant.common import set_weight_matrix, transformer_linears, weight_matrix
 from autolite.quant.fakequant import dequantized
 from autolite.quant.formats import dequantize_int4, engine_format
 from autolite.quant.gptq import gptq_quantize
