@@ -58,3 +58,13 @@ def check_parent(target: Path) -> None:
         raise OutputPathError(f"cannot create '{target}': '{ancestor}' is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot create '{target}': no write permission in '{ancestor}'")
+
+
+def publish_permissions(directory: Path) -> None:
+    """Give every file under ``directory`` the mode an ordinary new file gets (0644 under umask 022): tools that
+    write through ``mkstemp`` (safetensors shards) leave 0600 files that other users and containers cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(directory).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)

@@ -45,3 +45,18 @@ def test_cli_refuses_impossible_outputs_first(args, fragment, tmp_path, monkeypa
     code, _, err = run_cli(*args)
     assert code == 1 and fragment in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "taken"]
+
+
+def test_publish_permissions(tmp_path):
+    import os
+
+    from autolite.paths import publish_permissions
+
+    (tmp_path / "sub").mkdir()
+    weights = tmp_path / "sub" / "model.safetensors"
+    weights.write_bytes(b"x")
+    weights.chmod(0o600)
+    publish_permissions(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~umask
