@@ -57,7 +57,7 @@ def llamacpp_decode_tps(gguf_path: str | Path, prompt: str, n_tokens: int = 128,
             llm.close()
 
 
-def llamacpp_perplexity(gguf_path: str | Path, token_ids: list[list[int]], threads: int = 2) -> float:
+def llamacpp_perplexity(gguf_path: str | Path, token_ids: list[list[int]], threads: int = 1) -> float:
     """Perplexity of llama.cpp on sequences of token ids (each scored from a fresh context, positions 1..n-1)."""
     llm = llamacpp.load(gguf_path, n_ctx=max(256, max(len(ids) for ids in token_ids) + 8), threads=threads)
     try:

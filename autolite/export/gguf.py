@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import gguf
 import torch
 
 from autolite.export import gguf_blocks as blocks
@@ -37,9 +37,7 @@ DEFAULT_TEXTS = 8
 def export_gguf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, float_type: str = "f16",
                 validate: bool = True, family: Any = None, overwrite: bool = False,
                 max_texts: int | None = None) -> ExportResult:
-    """Write ``out_dir/model.gguf`` and validate it (weights read back; logits in llama.cpp when installed)."""
-    import gguf  # a dependency, imported here so `autolite.export` stays light
-
+    """Write ``out_dir/model.gguf`` and validate it (blocks decoded; logits in llama.cpp when installed)."""
     arch = check_gguf(model, float_type)
     tensors = blocks.collect(model, arch, float_type)  # every tensor converted (or an error) before writing
     vocab = _vocab(tokenizer, model.config)
@@ -105,8 +103,6 @@ def _write_hparams(writer: Any, config: Any, arch: str, tensors: list) -> None:
 
 def _vocab(tokenizer: Any, config: Any) -> tuple[list[str], list[int], str, str | None]:
     """(tokens by id, token types, ggml tokenizer model, pre-tokenizer) of a fast HF tokenizer."""
-    import gguf
-
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise UnsupportedExportError("GGUF export needs a fast (tokenizers) tokenizer to write llama.cpp's vocab")
@@ -153,8 +149,6 @@ def _bpe_pre(pre: dict) -> str:
 
 
 def _write_vocab(writer: Any, vocab: tuple, tokenizer: Any, size: int) -> None:
-    import gguf
-
     tokens, types, model_name, pre = vocab
     writer.add_tokenizer_model(model_name)
     if pre:

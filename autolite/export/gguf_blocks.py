@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import gguf
 import numpy as np
 import torch
 from torch import nn
@@ -42,8 +43,6 @@ class GTensor:
 
 def collect(model: nn.Module, arch: str, float_type: str) -> list[GTensor]:
     """Every tensor of ``model`` in GGUF names and formats; raises before anything is written."""
-    import gguf
-
     config = model.config
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch), layers)
@@ -61,7 +60,20 @@ def collect(model: nn.Module, arch: str, float_type: str) -> list[GTensor]:
                                          f"llama.cpp's {arch.lower()} layout; this model cannot be expressed")
         permute = _rope_permutation(config, arch, base)
         tensors.extend(_module_tensors(module, base, float_type, permute))
+    _check_uniform(tensors)
     return tensors
+
+
+def _check_uniform(tensors: list[GTensor]) -> None:
+    """llama.cpp builds every block from one set of hyper-parameters: blocks must have equal shapes."""
+    first: dict[str, tuple] = {}
+    for t in tensors:
+        if t.name.startswith("blk."):
+            role = t.name.split(".", 2)[2]
+            shape = t.reference().shape  # the logical shape, whatever the block format
+            if first.setdefault(role, shape) != shape:
+                raise UnsupportedExportError(f"GGUF needs every layer the same shape; {t.name} is {shape}, "
+                                             f"layer 0's {first[role]} (non-uniform pruning): export 'hf' or 'onnx'")
 
 
 def _rope_permutation(config: Any, arch: str, base: str) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -105,8 +117,6 @@ def _module_tensors(module: nn.Module, base: str, float_type: str, permute) -> l
 
 
 def _float(name: str, array: np.ndarray, float_type: str, kind: str = "float") -> GTensor:
-    import gguf
-
     array = np.ascontiguousarray(array, dtype=np.float32)
     if float_type == "bf16":
         data = gguf.quants.quantize(array, gguf.GGMLQuantizationType.BF16)
@@ -130,8 +140,6 @@ def _nibbles(codes: np.ndarray) -> np.ndarray:
 
 
 def _int4(module: nn.Module, base: str, permute) -> GTensor:
-    import gguf
-
     from autolite.quant.formats import unpack_int4
 
     out_f, in_f = module.out_features, module.in_features
@@ -153,8 +161,6 @@ def _int4(module: nn.Module, base: str, permute) -> GTensor:
 
 
 def _int8(q: torch.Tensor, scale: torch.Tensor, base: str, float_type: str, permute) -> GTensor:
-    import gguf
-
     rows, cols = q.shape
     weight = permute((q.float() * scale.float()[:, None]).numpy())
     if cols % BLOCK:
@@ -177,8 +183,6 @@ def precision_label(tensors: list[GTensor]) -> str:
 
 def file_type(tensors: list[GTensor]) -> int:
     """llama.cpp's ``general.file_type`` (the main matrix type): 2 Q4_0, 3 Q4_1, 7 Q8_0, 1 F16, 0 F32."""
-    import gguf
-
     kinds = [t.kind for t in tensors]
     for kind, ftype in (("q4_0", gguf.LlamaFileType.MOSTLY_Q4_0), ("q4_1", gguf.LlamaFileType.MOSTLY_Q4_1),
                         ("q8_0", gguf.LlamaFileType.MOSTLY_Q8_0)):
@@ -209,8 +213,6 @@ def notes(tensors: list[GTensor], float_type: str) -> list[str]:
 def check_blocks(tensors: list[GTensor]) -> Validation:
     """Dequantize every tensor's bytes as written, with gguf's own code, and compare with the model's weights
     (the file itself is then checked by loading it in llama.cpp, or in tests by ``gguf.GGUFReader``)."""
-    import gguf
-
     diff_sq = ref_sq = got_sq = dot = max_abs = worst = 0.0
     for t in tensors:
         qtype = t.raw_dtype if t.raw_dtype is not None else (

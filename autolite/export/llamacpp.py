@@ -36,14 +36,15 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def load(path: str | Path, n_ctx: int = 512, threads: int | None = None, logits_all: bool = True) -> Any:
-    """A ``llama_cpp.Llama`` for the GGUF at ``path`` (CPU)."""
+def load(path: str | Path, n_ctx: int = 512, threads: int = 1, logits_all: bool = True) -> Any:
+    """A ``llama_cpp.Llama`` for the GGUF at ``path`` (CPU). One thread by default: llama.cpp's threads meet at
+    a spinning barrier each op, which collapses on a shared machine (measured 7-12x slower with 2 threads
+    than with 1 on 2 busy cores); pass ``threads`` for speed runs on a quiet one."""
     if not available():
         raise BackendUnavailableError("llama.cpp is not installed: pip install 'autolite[llamacpp]' "
                                       "(llama-cpp-python builds llama.cpp from source, a few minutes)")
     import llama_cpp  # optional dependency
 
-    threads = threads or min(4, os.cpu_count() or 1)
     with _quiet_stderr():
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
                                n_threads_batch=threads, logits_all=logits_all, verbose=False)

@@ -109,6 +109,20 @@ def test_gguf_rejects_what_it_cannot_express(tmp_path, load_model):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_gguf_rejects_layers_of_differing_shapes(tmp_path, small_llama):
+    import copy
+
+    model, tok = small_llama
+    model = copy.deepcopy(model)
+    mlp = model.model.layers[1].mlp  # layer 1's FFN pruned to 64 neurons, layer 0's kept at 128
+    for linear in (mlp.gate_proj, mlp.up_proj):
+        linear.weight.data = linear.weight.data[:64].clone()
+    mlp.down_proj.weight.data = mlp.down_proj.weight.data[:, :64].clone()
+    with pytest.raises(UnsupportedExportError, match="every layer the same shape"):
+        autolite.export(model, tok, tmp_path / "g", format="gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_export_gguf(tmp_path, run_cli):
     code, text, err = run_cli("export", "random:tiny-qwen2", "--format", "gguf", "--out", str(tmp_path / "g"),
                               "--max-texts", "2")
