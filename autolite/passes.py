@@ -17,6 +17,7 @@ from autolite.arch import family_of
 from autolite.config import PassConfig, Recipe
 from autolite.errors import ArgumentError, RecipeError
 from autolite.fields import syntax_error
+from autolite.weights import describe_weights, stored_weights
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,9 @@ def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None
         log.info("applying pass %s", config.to_dict())
         model, done = apply_pass(model, config, ctx)
         applied.append(done)
+    counts = stored_weights(model)
+    if set(counts) - {"FP32"}:  # parameters() alone misses packed weights: say what is stored
+        ctx.note(f"stored weights: {describe_weights(counts)}")
     record_recipe(model, Recipe(passes=applied, name=recipe.name), ctx.notes)
     return model
 

@@ -41,3 +41,15 @@ def test_sequence_past_the_positions_is_refused_before_any_pass(load_model):
     ctx = PassContext(family=family, tokenizer=tok, shape=(1, 100000))
     with pytest.raises(AutoliteError, match="longer than the model's 512 positions"):
         autolite.compress(model, "fp32", ctx=ctx)
+
+
+def test_int4_model_counts_and_names_its_stored_weights(load_model):
+    from autolite.eval.bench import model_size
+    from autolite.weights import stored_weights
+
+    model, tok, family = load_model("tiny-llama")
+    ctx = PassContext(family=family, tokenizer=tok)
+    small = autolite.compress(model, [{"pass": "weight-only", "bits": 4, "group_size": 32}], ctx=ctx)
+    counts = stored_weights(small)
+    assert counts["INT4"] > 0 and model_size(small)[1] == sum(counts.values()) == model_size(model)[1]
+    assert any(note.startswith("stored weights:") and "INT4" in note for note in ctx.notes)

@@ -22,6 +22,7 @@ from autolite.data import corpus
 from autolite.errors import DataError
 from autolite.eval.energy import EnergyMeter, summarize
 from autolite.eval.forward import ensure_pad_token, model_device, model_inputs
+from autolite.weights import stored_weights
 
 
 @dataclasses.dataclass
@@ -176,5 +177,5 @@ def model_size(model: torch.nn.Module) -> tuple[float, int]:
             continue
         seen.add(key)
         total += tensor.untyped_storage().nbytes()
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(stored_weights(model).values())  # packed INT8/INT4 weights are buffers, not parameters
     return total / 2**20 + float(getattr(model, "_autolite_held_mb", 0.0)), params
