@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
+from autolite.errors import BackendUnavailableError
+
 OUTPUTS = ("kept", "restore", "kept-mean")
 ALWAYS_KEPT = 2  # [CLS] and the final [SEP]
 
@@ -110,6 +112,9 @@ class TokenDropEncoder(nn.Module):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 encoder_hidden_states: Any = None, encoder_attention_mask: Any = None, past_key_values: Any = None,
                 use_cache: Any = None, **kwargs: Any) -> BaseModelOutputWithPastAndCrossAttentions:
+        if torch.jit.is_tracing():  # the TorchScript exporter would freeze the keep counts to the traced length
+            raise BackendUnavailableError("a token-drop model cannot be exported to ONNX / run in ONNX Runtime "
+                                          "(keep counts depend on the sequence length); run it in torch")
         batch, seq, _ = hidden_states.shape  # (B, T, H)
         counts = keep_counts(self.schedule, seq, self.min_length)
         if counts is None:  # too short for the schedule: the dense path

@@ -29,6 +29,7 @@ from autolite.errors import DataError, RecipeError, UnsupportedArchitectureError
 from autolite.eval import metrics
 from autolite.eval.forward import model_device, run_model, tokenize
 from autolite.passes import PassContext, register_pass
+from autolite.runtime.external import runner_of
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,9 @@ def recover(model: torch.nn.Module, teacher: torch.nn.Module, ctx: PassContext, 
 def apply_token_drop(model: torch.nn.Module, config: TokenDrop, ctx: PassContext) -> torch.nn.Module:
     """Install token dropping (searching the schedule when none is given); records the resolved settings."""
     layers = len(encoder_owner(model).encoder.layer)
+    if runner_of(model) is not None:
+        raise RecipeError("token-drop cannot follow a pass that runs the model in ONNX Runtime/OpenVINO (their "
+                          "graphs would not drop tokens); put token-drop first and run it in torch (INT8, compile)")
     if config.schedule is not None and len(config.schedule) != layers:
         raise RecipeError(f"token-drop schedule has {len(config.schedule)} entries but the model has {layers} layers")
     summary: dict = {}

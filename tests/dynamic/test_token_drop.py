@@ -128,3 +128,27 @@ def test_wrong_length_and_architecture_fail_before_work(load_model, texts):
 def test_recipe_file_round_trip():
     recipe = autolite.load_recipe(Path(__file__).parents[2] / "recipes" / "minilm-token-drop.yaml")
     assert recipe.passes[0].name == "token-drop"
+
+
+def test_onnx_runtime_after_token_drop_is_a_clear_error(load_model, texts):
+    pytest.importorskip("onnxruntime")
+    from autolite.errors import BackendUnavailableError
+
+    model, tok, family = load_model("tiny-bert")
+    autolite.passes.import_builtin_passes()
+    recipe = [TokenDrop(schedule=[1.0, 0.5]), autolite.config.PassConfig.from_dict({"pass": "onnxruntime"})]
+    with pytest.raises(BackendUnavailableError, match="cannot be exported to ONNX"):
+        autolite.compress(model, recipe, calib=texts, tokenizer=tok, family=family)
+
+
+@pytest.mark.slow
+def test_token_drop_composes_with_int8_and_compile(load_model, tokenizer):
+    model, tok, family = load_model("tiny-bert")
+    autolite.passes.import_builtin_passes()
+    recipe = [TokenDrop(schedule=[1.0, 0.5], min_length=4), autolite.config.PassConfig.from_dict({"pass": "int8-dynamic"})]
+    eager = autolite.compress(model, recipe, tokenizer=tok, family=family)
+    compiled = autolite.compress(eager, [autolite.config.PassConfig.from_dict({"pass": "compile"})],
+                                 tokenizer=tok, family=family)
+    batch = tokenize(tokenizer, LONG)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**batch).logits, eager(**batch).logits, atol=1e-4, rtol=1e-4)
