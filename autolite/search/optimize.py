@@ -19,6 +19,8 @@ from autolite.data import TextData
 from autolite.errors import AutoliteError, RecipeError
 from autolite.runtime.fast_dense import candidate_passes
 from autolite.search import data as sdata
+from autolite.search.ray_run import connect
+from autolite.search.result import finish
 from autolite.search.space import Space, make_space
 from autolite.search.study import gate, open_study, run_local
 from autolite.search.trial import Setup, Worker, run_safely
@@ -63,7 +65,7 @@ class Options:
         for name in self.backends or []:
             candidate_passes(name)  # a one-line RecipeError for an unknown candidate
         if self.batch < 1 or self.seq < 2 or self.recover_steps < 0 or self.speed_runs < 1 or self.final_runs < 1:
-            raise RecipeError("--batch must be >= 1, --seq >= 2 and --recover-steps >= 0")
+            raise RecipeError("--batch and the run counts must be >= 1, --seq >= 2 and --recover-steps >= 0")
 
 
 def optimize(model: str, data: str, out: str, *, progress: Callable[[str], None] | None = None,
@@ -73,14 +75,12 @@ def optimize(model: str, data: str, out: str, *, progress: Callable[[str], None]
     Returns the content of ``out/optimize.json``. Raises :class:`~autolite.errors.AutoliteError` (nothing saved)
     for bad input or when no candidate keeps accuracy within ``max_drop`` points of FP32 on validation.
     """
-    from autolite.search.result import finish
-
     opts = Options(model=model, data=str(data), out=str(out), **options)
     say = progress or (lambda message: log.info(message))
     out_dir = Path(opts.out)
     fresh = not out_dir.exists()
     check_out_dir(out_dir)
-    executor = ray_executor(opts) if opts.ray else None  # an unreachable cluster fails here, before any work
+    executor = connect(opts.ray_address, opts.cores_per_trial) if opts.ray else None  # fails before any work
     try:
         worker, setup, splits, state = prepare(opts, say)
         space = Space(**state["space"])
@@ -175,9 +175,3 @@ def run_trials(study, space: Space, worker: Worker, setup: Setup, state: dict[st
                          state["ref"]["val"] - opts.max_drop, deadline, opts.trials, on_trial=report)
     except KeyboardInterrupt:
         return True
-
-
-def ray_executor(opts: Options) -> Callable[..., bool]:
-    from autolite.search.ray_run import connect
-
-    return connect(opts.ray_address, opts.cores_per_trial)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from autolite.errors import AutoliteError
 from autolite.eval.bench import forward_fn, interleaved, model_size
 from autolite.export.hf import write_model_files
 from autolite.io import atomic_dir
+from autolite.report.html import write_html, write_markdown
 from autolite.search.data import accuracy
 from autolite.search.insight import layer_latency, layer_sensitivity
 from autolite.search.space import describe
@@ -110,10 +112,6 @@ def _machine() -> dict[str, Any]:
 def save(model, tokenizer, result: dict[str, Any], splits, out: Path) -> None:
     """Model, recipe.yaml, optimize.json, report.html/.md, calib.csv into ``out``, the search state carried over;
     written in a temporary directory and renamed into place."""
-    import json
-
-    from autolite.report.html import write_html, write_markdown
-
     with atomic_dir(out, overwrite=True) as tmp:
         write_model_files(model, tokenizer, tmp)
         recipe = {"name": "optimize", "passes": result["pick"]["recipe"]}
