@@ -16,6 +16,7 @@ those, and race each against the leader so a loser stops after a run or two.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import statistics
@@ -27,8 +28,13 @@ import torch
 
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError
+from autolite.eval.bench import bench_inputs, forward_fn
+from autolite.eval.fidelity import evaluate
 from autolite.io import write_json_atomic
-from autolite.passes import PassContext
+from autolite.loading import cache_root
+from autolite.passes import PassContext, compress, import_builtin_passes
+from autolite.runtime.hardware import probe
+from autolite.runtime.roofline import dense_floor, measure_peaks
 
 log = logging.getLogger(__name__)
 FLOOR_SLACK = 0.7  # another backend's GEMM may beat torch's measured peak by up to ~1/0.7
@@ -45,10 +51,6 @@ def time_once(name: str, fn: Callable[[], Any]) -> float:
 
 def machine_key() -> str:
     """The machine, torch and thread count, hashed (what a cached peak or decision depends on)."""
-    import hashlib
-
-    from autolite.runtime.hardware import probe
-
     info = probe()
     machine = [info.cpu_model, info.logical_cores, sorted(k for k, v in info.isa.items() if v),
                [g.get("name") for g in info.gpus], torch.__version__, torch.get_num_threads()]
@@ -71,9 +73,6 @@ def read_json(path: Path, required: tuple[str, ...]) -> dict | None:
 
 def machine_peaks(measure: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """FP32 / BF16 / INT8 GEMM peaks of this machine (GFLOP/s, GOP/s), measured once and cached."""
-    from autolite.loading import cache_root
-    from autolite.runtime.roofline import measure_peaks
-
     path = cache_root() / "peaks" / f"{machine_key()}-v{PEAKS_VERSION}.json"
     peaks = read_json(path, ("gemm_gflops", "int8_gemm_gops"))
     if peaks is None or not all(isinstance(v, (int, float)) and v > 0
@@ -85,8 +84,6 @@ def machine_peaks(measure: Callable[[], dict[str, Any]] | None = None) -> dict[s
 
 def linear_gflop(model: torch.nn.Module, tokens: int) -> float:
     """GFLOP of the model's linear layers for ``tokens`` tokens (``2 x tokens x in x out`` each)."""
-    from autolite.runtime.roofline import dense_floor
-
     return dense_floor({"rows": {}}, {"gemm_gflops": 1.0}, model, tokens).get("linear_gflop", 0.0)
 
 
@@ -157,8 +154,6 @@ class Race:
 
 def build(model: torch.nn.Module, passes: list[dict], ctx: PassContext) -> torch.nn.Module | str:
     """The candidate applied to a copy of ``model``, or why this machine/model cannot run it."""
-    from autolite.passes import compress, import_builtin_passes
-
     import_builtin_passes()
     inner = PassContext(family=ctx.family, tokenizer=ctx.tokenizer, calib=ctx.calib, labels=ctx.labels,
                         shape=ctx.shape)
@@ -185,9 +180,6 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
     A timed verdict has ``speedup``, ``median_ms``, ``baseline_ms``, ``runs``, ``ok``, the fidelity numbers,
     ``search_s`` and, when stopped early, ``stopped``; a skipped one has ``skipped`` (the reason).
     """
-    from autolite.eval.bench import bench_inputs, forward_fn
-    from autolite.eval.fidelity import evaluate
-
     start = time.perf_counter()
     inputs = bench_inputs(ctx.tokenizer, ctx.family, batch, seq)
     race = Race(forward_fn(model, ctx.family, inputs), runs)

@@ -11,16 +11,18 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import types
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
+from safetensors.torch import save_file
 
 from autolite.errors import BackendUnavailableError
+from autolite.eval.bench import release_free_heap
+from autolite.io import atomic_file
+from autolite.loading import cache_root
 
 HELD_ATTR = "_autolite_held_mb"  # read by autolite.eval.bench (no import: eval sits below runtime)
 MAPPED_ATTR = "_autolite_mapped"  # storage pointers of memory-mapped weights, not counted as held
@@ -88,8 +90,6 @@ def route_forward(model: torch.nn.Module, runner: Runner) -> None:
 
 def rss_mb() -> float:
     """This process's resident memory after handing free heap pages back to the OS."""
-    from autolite.eval.bench import release_free_heap
-
     release_free_heap()
     return psutil.Process().memory_info().rss / 2**20
 
@@ -111,18 +111,11 @@ def _named_tensors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, s
 def offload_weights(model: torch.nn.Module, key: str) -> int:
     """Replace the model's float weights by memory-mapped views of ``<cache>/weights/<key>.safetensors``
     (written once); returns how many tensors were mapped. The mapping is private: nothing writes the file."""
-    from safetensors.torch import save_file
-
-    from autolite.loading import cache_root
-
     path = cache_root() / "weights" / f"{key}.safetensors"
     tensors = _named_tensors(model)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        save_file({name: t.detach().contiguous() for name, _, _, t in tensors}, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file({name: t.detach().contiguous() for name, _, _, t in tensors}, str(tmp))
     size = path.stat().st_size
     data = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
     header_len = int.from_bytes(bytes(data[:8].tolist()), "little")

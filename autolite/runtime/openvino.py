@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 
+from autolite.arch import family_of
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError, RecipeError
+from autolite.loading import cache_root
 from autolite.passes import PassContext, register_pass
 from autolite.runtime import ort
 from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb
@@ -78,8 +80,6 @@ def ir_key(model: torch.nn.Module, config: OpenVino) -> str:
 def build_ir(model: torch.nn.Module, family: Any, config: OpenVino, key: str) -> tuple[Path, str]:
     """The OpenVINO IR (``.xml`` + ``.bin``) for ``model`` under ``config`` (cached); returns (xml, how)."""
     import openvino as ov
-
-    from autolite.loading import cache_root
 
     xml = cache_root() / "openvino" / f"{key}.xml"
     if xml.is_file() and xml.with_suffix(".bin").is_file():
@@ -155,8 +155,6 @@ def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
 
 
 def apply_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -> tuple[torch.nn.Module, OpenVino]:
-    from autolite.arch import family_of
-
     family = ctx.family or family_of(model)
     check_available(model, family, config.precision == "int8")
     if config.precision == "int8":
@@ -169,8 +167,6 @@ def apply_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -
 
 def reload_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -> torch.nn.Module:
     """``after_load``: rebuild the same IR from the stored FP32 weights (cached by weight hash)."""
-    from autolite.arch import family_of
-
     attach(model, ctx.family or family_of(model), config)
     return model
 
