@@ -213,9 +213,12 @@ def search_schedule(model: torch.nn.Module, config: TokenDrop, ctx: PassContext)
 
 
 def recover(model: torch.nn.Module, teacher: torch.nn.Module, ctx: PassContext, config: TokenDrop) -> list[float]:
-    """Distil the dropping ``model`` from the dense ``teacher`` on the calibration texts (no labels)."""
+    """Distil the dropping ``model``'s encoder layers from the dense ``teacher`` on the calibration texts (KD on
+    logits, mixed half and half with cross-entropy when labels are given; embedding models: pooled cosine)."""
     texts = list(ctx.calib or [])
-    params = [p for p in model.parameters() if p.requires_grad]
+    if not texts or ctx.tokenizer is None:
+        raise DataError("token-drop recovery needs calibration texts and the tokenizer (calib=, tokenizer=)")
+    params = [p for p in encoder_owner(model).encoder.layer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.recover_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)
     losses = []
@@ -226,7 +229,8 @@ def recover(model: torch.nn.Module, teacher: torch.nn.Module, ctx: PassContext, 
             target = teacher(**batch)
         out = model(**batch)
         if getattr(out, "logits", None) is not None:
-            loss = kd_loss(out.logits, target.logits)
+            labels = torch.tensor([ctx.labels[i] for i in idx], device=out.logits.device) if ctx.labels else None
+            loss = kd_loss(out.logits, target.logits, labels=labels)
         else:
             loss = embedding_cosine_loss(out.last_hidden_state, target.last_hidden_state, batch["attention_mask"])
         optimizer.zero_grad(set_to_none=True)

@@ -152,3 +152,14 @@ def test_token_drop_composes_with_int8_and_compile(load_model, tokenizer):
     batch = tokenize(tokenizer, LONG)
     with torch.no_grad():
         torch.testing.assert_close(compiled(**batch).logits, eager(**batch).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_recovery_distils_the_dropping_model(load_model):
+    model, tok, family = load_model("tiny-bert")
+    before = copy.deepcopy(model.bert.encoder.layer[1].output.dense.weight)
+    ctx = autolite.passes.PassContext(family=family, tokenizer=tok, calib=LONG * 2, labels=[0, 1, 0, 1])
+    config = TokenDrop(schedule=[1.0, 0.5], min_length=4, recover_steps=2, recover_batch=2)
+    small = autolite.passes.handler_for(config).apply(model, config, ctx)
+    assert not torch.equal(small.bert.encoder.layer[1].output.dense.weight, before)
+    assert any("recovery 2 steps" in note for note in ctx.notes)
+    assert not small.training
