@@ -1,0 +1,349 @@
+"""Decode speed, perplexity and memory of autolite's decode loop; writes JSON and docs/DECODE.md.
+
+Batch 1, greedy, ``--tokens`` new tokens, ``--threads`` intra-op threads, on SmolLM2-135M by default:
+HF ``generate`` FP32, our loop FP32 / INT8 (w8) / INT4 (w4g64 GPTQ), FP32 + activation skipping at
+25/40/50%, and llama.cpp on the bundled Q4_1 GGUF when llama-cpp-python is installed. All decoders are
+timed interleaved (A B C A B C ... after a warm-up), medians reported; tokens/s counts the decode steps
+(the first token comes from prefill). Perplexity: ``autolite.evaluate`` on the held-out corpus split
+(never used for calibration), activation skipping applied at every position (what decode computes).
+Continuous batching: the serving DecodeBatcher on the INT4 model, 8 concurrent streams vs 1, aggregate
+tokens/s and time to first token p50/p99.
+
+    python benchmarks/decode_bench.py                   # everything (long on 2 shared cores)
+    python benchmarks/decode_bench.py --quick           # tiny-llama, a few tokens: checks the script
+    python benchmarks/decode_bench.py --doc-only        # regenerate docs/DECODE.md from the JSON
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import autolite
+from autolite.data import load_texts
+from autolite.eval.bench import peak_memory_mb
+from autolite.runtime.act_sparsity import ActivationSparsity, sparse_everywhere
+from autolite.runtime.decode import Decoder, generate
+
+log = logging.getLogger("decode_bench")
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "decode"
+DOC = ROOT / "docs" / "DECODE.md"
+PROMPT = "The history of the city began"
+W4 = [{"pass": "weight-only", "bits": 4, "group_size": 64, "symmetric": False, "method": "gptq", "embedding": True,
+       "calib_tokens": 4096}]
+W8 = "w8"
+
+
+def _machine() -> dict[str, Any]:
+    from autolite.runtime.hardware import probe
+
+    info = probe().to_dict()
+    keep = ("cpu_model", "model", "physical_cores", "logical_cores", "isa")
+    load = os.getloadavg()
+    return {**{k: info[k] for k in keep if k in info}, "load_avg_1_5_15": [round(x, 2) for x in load],
+            "shared": load[0] > (os.cpu_count() or 1), "torch": torch.__version__}
+
+
+def build_models(spec: str, args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, Any, Any]]:
+    """label -> (model, tokenizer, family); compressed models cached under $AUTOLITE_CACHE/decode_bench."""
+    from autolite.loading import cache_root
+
+    base, tok, family = autolite.load(spec)
+    models = {"fp32": (base, tok, family)}
+    recipes: dict[str, Any] = {"w8": W8, "w4g64": W4}
+    recipes.update({f"fp32+skip{int(s * 100)}": [ActivationSparsity(sparsity=s).to_dict()] for s in args.sparsities})
+    for label, recipe in recipes.items():
+        path = cache_root() / "decode_bench" / f"{spec.replace(':', '_')}-{label}"
+        if not (path / "config.json").is_file():
+            log.info("compressing %s (%s), cached at %s", spec, label, path)
+            small = autolite.compress(base, recipe, tokenizer=tok, family=family)
+            autolite.save_model(small, tok, path, overwrite=True)
+        models[label] = autolite.load(str(path))
+    return models
+
+
+def decode_speed(models: dict[str, tuple], args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved timing of every decoder; medians of decode tokens/s."""
+    base, tok, _ = models["fp32"]
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    runners: dict[str, Callable[[], dict[str, Any]]] = {"hf generate fp32": _hf_runner(base, ids, args.tokens)}
+    decoders = {}
+    for label, (model, _, family) in models.items():
+        decoders[label] = Decoder(model, family, compile=not args.eager)
+        cache = decoders[label].new_cache(1, len(ids) + args.tokens)
+        runners[f"ours {label}"] = _our_runner(decoders[label], tok, ids, args.tokens, cache)
+    llm = _llamacpp_runner(ids, args)
+    if llm is not None:
+        runners["llama.cpp Q4_1 gguf"] = llm
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
+    for name, run in runners.items():  # warm-up (compiles our step)
+        started = time.perf_counter()
+        run()
+        log.info("warm-up %s: %.1f s", name, time.perf_counter() - started)
+    for _ in range(args.runs):
+        for name, run in runners.items():
+            samples[name].append(run())
+            log.info("%s: %.1f tok/s", name, samples[name][-1]["tok_s"])
+    rows = {name: {"tok_s": statistics.median(s["tok_s"] for s in runs), "runs_tok_s": [s["tok_s"] for s in runs],
+                   "text": runs[-1].get("text", "")[:200]} for name, runs in samples.items()}
+    hf_tokens = samples["hf generate fp32"][-1]["tokens"]
+    for name in rows:
+        if name.startswith("ours") and "tokens" in samples[name][-1]:
+            rows[name]["same_tokens_as_hf_fp32"] = samples[name][-1]["tokens"] == hf_tokens
+    for label, decoder in decoders.items():
+        rows[f"ours {label}"]["peak_decode_mb"] = round(peak_memory_mb(runners[f"ours {label}"], torch.device("cpu")), 1)
+        rows[f"ours {label}"]["weights_mb"] = round(_weights_mb(models[label][0]), 1)
+    return {"tokens": args.tokens, "threads": torch.get_num_threads(), "runs": args.runs, "prompt": PROMPT,
+            "compiled": not args.eager, "rows": rows}
+
+
+def _weights_mb(model: torch.nn.Module) -> float:
+    from autolite.eval.bench import model_size
+
+    return model_size(model)[0]
+
+
+def _hf_runner(model: torch.nn.Module, ids: list[int], n: int) -> Callable[[], dict[str, Any]]:
+    inputs = torch.tensor([ids])
+
+    def run() -> dict[str, Any]:
+        with torch.inference_mode():
+            started = time.perf_counter()
+            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=1, do_sample=False)
+            first = time.perf_counter() - started
+            started = time.perf_counter()
+            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=n, do_sample=False,
+                                 min_new_tokens=n, pad_token_id=0)
+            total = time.perf_counter() - started
+        return {"tok_s": (n - 1) / max(total - first, 1e-9), "tokens": out[0, len(ids):].tolist()}
+    return run
+
+
+def _our_runner(decoder: Decoder, tok: Any, ids: list[int], n: int, cache: Any) -> Callable[[], dict[str, Any]]:
+    eos = tok.eos_token_id
+
+    def run() -> dict[str, Any]:
+        tok.eos_token_id = None  # exactly n tokens, like the other rows
+        try:
+            out = generate(decoder, tok, ids, n, cache=cache)
+        finally:
+            tok.eos_token_id = eos
+        return {"tok_s": out.tokens_per_s, "tokens": out.tokens, "text": out.text}
+    return run
+
+
+def _llamacpp_runner(ids: list[int], args: argparse.Namespace) -> Callable[[], dict[str, Any]] | None:
+    if args.quick:
+        return None
+    try:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from llamacpp_util import llamacpp_decode_tps  # optional: needs the llamacpp extra
+
+        from autolite.export import llamacpp
+        from autolite.loading import smollm2_gguf
+
+        path = smollm2_gguf()
+        llm = llamacpp.load(path, n_ctx=args.tokens + 256, threads=args.threads, logits_all=False)
+    except Exception as exc:  # llama-cpp-python not installed / not built here
+        log.warning("llama.cpp row skipped: %s", exc)
+        return None
+
+    def run() -> dict[str, Any]:
+        return llamacpp_decode_tps(path, PROMPT, args.tokens, args.threads, llm=llm)
+    return run
+
+
+def perplexities(models: dict[str, tuple], args: argparse.Namespace) -> dict[str, Any]:
+    data = load_texts(None, split="heldout").head(args.ppl_texts)
+    rows = {}
+    for label, (model, tok, family) in models.items():
+        with sparse_everywhere(model):
+            result = autolite.evaluate(model, tok, data=data, family=family, max_length=128)
+        rows[label] = result["perplexity"]
+        log.info("perplexity %s: %.3f", label, rows[label])
+    base = rows["fp32"]
+    return {"texts": len(data.texts), "split": "heldout", "rows": {k: {"perplexity": v, "vs_fp32": v / base - 1}
+                                                                   for k, v in rows.items()}}
+
+
+def batching(models: dict[str, tuple], args: argparse.Namespace) -> dict[str, Any]:
+    """The serving DecodeBatcher on the INT4 model: aggregate tokens/s of 1 and of 8 concurrent streams."""
+    from autolite.serve.decode_batcher import DecodeBatcher
+
+    model, tok, family = models["w4g64"]
+    decoder = Decoder(model, family, compile=not args.eager)
+    prompts = [tok(f"{PROMPT} {i}", add_special_tokens=False)["input_ids"] for i in range(args.streams)]
+    tok.eos_token_id = None
+    out = {}
+    for streams in (1, args.streams):
+        batcher = DecodeBatcher(decoder, tok, slots=args.streams, max_len=256, prefix_entries=0)
+        batcher.warm()
+        out[f"{streams} streams"] = asyncio.run(_streams(batcher, prompts[:streams], args.batch_tokens))
+        log.info("%d streams: %s", streams, out[f"{streams} streams"])
+    out["speedup_8_vs_1"] = out[f"{args.streams} streams"]["aggregate_tok_s"] / out["1 streams"]["aggregate_tok_s"]
+    return out
+
+
+async def _streams(batcher: Any, prompts: list[list[int]], n: int) -> dict[str, Any]:
+    from autolite.serve.engine import GenerateParams
+    from autolite.serve.stream import StreamPayload, TokenSink
+
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+
+    async def one(ids: list[int]) -> float:
+        queue: asyncio.Queue = asyncio.Queue()
+        task = asyncio.ensure_future(batcher.submit(("generate", GenerateParams(n, 0)),
+                                                    [StreamPayload(ids, TokenSink(loop, queue, 0))], [len(ids)]))
+        await queue.get()
+        ttft = time.perf_counter() - started
+        await task
+        return ttft
+
+    ttfts = await asyncio.gather(*(one(p) for p in prompts))
+    wall = time.perf_counter() - started
+    await batcher.stop()
+    ttfts = sorted(ttfts)
+    return {"streams": len(prompts), "tokens_each": n, "wall_s": wall, "aggregate_tok_s": len(prompts) * n / wall,
+            "ttft_p50_s": statistics.median(ttfts), "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]}
+
+
+# --- docs/DECODE.md, generated from the JSON -------------------------------------------------------------
+def _targets(result: dict[str, Any]) -> list[str]:
+    rows, ppl = result["speed"]["rows"], result.get("perplexity", {}).get("rows", {})
+    lines = []
+    llama = rows.get("llama.cpp Q4_1 gguf")
+    w4 = rows.get("ours w4g64")
+    if w4 and llama:
+        ratio = w4["tok_s"] / llama["tok_s"]
+        lines.append(f"- INT4 decode vs llama.cpp: {ratio:.2f}x (target >= 1.0x): **{'met' if ratio >= 1 else 'not met'}**")
+    elif w4:
+        lines.append("- INT4 decode vs llama.cpp: llama.cpp not measured in this run (llama-cpp-python missing)")
+    if "w4g64" in ppl:
+        change = ppl["w4g64"]["vs_fp32"]
+        lines.append(f"- INT4 perplexity vs FP32: {change:+.2%} (target <= +2%): **{'met' if change <= 0.02 else 'not met'}**")
+    for label in sorted(k for k in rows if "skip" in k):
+        speed = rows[label]["tok_s"] / rows["ours fp32"]["tok_s"]
+        change = ppl.get(label.replace("ours ", ""), {}).get("vs_fp32")
+        ok = speed >= 1.3 and change is not None and change <= 0.03
+        ppl_text = f", perplexity {change:+.2%}" if change is not None else ""
+        lines.append(f"- activation skipping {label.split('skip')[1]}%: {speed:.2f}x decode over ours fp32{ppl_text} "
+                     f"(target >= 1.3x at <= +3%): **{'met' if ok else 'not met'}**")
+    if "batching" in result:
+        speedup = result["batching"]["speedup_8_vs_1"]
+        lines.append(f"- 8 streams vs 1: {speedup:.2f}x aggregate tokens/s (target >= 4x): "
+                     f"**{'met' if speedup >= 4 else 'not met'}**")
+    return lines
+
+
+def write_doc(result: dict[str, Any], path: Path = DOC) -> None:
+    speed, machine = result["speed"], result["machine"]
+    ppl = result.get("perplexity", {}).get("rows", {})
+    hf = speed["rows"]["hf generate fp32"]["tok_s"]
+    llama = speed["rows"].get("llama.cpp Q4_1 gguf", {}).get("tok_s")
+    lines = ["# Decode (autolite's own decode loop)", "",
+             f"Generated by `benchmarks/decode_bench.py` from `{result['json']}` on {result['date']}. Do not edit by hand.",
+             "", f"Machine: {machine.get('cpu_model') or machine.get('model', 'CPU')}, torch {machine['torch']}, "
+             f"{speed['threads']} threads; load average at start {machine['load_avg_1_5_15']}"
+             + (" — **shared machine (CPU steal): absolute tok/s are low and noisy; ratios come from interleaved runs**"
+                if machine.get("shared") else ""), "",
+             f"Model `{result['model']}`, batch 1, greedy, {speed['tokens']} new tokens after \"{speed['prompt']}\", "
+             f"median of {speed['runs']} interleaved runs; our step {'compiled (torch.compile, fullgraph)' if speed['compiled'] else 'eager'}.",
+             "", "| decoder | tok/s | vs HF FP32 | vs llama.cpp | perplexity | vs FP32 | peak decode MB | weights MB | "
+             "greedy tokens = HF FP32 |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in speed["rows"].items():
+        label = name.replace("ours ", "")
+        p = ppl.get(label if name.startswith("ours") else "", {})
+        vs_llama = f"{row['tok_s'] / llama:.2f}x" if llama else "-"
+        perplexity = f"{p['perplexity']:.2f} | {p['vs_fp32']:+.2%}" if p else "- | -"
+        lines.append(f"| {name} | {row['tok_s']:.1f} | {row['tok_s'] / hf:.2f}x | {vs_llama} | {perplexity} | "
+                     f"{row.get('peak_decode_mb', '-')} | {row.get('weights_mb', '-')} | "
+                     f"{row.get('same_tokens_as_hf_fp32', '-')} |")
+    if "batching" in result:
+        lines += ["", "## Continuous batching (serving DecodeBatcher, INT4 model)", "",
+                  "| streams | tokens each | aggregate tok/s | TTFT p50 s | TTFT p99 s |", "|---|---|---|---|---|"]
+        for key, row in result["batching"].items():
+            if isinstance(row, dict):
+                lines.append(f"| {row['streams']} | {row['tokens_each']} | {row['aggregate_tok_s']:.1f} | "
+                             f"{row['ttft_p50_s']:.3f} | {row['ttft_p99_s']:.3f} |")
+    lines += ["", "## Targets", "", *_targets(result), "", "## Notes", "", *result.get("notes", [])]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _save(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+NOTES = [
+    "- Our decode step: a functional forward over the model's own modules with a static KV cache, compiled once "
+    "(`torch.compile(fullgraph=True)`); INT4 rows run `aten._weight_int4pack_mm_for_cpu`, INT8 rows "
+    "`aten._weight_int8pack_mm` inside the graph; the INT8 head/embedding of w4g64/w8 is INT8 per row.",
+    "- Activation skipping (TEAL-style): per-linear thresholds calibrated on the corpus calib split; at decode each "
+    "linear reads only the weight rows of its active inputs (`index_select` of the transposed FP32 weight, inside one "
+    "custom op). Perplexity is measured with the thresholds applied at every position (what decode computes); "
+    "prefill stays dense.",
+    "- Perplexity: `autolite.evaluate` on the held-out corpus split, never used for calibration.",
+    "- llama.cpp: llama-cpp-python on the bundled SmolLM2 Q4_1 GGUF, one `llama_decode` per token, same threads; "
+    "under CPU contention its spinning thread barrier degrades more than torch's (see /work/coord notes).",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.25, 0.4, 0.5])
+    parser.add_argument("--ppl-texts", type=int, default=64)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--batch-tokens", type=int, default=64)
+    parser.add_argument("--eager", action="store_true", help="do not compile our step")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["perplexity", "batching"])
+    parser.add_argument("--quick", action="store_true", help="tiny-llama, few tokens: checks the script")
+    parser.add_argument("--doc-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.quick:
+        args.model, args.tokens, args.runs, args.ppl_texts, args.batch_tokens = "random:tiny-llama", 16, 1, 8, 8
+    out = args.out or RESULTS / ("decode-quick.json" if args.quick else "decode.json")
+    if args.doc_only:
+        write_doc(json.loads(out.read_text()))
+        return
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {"model": args.model, "date": datetime.date.today().isoformat(), "machine": _machine(),
+                              "json": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
+                              "command": " ".join(sys.argv), "notes": NOTES}
+    models = build_models(args.model, args)
+    result["speed"] = decode_speed(models, args)
+    _save(result, out)
+    if "perplexity" not in args.skip:
+        result["perplexity"] = perplexities(models, args)
+        _save(result, out)
+    if "batching" not in args.skip:
+        result["batching"] = batching(models, args)
+        _save(result, out)
+    write_doc(result, out.with_suffix(".md") if args.quick else DOC)
+    print(json.dumps({k: result[k] for k in ("speed", "perplexity", "batching") if k in result}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
