@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from safetensors import safe_open
+
 from autolite.errors import AutoliteError, CorruptWeightsError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -72,8 +74,6 @@ def check_safetensors(directory: Path) -> list[Path]:
     Raises :class:`CorruptWeightsError` for a truncated/corrupt file, or when only pickle
     checkpoints (which autolite never unpickles) are present.
     """
-    from safetensors import safe_open
-
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]

@@ -36,7 +36,7 @@ def curve_rows(history: list[dict[str, Any]], key: str) -> list[tuple[int, float
 def curve_plot(rows: list[tuple[int, float | None, float]], key: str, path: Path) -> Path | None:
     """Plot the held-out metric against the step; None when matplotlib is missing."""
     try:
-        import matplotlib
+        import matplotlib  # lazy and optional: the plot is skipped when matplotlib is missing
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

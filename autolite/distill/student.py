@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autolite.arch import ArchSpec, base_model
@@ -78,8 +79,6 @@ def search_layers(teacher: nn.Module, family: ArchSpec, keep: int, tokenizer: An
 
 
 def _match(out, ref) -> float:
-    import torch.nn.functional as F
-
     if out.embeddings is not None and ref.embeddings is not None:
         return float(F.cosine_similarity(out.embeddings, ref.embeddings, dim=-1).mean())
     log_p, log_q = F.log_softmax(ref.logits, -1), F.log_softmax(out.logits, -1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autolite.arch import is_conv1d
 from autolite.errors import RecipeError
 from autolite.quant.common import weight_matrix
 from autolite.quant.formats import (SCALE_DTYPE, Format, dequantize_int4, effective_group, engine_format,
@@ -157,7 +158,7 @@ class FakeQuantLinear(nn.Module):
         self.weight_quant = WeightFakeQuant(w, bits, group_size, symmetric, mode, init=init, scale_init=scale_init,
                                             zero_init=zero_init)
         self.act_bits = act_bits
-        self.source_type = type(module).__name__
+        self.from_conv1d = is_conv1d(module)  # converted back to a Conv1D (GPT-2's layout) by convert_qat
 
     @classmethod
     def from_packed(cls, layer: nn.Module, mode: str = "lsq") -> "FakeQuantLinear":

@@ -89,7 +89,7 @@ def convert_qat(model: nn.Module, engine: bool = True) -> nn.Module:
 
 def _float_layer(module: FakeQuantLinear) -> nn.Module:
     deq = module.weight_quant(module.weight)
-    if module.source_type == "Conv1D":  # GPT-2 keeps its (in, out) layout so transformers reloads it
+    if module.from_conv1d:  # GPT-2 keeps its (in, out) layout so transformers reloads it
         layer, deq = Conv1D(module.out_features, module.in_features), deq.t()
     else:
         layer = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)

@@ -21,8 +21,10 @@ projections of the pooled embedding (whose expected squared gradient is the Jaco
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
+import math
 from typing import Any, Callable
 
 import torch
@@ -327,8 +329,6 @@ def table_rows(table: Sensitivity, which: str = "measured") -> list[list[str]]:
 
 
 def write_csv(table: Sensitivity, path) -> None:
-    import csv
-
     kinds = [k for k in ("measured", "estimated", "output") if getattr(table, k)]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -339,9 +339,7 @@ def write_csv(table: Sensitivity, path) -> None:
 
 def heatmap(table: Sensitivity, path, which: str = "measured") -> None:
     """Units x bits heat map of log10(loss) (matplotlib, Agg backend)."""
-    import math
-
-    import matplotlib
+    import matplotlib  # lazy: the plotting stack loads only when a heat map is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
