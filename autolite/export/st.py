@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 from autolite.arch.base import base_model
-from autolite.export.hf import why_not_plain
+from autolite.export.hf import why_not_plain, write_model_files
 from autolite.export.common import ExportResult, UnsupportedExportError, dtype_name, float_dtype, require_plain
 from autolite.export.validate import LOSSLESS_REL_L2, Tolerance, collect, corpus_texts, judge
 from autolite.errors import NumericsError
 from autolite.io import atomic_dir
+from autolite.prune import remote
 
 log = logging.getLogger(__name__)
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -43,20 +44,24 @@ def export_st(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, va
                                      f"DistilBERT, MiniLM); {family.name} is a {family.kind}: use 'hf' or 'onnx'")
     require_plain(model, "st", "float and pruned encoders")
     blocker = why_not_plain(model, family)
-    if blocker:
-        raise UnsupportedExportError(f"sentence-transformers rebuilds the encoder with plain transformers, which "
-                                     f"cannot take this model ({blocker}); export 'hf' (reload with autolite.load), "
-                                     "'onnx' or 'mlx' instead")
     out_dir = Path(out_dir)
     source = _source_dir(model, source_dir)
     result = ExportResult(path=out_dir, format="st", precision=dtype_name(float_dtype(model)))
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        _save_base(model, tokenizer, tmp)
+        remote_code = _save_base(model, tokenizer, tmp)
+        if blocker and not remote_code:
+            raise UnsupportedExportError(f"sentence-transformers rebuilds the encoder with plain transformers, which "
+                                         f"cannot take this model ({blocker}); export 'hf' (reload with "
+                                         "autolite.load), 'onnx' or 'mlx' instead")
         normalized = _write_modules(tmp, model.config, tokenizer, source, normalize)
         result.notes.append(f"modules from {'the source model' if source else 'defaults'}: "
                             f"mean pooling{', normalized' if normalized else ''}")
+        if remote_code:
+            result.notes.append("load with SentenceTransformer(DIR, trust_remote_code=True): the pruned encoder is "
+                                f"rebuilt by the directory's {remote.CODE_FILE}")
         if validate:
-            result.validation = _validate(model, tokenizer, family, tmp, normalized, max_texts, min_cosine)
+            result.validation = _validate(model, tokenizer, family, tmp, normalized, max_texts, min_cosine,
+                                          remote_code)
     return result
 
 
@@ -80,15 +85,16 @@ def _source_dir(model: torch.nn.Module, explicit: str | Path | None) -> Path | N
     return None
 
 
-def _save_base(model: torch.nn.Module, tokenizer: Any, directory: Path) -> None:
-    """The encoder without its task head (sentence-transformers loads it with AutoModel)."""
+def _save_base(model: torch.nn.Module, tokenizer: Any, directory: Path) -> bool:
+    """The encoder without its task head (sentence-transformers loads it with AutoModel); returns whether it
+    needs ``trust_remote_code`` (a pruned layout config.json cannot say, rebuilt by autolite's modeling file)."""
     base = base_model(model)
     architectures = getattr(model.config, "architectures", None)
     try:
-        base.save_pretrained(str(directory))
+        write_model_files(base, tokenizer, directory)
     finally:
         model.config.architectures = architectures  # save_pretrained renamed it on the shared config
-    tokenizer.save_pretrained(str(directory))
+    return (directory / remote.CODE_FILE).is_file()
 
 
 def _write_modules(directory: Path, config: Any, tokenizer: Any, source: Path | None,
@@ -141,7 +147,8 @@ def _set_normalize(modules: list[dict], normalize: bool | None) -> list[dict]:
     return kept
 
 
-def _validate(model, tokenizer, family, directory: Path, normalized: bool, max_texts, min_cosine):
+def _validate(model, tokenizer, family, directory: Path, normalized: bool, max_texts, min_cosine,
+              remote_code: bool = False):
     from sentence_transformers import SentenceTransformer
 
     from autolite.eval.forward import mean_pool
@@ -149,7 +156,8 @@ def _validate(model, tokenizer, family, directory: Path, normalized: bool, max_t
 
     texts = corpus_texts(max_texts)
     try:
-        st_model = SentenceTransformer(str(directory), device="cpu", local_files_only=True)
+        st_model = SentenceTransformer(str(directory), device="cpu", local_files_only=True,
+                                       trust_remote_code=remote_code)
     except Exception as exc:  # it loads through plain transformers, which cannot rebuild every autolite model
         raise UnsupportedExportError(
             f"sentence-transformers cannot load this model ({str(exc).splitlines()[0][:160]}); it rebuilds the "
