@@ -1,0 +1,29 @@
+from autolite.search.space import Space, describe, runtime_passes, structural_key, structural_passes
+
+
+def space(**kw):
+    base = dict(backends=["int8-dynamic", "ort-int8"], dynamic=["early-exit"], ratios={"layers": [0.0, 0.5],
+                "heads": [0.0, 0.25], "ffn": [0.0, 0.5]}, recover_steps=10, max_drop=1.0)
+    return Space(**dict(base, **kw))
+
+
+def test_layer_cut_gets_recovery_through_a_zero_ratio_ffn_pass():
+    passes = structural_passes({"layers": 0.5, "heads": 0.0, "ffn": 0.0}, recover_steps=10)
+    assert passes == [{"pass": "prune-layers", "ratio": 0.5}, {"pass": "prune-ffn", "ratio": 0.0, "recover_steps": 10}]
+    assert structural_key(passes) == "layers0.5-ffn0-r10"
+    assert structural_passes({"layers": 0.0, "heads": 0.0, "ffn": 0.0}, 10) == []
+
+
+def test_runtime_passes_put_dynamic_before_the_backend():
+    params = {"layers": 0.0, "dyn:early-exit": True, "dyn:early-exit:max_drop": 0.5, "backend": "int8-dynamic"}
+    passes = runtime_passes(params)
+    assert passes[0] == {"pass": "early-exit", "max_drop": 0.5} and [p["pass"] for p in passes] == ["early-exit",
+                                                                                                  "int8-dynamic"]
+    assert describe(params).endswith("+early-exit int8-dynamic")
+
+
+def test_seeds_are_dense_backends_then_structural_points_on_int8():
+    seeds = space().seeds()
+    assert [s["backend"] for s in seeds[:2]] == ["int8-dynamic", "ort-int8"]
+    assert all(s["layers"] == 0.0 and not s["dyn:early-exit"] for s in seeds[:2])
+    assert {s["backend"] for s in seeds[2:]} == {"ort-int8"} and seeds[2]["layers"] == 0.5
