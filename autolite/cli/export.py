@@ -9,7 +9,7 @@ import typer
 from autolite.cli.common import FORCE_OPT, MAX_TEXTS_OPT, MODEL_ARG, flag, progress_bar, rows_table
 
 
-def export(model: str = MODEL_ARG,
+def export(ctx: typer.Context, model: str = MODEL_ARG,
            format: str = typer.Option("hf", "--format", "-f", help="hf | st | onnx | mlx | gguf"),
            out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
            precision: str = typer.Option("fp32", help="onnx: fp32 | int8 (ONNX Runtime dynamic quantization)."),
@@ -24,14 +24,18 @@ def export(model: str = MODEL_ARG,
            max_texts: Optional[int] = MAX_TEXTS_OPT, force: bool = FORCE_OPT) -> None:
     """Export MODEL to --out in --format; the export is validated against the source and the difference printed."""
     import autolite
-    from autolite.paths import check_output_dir
     from autolite.cli import console
-    from autolite.export import FORMATS, UnsupportedExportError
+    from autolite.export import FORMATS
+    from autolite.paths import check_output_dir
 
-    if format not in FORMATS:
-        raise UnsupportedExportError(f"unknown --format '{format}'; supported: {', '.join(FORMATS)}")
+    if format not in FORMATS:  # usage mistakes (exit 2), before any work
+        raise typer.BadParameter(f"unknown format '{format}'; supported: {', '.join(FORMATS)}", ctx,
+                                 param_hint="'--format'")
+    try:
+        opts = _format_options(format, precision, optimize, bits, group_size)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), ctx) from exc
     check_output_dir(out, overwrite=force)
-    opts = _format_options(format, precision, optimize, bits, group_size)
     with progress_bar(f"loading {model}"):
         source, tokenizer, family = autolite.load(model)
     with progress_bar(f"exporting to {format}{' and validating' if validate else ''}"):
@@ -52,12 +56,11 @@ def export(model: str = MODEL_ARG,
 
 
 def _format_options(format: str, precision: str, optimize: bool, bits: Optional[int], group_size: int) -> dict:
-    from autolite.export import UnsupportedExportError
-
+    """The exporter's options for ``format``; ValueError for options that belong to another format."""
     if format != "mlx" and bits is not None:
-        raise UnsupportedExportError("--bits/--group-size apply to --format mlx only (ONNX: --precision int8)")
+        raise ValueError("--bits/--group-size apply to --format mlx only (ONNX: --precision int8)")
     if format != "onnx" and (precision != "fp32" or optimize):
-        raise UnsupportedExportError("--precision/--optimize apply to --format onnx only (MLX: --bits 4|8)")
+        raise ValueError("--precision/--optimize apply to --format onnx only (MLX: --bits 4|8)")
     if format == "onnx":
         return {"precision": precision, "optimize": optimize}
     if format == "mlx":

@@ -21,7 +21,7 @@ def test_cli_export_errors_are_one_line(tmp_path, run_cli):
     assert code == 2 and "supported: hf, st, onnx, mlx" in err
     (tmp_path / "exists").mkdir()
     code, _, err = run_cli("export", "random:tiny-bert", "--out", str(tmp_path / "exists"))
-    assert code == 2 and "already exists" in err
+    assert code == 1 and "already exists" in err
 
 
 def test_cli_no_validate(tmp_path, run_cli):
