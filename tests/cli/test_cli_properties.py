@@ -65,15 +65,15 @@ SPECS = {
         "--batch": small(2), "--seq": (st.sampled_from([2, 8, 16, 100000]), ints(2)[1]),
         "--threads": small(2), "--device": (st.sampled_from(["cpu", "tpu"]), None),
         "--json": (st.just("{out}.json"), None)}),
-    "eval": ([], {
+    "eval": (["--max-texts", "4"], {
         "--max-texts": small(4), "--max-length": (st.integers(2, 64), ints(2)[1]),
         "--reference": (st.sampled_from(["random:tiny-bert", "random:tiny-llama"]), None),
         "--json": (st.just("{out}.json"), None)}),
     "export": (["--out", "{out}", "--max-texts", "2"], {
-        "--format": (st.sampled_from(["hf", "st", "onnx", "xyz"]), None),
+        "--format": (st.sampled_from(["hf", "st", "xyz"]), None),  # onnx: its own tests (slow to export)
         "--max-texts": small(4), "--bits": ints(4, 8), "--group-size": ints(32, 64),
         "--no-validate": None, "--force": None}),
-    "prune": (["--out", "{out}"], {
+    "prune": (["--out", "{out}", "--importance", "magnitude"], {
         "--heads": floats(0, 1, open_high=True), "--ffn": floats(0, 1, open_high=True),
         "--importance": (st.sampled_from(["magnitude", "l2", "nope"]), None),
         "--round-to": small(8), "--recover-lr": floats(0, 1, open_low=True)}),
@@ -83,7 +83,7 @@ SPECS = {
     "loadtest": (["http://127.0.0.1:9"], {
         "--concurrency": ints(1), "--requests": ints(1), "--duration": floats(0, open_low=True),
         "--warmup": ints(0), "--max-words": ints(1)}),
-    "sensitivity": (["--out", "{out}", "--bits", "8,4", "--no-gradient", "--no-measure", "--output"], {
+    "sensitivity": (["--out", "{out}", "--bits", "8,4", "--no-gradient", "--no-measure", "--output", "--texts", "2"], {
         "--group-size": (st.sampled_from([16, 32]), ints(1)[1]), "--texts": small(2),
         "--max-length": (st.integers(2, 16), ints(2)[1]), "--budget": floats(0, 16, open_low=True)}),
 }
@@ -161,17 +161,21 @@ def test_cli_validation_never_crashes(invocation):
 
 
 SWEEP = {"count": 0, "codes": {}}
+SWEEP_EXAMPLES = int(os.environ.get("AUTOLITE_SWEEP_EXAMPLES", "300"))
 
 
 @pytest.mark.slow
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(invocations(verb_names=("compress", "bench", "eval", "export", "prune", "loadtest", "sensitivity", "serve")))
+@pytest.mark.timeout(7200)
+@settings(max_examples=SWEEP_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(invocations())
 def test_cli_sweep_on_tiny_models(invocation):
-    """The same invocations run for real (serve returns once bound; loadtest targets a closed port)."""
+    """The same invocations run for real on tiny models (serve binds its port, then stops before loading the
+    engine and serving; loadtest targets a closed port)."""
     args, usage_error = invocation
-    with mock.patch("autolite.serve.server.run_server", lambda *a, **k: None):
+    engine = mock.patch("autolite.serve.server.load_engine", side_effect=ReachedWork("reached work"))
+    with engine:
         status = check(args, usage_error, validation_only=False)
     SWEEP["count"] += 1
     SWEEP["codes"][status] = SWEEP["codes"].get(status, 0) + 1
-    if SWEEP["count"] % 50 == 0:
-        print(f"sweep: {SWEEP['count']} invocations, exit statuses {SWEEP['codes']}")
+    if SWEEP["count"] % 25 == 0:
+        print(f"sweep: {SWEEP['count']} invocations, exit statuses {SWEEP['codes']}", flush=True)
