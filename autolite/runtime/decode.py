@@ -186,7 +186,10 @@ class Decoder:
         """One decode step for slots ``0 .. len(tokens)-1``: logits (B, V); each slot's length grows by one."""
         rows = tokens.shape[0]
         pos = torch.tensor(cache.lengths[:rows])[:, None]  # (B, 1)
-        logits = self._step(tokens[:, None], pos, *self._views(cache, slice(0, rows), max(cache.lengths[:rows]) + 1))
+        ids = tokens[:, None]  # (B, 1)
+        for t in (ids, pos):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        logits = self._step(ids, pos, *self._views(cache, slice(0, rows), max(cache.lengths[:rows]) + 1))
         for row in range(rows):
             cache.lengths[row] += 1
         return logits
