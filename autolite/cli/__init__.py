@@ -39,9 +39,9 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
-            verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logs."),
-            version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+def _global(debug: bool = typer.Option(False, "--debug", metavar="", help="Show full tracebacks and debug logs."),
+            verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Show info logs."),
+            version: bool = typer.Option(False, "--version", metavar="", is_eager=True, callback=_print_version,
                                          help="Print autolite's version and exit.")) -> None:
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
