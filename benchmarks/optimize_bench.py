@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -34,21 +33,12 @@ def cpu_times() -> tuple[float, float]:
     return sum(fields), fields[7] if len(fields) > 7 else 0.0
 
 
-def task_files(work: Path) -> tuple[Path, Path, Path, dict]:
-    """(model dir, train+val CSV, test CSV, FP32 record) of the fortunes task (built once, cached)."""
+def task_files() -> tuple[Path, Path, dict]:
+    """(model dir, data dir with train/val/test CSVs, FP32 record) of the fortunes task (built once, cached)."""
     import task_fortunes
 
     record = task_fortunes.build()
-    data_dir = Path(record["data_dir"])
-    work.mkdir(parents=True, exist_ok=True)
-    combined = work / "train_val.csv"
-    with combined.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for part in ("train", "val"):
-            with (data_dir / f"{part}.csv").open(newline="", encoding="utf-8") as source:
-                writer.writerows((row["text"], row["label"]) for row in csv.DictReader(source))
-    return Path(record["model_dir"]), combined, data_dir / "test.csv", record
+    return Path(record["model_dir"]), Path(record["data_dir"]), record
 
 
 def compare(model_dir: Path, pick_dir: Path, test_csv: Path, batch: int, seq: int, runs: int) -> dict:
@@ -84,10 +74,13 @@ def run(args: argparse.Namespace) -> dict:
     from autolite.runtime.hardware import probe
 
     work = ROOT / "runs" / "optimize-fortunes"
-    model_dir, data_csv, test_csv, record = task_files(work)
+    model_dir, data_dir, record = task_files()
+    test_csv = data_dir / "test.csv"
     total0, steal0 = cpu_times()
     load0, started = os.getloadavg(), time.time()
-    result = autolite.optimize(str(model_dir), str(data_csv), str(work / "out"), test=str(test_csv),
+    # validation: val.csv (never trained on); calibration and recovery: train.csv (the fine-tuning set)
+    result = autolite.optimize(str(model_dir), str(data_dir / "val.csv"), str(work / "out"), test=str(test_csv),
+                               calib=str(data_dir / "train.csv"),
                                max_drop=1.0, objective="latency", batch=args.batch, seq=args.seq,
                                minutes=args.minutes, recover_steps=args.recover_steps,
                                backends=args.backends.split(",") if args.backends else None,

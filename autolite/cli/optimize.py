@@ -13,6 +13,8 @@ def optimize(model: str = MODEL_ARG,
                                        "validation and (without --test) a held-out test share."),
              out: Path = typer.Option(..., "--out", "-o", help="Result directory; rerun with it to continue."),
              test: Path = typer.Option(None, "--test", help="Labeled test file the search never sees."),
+             calib: Path = typer.Option(None, "--calib", help="Labeled file for calibration and recovery only (e.g. "
+                                        "the fine-tuning set); --data is then all validation (and test share)."),
              max_drop: float = typer.Option(1.0, "--max-drop", help="Accuracy points the pick may lose vs FP32."),
              objective: str = typer.Option("latency", help="latency | throughput | size"),
              batch: int = typer.Option(32, help="Batch size speed is measured at."),
@@ -30,7 +32,8 @@ def optimize(model: str = MODEL_ARG,
     from autolite.report.html import summary_rows
     from autolite.search import optimize as run
 
-    result = run(model, str(data), str(out), test=str(test) if test else None, max_drop=max_drop,
+    result = run(model, str(data), str(out), test=str(test) if test else None, calib=str(calib) if calib else None,
+                 max_drop=max_drop,
                  objective=objective, batch=batch, seq=seq, minutes=minutes, trials=trials,
                  recover_steps=recover_steps, backends=backends.split(",") if backends else None, ray=ray,
                  ray_address=ray_address, cores_per_trial=cores_per_trial,

@@ -102,8 +102,9 @@ def fingerprint(*datas: TextData) -> str:
     return digest.hexdigest()[:16]
 
 
-def split_indices(n: int, has_test: bool, seed: int = 0) -> dict[str, list[int]]:
-    """Shuffled, disjoint row indices of --data: test (unless a --test file is given), val, calib."""
+def split_indices(n: int, has_test: bool, has_calib: bool = False, seed: int = 0) -> dict[str, list[int]]:
+    """Shuffled, disjoint row indices of --data: test (unless a --test file is given), val, calib (unless a
+    --calib file is given: then the rest is all validation)."""
     if n < MIN_ROWS:
         raise DataError(f"--data has {n} labeled rows; autolite optimize needs at least {MIN_ROWS} "
                         "(to calibrate, validate and test)")
@@ -111,19 +112,26 @@ def split_indices(n: int, has_test: bool, seed: int = 0) -> dict[str, list[int]]
     random.Random(seed).shuffle(order)
     n_test = 0 if has_test else max(1, round(TEST_SHARE * n))
     rest = order[n_test:]
-    n_val = max(4, round(VAL_SHARE * len(rest)))
+    n_val = len(rest) if has_calib else max(4, round(VAL_SHARE * len(rest)))
     return {"test": order[:n_test], "val": rest[:n_val], "calib": rest[n_val:]}
 
 
-def make_splits(data: TextData, test: TextData | None, indices: dict[str, list[int]]) -> Splits:
+def make_splits(data: TextData, test: TextData | None, indices: dict[str, list[int]],
+                calib: TextData | None = None) -> Splits:
     def pick(rows: list[int], name: str) -> TextData:
         return TextData([data.texts[i] for i in rows], [data.labels[i] for i in rows], f"{data.source}:{name}")
 
+    calib = calib if calib is not None else pick(indices["calib"], "calib")
     if test is None:
-        return Splits(pick(indices["calib"], "calib"), pick(indices["val"], "val"), pick(indices["test"], "test"),
+        return Splits(calib, pick(indices["val"], "val"), pick(indices["test"], "test"),
                       f"held-out {TEST_SHARE:.0%} of --data ({len(indices['test'])} rows, set aside before the search)")
-    return Splits(pick(indices["calib"], "calib"), pick(indices["val"], "val"), test,
-                  f"--test {test.source} ({len(test)} rows)")
+    return Splits(calib, pick(indices["val"], "val"), test, f"--test {test.source} ({len(test)} rows)")
+
+
+def labeled_file(path: str | Path, config: Any, what: str) -> TextData:
+    """A labeled file as TextData with the model head's class ids."""
+    texts, raw = read_labeled(path, what)
+    return TextData(texts, label_ids(raw, config, what), str(path))
 
 
 @torch.no_grad()

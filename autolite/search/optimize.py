@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import autolite
-from autolite.data import TextData
 from autolite.errors import AutoliteError, RecipeError
 from autolite.runtime.fast_dense import candidate_passes
 from autolite.search import data as sdata
@@ -37,6 +36,7 @@ class Options:
     data: str
     out: str
     test: str | None = None
+    calib: str | None = None
     max_drop: float = 1.0
     objective: str = "latency"
     batch: int = 32
@@ -105,24 +105,25 @@ def check_out_dir(out: Path) -> None:
 
 def prepare(opts: Options, say: Callable[[str], None]) -> tuple[Worker, Setup, sdata.Splits, dict[str, Any]]:
     """Check the data against the model, split it (or reload the split of a resumed search), score FP32."""
-    raw = sdata.read_labeled(opts.data, "--data")
-    raw_test = sdata.read_labeled(opts.test, "--test") if opts.test else None
+    files = {"data": opts.data, "test": opts.test, "calib": opts.calib}
+    for what, path in files.items():  # format and labels present, before loading the model
+        if path:
+            sdata.read_labeled(path, f"--{what}")
     say(f"loading {opts.model}")
     loaded = autolite.load(opts.model)
     sdata.num_labels(loaded[0])
-    config = loaded[0].config
-    full = TextData(raw[0], sdata.label_ids(raw[1], config, "--data"), opts.data)
-    test = TextData(raw_test[0], sdata.label_ids(raw_test[1], config, "--test"), opts.test) if raw_test else None
+    parts = {k: sdata.labeled_file(p, loaded[0].config, f"--{k}") if p else None for k, p in files.items()}
+    full, test, calib = parts["data"], parts["test"], parts["calib"]
     state_dir = Path(opts.out) / "search"
     setup = Setup(model=opts.model, batch=opts.batch, seq=opts.seq, max_drop=opts.max_drop,
                   objective=opts.objective, recover_steps=opts.recover_steps, state_dir=str(state_dir),
                   threads=opts.cores_per_trial if opts.ray else None, speed_runs=opts.speed_runs,
                   final_runs=opts.final_runs)
-    identity = {"model": opts.model, "data": sdata.fingerprint(full), "test": sdata.fingerprint(test) if test else None,
+    identity = {"model": opts.model, **{k: sdata.fingerprint(v) if v else None for k, v in parts.items()},
                 "batch": opts.batch, "seq": opts.seq, "objective": opts.objective, "recover_steps": opts.recover_steps}
     state = read_state(state_dir, identity)
-    indices = state["indices"] if state else sdata.split_indices(len(full), test is not None)
-    splits = sdata.make_splits(full, test, indices)
+    indices = state["indices"] if state else sdata.split_indices(len(full), test is not None, calib is not None)
+    splits = sdata.make_splits(full, test, indices, calib)
     worker = Worker(setup, splits, loaded)
     if state is None:
         say(f"FP32 accuracy on validation ({len(splits.val)} rows)")

@@ -124,3 +124,12 @@ def test_label_names_map_through_the_head(tmp_path, labeled_rows):
     with pytest.raises(DataError, match=r"label\(s\) \['spam'\] that the model's head does not have"):
         optimize("random:tiny-bert", str(data), str(tmp_path / "out"), **TRIAL_OPTIONS)
     assert not (tmp_path / "out").exists()
+
+
+def test_calib_file_leaves_data_to_validation():
+    from autolite.search.data import split_indices
+
+    parts = split_indices(40, has_test=True, has_calib=True)
+    assert parts["calib"] == [] and parts["test"] == [] and sorted(parts["val"]) == list(range(40))
+    parts = split_indices(40, has_test=False)
+    assert len(parts["test"]) == 8 and not set(parts["test"]) & set(parts["val"]) | set(parts["calib"])
