@@ -132,4 +132,4 @@ def test_calib_file_leaves_data_to_validation():
     parts = split_indices(40, has_test=True, has_calib=True)
     assert parts["calib"] == [] and parts["test"] == [] and sorted(parts["val"]) == list(range(40))
     parts = split_indices(40, has_test=False)
-    assert len(parts["test"]) == 8 and not set(parts["test"]) & set(parts["val"]) | set(parts["calib"])
+    assert len(parts["test"]) == 8 and not set(parts["test"]) & (set(parts["val"]) | set(parts["calib"]))
