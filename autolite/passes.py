@@ -56,7 +56,8 @@ class PassContext:
     labels: list[int] | None = None
     shape: tuple[int, int] | None = None  # (batch, seq) the model will be measured at, when known
     notes: list[str] = dataclasses.field(default_factory=list)
-    teacher: Any = None  # the model pruning recovery distills from (None: a copy of the pass's input)
+    teacher: Any = None  # the model pruning recovery distills from (None: see recover_from)
+    original: Any = None  # the model compress() was given, unchanged (recover_from: original)
     prune_batches: dict[int, list] = dataclasses.field(default_factory=dict)  # calibration batches by sample count
     prune_scores: dict[str, dict] = dataclasses.field(default_factory=dict)  # last importance scores per target
 
@@ -151,11 +152,14 @@ def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None
     recipe = load_recipe(recipe)
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise ArgumentError(f"compress() needs an HF model (torch.nn.Module with a config), got {type(model).__name__}")
+    source = model
     if not inplace:
         model = copy.deepcopy(model)
     if family is None:
         family = family_of(model)
     ctx = ctx or PassContext(family=family, tokenizer=tokenizer, calib=calib)
+    if ctx.original is None and _recovers_from_original(recipe):
+        ctx.original = copy.deepcopy(model) if inplace else source
     positions = getattr(model.config, "max_position_embeddings", None)  # T5: relative positions, no limit
     if ctx.shape is not None and positions and ctx.shape[1] > positions:
         raise ArgumentError(f"sequence length {ctx.shape[1]} is longer than the model's {positions} positions")
@@ -169,6 +173,11 @@ def compress(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None
         ctx.note(f"stored weights: {describe_weights(counts)}")
     record_recipe(model, Recipe(passes=applied, name=recipe.name), ctx.notes)
     return model
+
+
+def _recovers_from_original(recipe: Recipe) -> bool:
+    return any(getattr(config, "recover_from", None) == "original" and getattr(config, "recover_steps", 0)
+               for config in recipe.passes)
 
 
 def compress_(model: torch.nn.Module, recipe: Any, calib: list[str] | None = None, **options: Any) -> torch.nn.Module:

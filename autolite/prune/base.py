@@ -18,6 +18,7 @@ from autolite.prune.surgery import record_layout, why_not_plain
 
 log = logging.getLogger(__name__)
 SCOPES = ("per_layer", "global")
+RECOVER_FROM = ("input", "original")
 RECOVER_SAMPLES = 1024  # recovery draws from up to this many calibration texts (and variants of them)
 
 
@@ -36,6 +37,7 @@ class StructuredPrune:
     recover_lr: float = 1e-4
     recover_batch: int = 16
     recover_augment: float | None = None
+    recover_from: str = "input"  # distil from this pass's "input" or from the model compress() was given ("original")
     reconstruct: bool = True
     reconstruct_samples: int = 256
 
@@ -50,6 +52,8 @@ class StructuredPrune:
         for field in ("round_to", "calib_samples", "iterations", "reconstruct_samples"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 raise RecipeError(f"{self.name}: {field} must be an integer >= 1, got {getattr(self, field)!r}")
+        if self.recover_from not in RECOVER_FROM:
+            raise RecipeError(f"{self.name}: recover_from must be one of {RECOVER_FROM}, got {self.recover_from!r}")
         if not isinstance(self.recover_steps, int) or self.recover_steps < 0:
             raise RecipeError(f"{self.name}: recover_steps must be an integer >= 0, got {self.recover_steps!r}")
         _validate_recovery(self)
@@ -135,10 +139,15 @@ def _samples(model: torch.nn.Module, family: Any, ctx: Any, samples: int) -> lis
 
 
 def _teacher(model: torch.nn.Module, config: Any, ctx: Any) -> torch.nn.Module | None:
+    """The model recovery distils from: ``ctx.teacher`` when a caller set one, else the model ``compress``
+    was given (``recover_from: original``), else a copy of this pass's input."""
     if not config.recover_steps:
         return None
-    teacher = ctx.teacher
-    return teacher if teacher is not None else copy.deepcopy(model).eval()
+    if ctx.teacher is not None:
+        return ctx.teacher
+    if config.recover_from == "original" and ctx.original is not None:
+        return ctx.original.eval()
+    return copy.deepcopy(model).eval()
 
 
 def _units(group: Any, target: str) -> int:

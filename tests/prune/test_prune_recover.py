@@ -105,3 +105,21 @@ def test_recovery_without_text_is_a_clear_error(load_model):
     _, tok, family = _embedding_model(load_model)
     with pytest.raises(DataError, match="recovery needs calibration text"):
         recovery_batches(tok, [], family, CPU)
+
+
+def test_recover_from_original_distils_from_the_model_compress_was_given(load_model, monkeypatch):
+    """Two prune passes with ``recover_from: original``: both recoveries distil from the unpruned input, not
+    from the first pass's output; the input model stays unchanged."""
+    import autolite.prune.base as base
+
+    model, tok, family = _embedding_model(load_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    teachers = []
+    monkeypatch.setattr(base, "recover_with", lambda m, teacher, *a, **k: teachers.append(teacher))
+    recipe = [PruneHeads(ratio=0.5, recover_steps=1, recover_from="original"),
+              PruneFFN(ratio=0.5, recover_steps=1, recover_from="original")]
+    autolite.compress(model, recipe, tokenizer=tok, family=family)
+    assert len(teachers) == 2 and all(t is model for t in teachers)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(RecipeError, match="recover_from"):
+        PruneFFN(ratio=0.5, recover_from="teacher")
