@@ -238,6 +238,8 @@ def recover(model: torch.nn.Module, teacher: torch.nn.Module, ctx: PassContext, 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(float(loss.detach()))
+        if len(losses) % 25 == 0:
+            log.info("token-drop recovery: step %d/%d, loss %.4f", len(losses), config.recover_steps, losses[-1])
     model.zero_grad(set_to_none=True)
     return losses
 
