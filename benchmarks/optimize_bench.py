@@ -41,27 +41,27 @@ def task_files() -> tuple[Path, Path, dict]:
     return Path(record["model_dir"]), Path(record["data_dir"]), record
 
 
-def compare(model_dir: Path, pick_dir: Path, test_csv: Path, batch: int, seq: int, runs: int) -> dict:
+def compare(model_dir: Path, pick_dir: Path, data_dir: Path, batch: int, seq: int, runs: int) -> dict:
     """FP32 eager, fast-dense alone and the pick: interleaved timing and test accuracy, one process."""
     import autolite
     from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
     from autolite.passes import PassContext
-    from autolite.search.data import accuracy, label_ids, read_labeled
-    from autolite.data import TextData
+    from autolite.search.data import accuracy, labeled_file
+    from autolite.search.trial import median_ms_joules
 
     fp32, tokenizer, family = autolite.load(model_dir)
-    texts, raw = read_labeled(test_csv, "--test")
-    test = TextData(texts, label_ids(raw, fp32.config, "--test"), str(test_csv))
-    ctx = PassContext(family=family, tokenizer=tokenizer, calib=texts[:32], shape=(batch, seq))
+    test = labeled_file(data_dir / "test.csv", fp32.config, "--test")
+    train = labeled_file(data_dir / "train.csv", fp32.config, "train")  # fast-dense calibrates on training text
+    ctx = PassContext(family=family, tokenizer=tokenizer, calib=train.texts, shape=(batch, seq))
     models = {"fp32": fp32, "fast-dense": autolite.compress(fp32, "fast-dense", tokenizer=tokenizer, ctx=ctx),
               "pick": autolite.load(pick_dir)[0]}
     inputs = bench_inputs(tokenizer, family, batch, seq)
     samples = interleaved({n: forward_fn(m, family, inputs) for n, m in models.items()}, runs=runs, warmup=2)
+    median, joules = median_ms_joules(samples, batch)
     out = {}
     for name, model in models.items():
-        ms = sorted(samples[name])[len(samples[name]) // 2]
-        out[name] = {"ms": ms, "test_acc": accuracy(model, tokenizer, test, seq), "size_mb": model_size(model)[0],
-                     "joules_per_inference": sorted(samples[name].joules)[runs // 2] / batch}
+        out[name] = {"ms": median[name], "test_acc": accuracy(model, tokenizer, test, seq),
+                     "size_mb": model_size(model)[0], "joules_per_inference": joules[name]}
     for name in out:
         out[name]["speedup"] = out["fp32"]["ms"] / out[name]["ms"]
     out["fast-dense"]["chose"] = [n for n in ctx.notes if n.startswith("fast-dense")][:1]
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
                                backends=args.backends.split(",") if args.backends else None,
                                progress=lambda m: print(f"  {m}", flush=True))
     search_s = time.time() - started
-    same_run = compare(model_dir, work / "out", test_csv, args.batch, args.seq, args.runs)
+    same_run = compare(model_dir, work / "out", data_dir, args.batch, args.seq, args.runs)
     total1, steal1 = cpu_times()
     return {
         "command": (f"python benchmarks/optimize_bench.py --minutes {args.minutes:g} --recover-steps "

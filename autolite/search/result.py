@@ -22,6 +22,7 @@ from autolite.search.data import accuracy
 from autolite.search.insight import layer_latency, layer_sensitivity
 from autolite.search.space import describe
 from autolite.search.study import trials_table
+from autolite.search.trial import median_ms_joules
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,7 @@ def measure(worker, model, pick_params, dense, splits, setup) -> dict[str, Any]:
         dense_model = worker.build(dense.user_attrs["params"])[0]
         fns["dense"] = forward_fn(dense_model, worker.family, worker.inputs)
     samples = interleaved(fns, runs=setup.final_runs, warmup=2)
-    median = {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
-    joules = {name: sorted(s.joules)[len(s) // 2] / setup.batch for name, s in samples.items()}
+    median, joules = median_ms_joules(samples, setup.batch)
     out = {"test_acc": accuracy(model, worker.tokenizer, splits.test, setup.seq),
            "fp32_test_acc": accuracy(worker.original, worker.tokenizer, splits.test, setup.seq),
            "fp32_ms": median["fp32"], "ms": median["pick"], "speedup": median["fp32"] / median["pick"],

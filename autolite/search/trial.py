@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import logging
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,7 @@ class Worker:
         """FP32 eager and ``model`` timed A B A B at ``batch x seq`` on validation text; median ms, energy."""
         fns = {"fp32": self.baseline, "candidate": forward_fn(model, self.family, self.inputs)}
         samples = interleaved(fns, runs=runs, warmup=warmup)
-        medians = {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
-        joules = {name: sorted(s.joules)[len(s) // 2] / self.setup.batch for name, s in samples.items()}
+        medians, joules = median_ms_joules(samples, self.setup.batch)
         return {"fp32_ms": medians["fp32"], "ms": medians["candidate"],
                 "speedup": medians["fp32"] / medians["candidate"],
                 "joules": joules["candidate"], "fp32_joules": joules["fp32"],
@@ -139,6 +139,12 @@ class Worker:
         attrs["val_acc"] = accuracy(model, self.tokenizer, self.splits.val, self.setup.seq)
         attrs.update(stage=3, seconds=round(time.perf_counter() - start, 2))
         return attrs
+
+
+def median_ms_joules(samples: dict[str, Any], batch: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median milliseconds per call and median joules per inference of each series from ``interleaved``."""
+    return ({name: statistics.median(s) for name, s in samples.items()},
+            {name: statistics.median(s.joules) / batch for name, s in samples.items()})
 
 
 def proxy_slack(reference: float, rows: int) -> float:
