@@ -296,7 +296,7 @@ NOTES = [
     "(`torch.compile(fullgraph=True)`); INT4 rows run `aten._weight_int4pack_mm_for_cpu`, INT8 rows "
     "`aten._weight_int8pack_mm` inside the graph; the INT8 head/embedding of w4g64/w8 is INT8 per row.",
     "- Activation skipping (TEAL-style): per-linear thresholds calibrated on the corpus calib split; at decode each "
-    "linear reads only the weight rows of its active inputs (`index_select` of the transposed FP32 weight, inside one "
+    "linear reads only the weight rows of its active inputs (sparse-COO input times the transposed FP32 weight, inside one "
     "custom op). Perplexity is measured with the thresholds applied at every position (what decode computes); "
     "prefill stays dense.",
     "- Perplexity: `autolite.evaluate` on the held-out corpus split, never used for calibration.",
