@@ -146,7 +146,8 @@ def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
     before = rss_mb()
     compiled = compile_ir(xml, config)
     held = max(rss_mb() - before, xml.with_suffix(".bin").stat().st_size / 2**20 * 0.5)  # RSS noise floor
-    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     route_forward(model, OpenVinoRunner(compiled, how))
     setattr(model, HELD_ATTR, held)
     mapped = offload_weights(model, ort.graph_key(model, ort.OnnxRuntime(precision="fp32", optimize=False)))
@@ -179,7 +180,7 @@ def is_openvino(model: torch.nn.Module) -> bool:
 def _version() -> str:
     import openvino
 
-    return openvino.__version__
+    return openvino.__version__.split("-")[0]
 
 
 register_pass(OpenVino, after_load=reload_openvino)(apply_openvino)
