@@ -250,6 +250,27 @@ def combined_rows(task: Task) -> list[Candidate]:
     return [Candidate("prune + int8 + token-drop (distilled)", dynamic, dense, settings=settings)]
 
 
+# ---------------------------------------------------------------- early exit, routing, head selection (items 2-4)
+# Built in dynamic_adaptive.py (calibrated on train + val); it also measures them on the test texts as they come.
+
+import dynamic_adaptive  # noqa: E402
+
+
+@technique("early-exit")
+def early_exit_rows(task: Task) -> list[Candidate]:
+    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.early_exit_models(task).items()]
+
+
+@technique("route")
+def route_rows(task: Task) -> list[Candidate]:
+    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.route_units(task).items()]
+
+
+@technique("head-select")
+def head_select_rows(task: Task) -> list[Candidate]:
+    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.head_select_models(task).items()]
+
+
 # ---------------------------------------------------------------- the docs (generated from the JSON)
 
 def load_results(directory: Path) -> list[dict[str, Any]]:
@@ -322,6 +343,7 @@ def write_docs(directory: Path, docs: Path) -> None:
              "alternating in one process) on rows of real test text; accuracy on the test split in length-sorted "
              "batches of 16 (a dynamic method meets real tokens, not padding); cosine: mean-pooled embeddings "
              "against FP32 MiniLM on the embedded corpus' held-out split.", "", *TOKEN_DROP_TEXT]
+    lines += dynamic_adaptive.doc_sections()
     lines += targets(results) + notes(results)
     out = docs / "DYNAMIC.md"
     out.with_suffix(".tmp").write_text("\n".join(lines) + "\n")
@@ -395,6 +417,7 @@ def run(names: list[str], runs: int, warmup: int) -> None:
         tmp = RESULTS / f".{name}.json.tmp"
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(RESULTS / f"{name}.json")
+        dynamic_adaptive.after(name, task, runs)  # early-exit/route/head-select: natural-length batches too
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,3 +72,11 @@ def check_budget(what: str, max_drop: float, holdout: float) -> None:
 def has_classifier(model: torch.nn.Module) -> bool:
     """A sequence classifier: a ``...ForSequenceClassification`` with ``num_labels`` >= 2."""
     return "ForSequenceClassification" in type(model).__name__ and getattr(model.config, "num_labels", 0) >= 2
+
+
+def token_mask(mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """The ``(B, T)`` real-token mask from an encoder's 4D bool or additive attention mask (None: no padding)."""
+    if mask is None or mask.dim() != 4:
+        return None
+    row = mask[:, 0, 0, :] if mask.dtype == torch.bool else mask[:, 0, 0, :] == 0  # keys [CLS] may attend to
+    return row.expand(batch, -1) if row.shape[0] == 1 else row

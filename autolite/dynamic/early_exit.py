@@ -27,13 +27,15 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from autolite.arch import base_model
 from autolite.config import PassConfig
 from autolite.distill.losses import kd_loss
-from autolite.dynamic.calib import (check_budget, check_threshold, classifier_logits, has_classifier,
-                                    split_calib, targets, text_batches)
+from autolite.dynamic.calib import (check_budget, check_threshold, has_classifier, split_calib, targets,
+                                    text_batches, token_mask)
 from autolite.errors import RecipeError
+from autolite.eval.forward import mean_pool
 from autolite.passes import PassContext, register_pass
 
 log = logging.getLogger(__name__)
 NEVER = 2.0  # threshold of an uncalibrated encoder: no confidence reaches it
+POOLS = ("mean", "cls")  # what an exit head reads: the mean of the real tokens' states, or [CLS]'s
 
 
 @dataclasses.dataclass
@@ -43,7 +45,8 @@ class EarlyExit(PassConfig):
     ``threshold``: exit when the head's max softmax probability reaches it (in (0, 1]); None calibrates it
     on the held-out ``holdout`` fraction of the calibration texts to lose at most ``max_drop`` accuracy
     points (against the labels when given, else against the full model's predictions). ``epochs``, ``lr``,
-    ``temperature``, ``alpha``: the heads' self-distillation (``autolite.distill.losses.kd_loss``).
+    ``temperature``, ``alpha``: the heads' self-distillation (``autolite.distill.losses.kd_loss``). ``pool``:
+    the heads read the mean of the real tokens' states ("mean") or the ``[CLS]`` state ("cls").
     """
 
     name = "early-exit"
@@ -51,13 +54,16 @@ class EarlyExit(PassConfig):
     threshold: float | None = None
     max_drop: float = 1.0
     holdout: float = 0.3
-    epochs: int = 30
+    epochs: int = 20
     lr: float = 2e-3
     temperature: float = 2.0
     alpha: float = 0.5
+    pool: str = "mean"
     max_length: int = 128
 
     def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise RecipeError(f"early-exit: pool must be one of {POOLS}, got {self.pool!r}")
         check_threshold(self.name, "threshold", self.threshold)
         check_budget(self.name, self.max_drop, self.holdout)
         if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers or any(
@@ -68,7 +74,7 @@ class EarlyExit(PassConfig):
 
 
 class ExitHead(nn.Module):
-    """``[CLS]`` state ``(B, H)`` -> logits ``(B, C)``: dense, tanh, classes (the pooler + head shape)."""
+    """Pooled state ``(B, H)`` -> logits ``(B, C)``: dense, tanh, classes (the pooler + head shape)."""
 
     def __init__(self, hidden: int, classes: int) -> None:
         super().__init__()
@@ -86,9 +92,10 @@ class EarlyExitEncoder(nn.Module):
     into the classifier's output. Per-thread state, so concurrent forwards do not mix.
     """
 
-    def __init__(self, encoder: nn.Module, exit_layers: list[int], hidden: int, classes: int) -> None:
+    def __init__(self, encoder: nn.Module, exit_layers: list[int], hidden: int, classes: int,
+                 pool: str = "mean") -> None:
         super().__init__()
-        self.config = encoder.config
+        self.config, self.pool = encoder.config, pool
         self.layer = encoder.layer
         self.exits = nn.ModuleDict({str(i): ExitHead(hidden, classes) for i in exit_layers})
         self.register_buffer("exit_threshold", torch.tensor(NEVER))
@@ -110,7 +117,7 @@ class EarlyExitEncoder(nn.Module):
             head = self.exits[str(i)] if str(i) in self.exits and not self.training else None
             if head is None:
                 continue
-            logits = head(hidden[:, 0])  # (R, C)
+            logits = head(self.pooled(hidden, mask))  # (R, C)
             leave = logits.float().softmax(-1).amax(-1) >= threshold  # (R,)
             if not bool(leave.any()):
                 continue
@@ -132,6 +139,13 @@ class EarlyExitEncoder(nn.Module):
             self.pending[threading.get_ident()] = (left_at < len(self.layer) - 1, exit_logits)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=final)
 
+    def pooled(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """What the exit heads read: ``(R, T, H)`` -> ``(R, H)``."""
+        if self.pool == "cls":
+            return hidden[:, 0]
+        valid = token_mask(mask, hidden.shape[0])  # (R, T)
+        return mean_pool(hidden, valid) if valid is not None else hidden.mean(1)
+
     def scatter_exits(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         """Classifier forward hook: the exited rows take their exit head's logits."""
         pending = self.pending.pop(threading.get_ident(), None)
@@ -139,6 +153,12 @@ class EarlyExitEncoder(nn.Module):
             return output
         exited, logits = pending
         return torch.where(exited.to(output.device)[:, None], logits.to(output.dtype), output)
+
+
+def _mask_4d(mask: torch.Tensor) -> torch.Tensor:
+    """A ``(B, T)`` 0/1 mask as the encoder sees it: ``(B, 1, T, T)`` bool."""
+    keys = mask.bool()[:, None, None, :]
+    return keys.expand(-1, 1, mask.shape[1], -1)
 
 
 def _select(mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
@@ -149,7 +169,7 @@ def _trim(hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor
     """Drop trailing positions that are padding in every remaining row (bool or additive 4D masks)."""
     if mask is None or mask.dim() != 4:
         return hidden, mask
-    valid = mask[:, 0, 0, :] if mask.dtype == torch.bool else mask[:, 0, 0, :] == 0  # (R, T): keys of [CLS]
+    valid = token_mask(mask, hidden.shape[0])  # (R, T)
     length = int(valid.any(0).nonzero().max()) + 1
     if length == hidden.shape[1]:
         return hidden, mask
@@ -174,7 +194,8 @@ def install(model: nn.Module, config: EarlyExit) -> EarlyExitEncoder:
     layers = list(config.layers) if config.layers is not None else list(range(n - 1))
     if any(i >= n - 1 for i in layers):
         raise RecipeError(f"early-exit: exit layers must be below the last layer ({n - 1}), got {layers}")
-    new = EarlyExitEncoder(encoder, sorted(set(layers)), model.config.hidden_size, model.config.num_labels)
+    new = EarlyExitEncoder(encoder, sorted(set(layers)), model.config.hidden_size, model.config.num_labels,
+                           config.pool)
     dtype = next(encoder.parameters()).dtype
     new.exits.to(dtype)
     base.encoder = new
@@ -226,7 +247,7 @@ def _init_heads(model: nn.Module, encoder: EarlyExitEncoder) -> None:
 @torch.no_grad()
 def _features(model: nn.Module, encoder: EarlyExitEncoder, tokenizer: Any, texts: list[str],
               max_length: int) -> dict[str, torch.Tensor]:
-    """``[CLS]`` states after each exit layer ``{layer: (N, H)}`` and the final logits ``(N, C)``."""
+    """Pooled states after each exit layer ``{layer: (N, H)}`` and the final logits ``(N, C)``."""
     threshold = encoder.exit_threshold.clone()
     encoder.exit_threshold.fill_(NEVER)  # the full model: no row leaves
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in [*encoder.exits, "final"]}
@@ -234,7 +255,8 @@ def _features(model: nn.Module, encoder: EarlyExitEncoder, tokenizer: Any, texts
     for inputs in text_batches(tokenizer, texts, 32, max_length):
         out = model(**inputs, output_hidden_states=True)
         for key in encoder.exits:
-            parts[key].append(out.hidden_states[int(key) + 1][:, 0].float())
+            states = out.hidden_states[int(key) + 1]  # (B, T, H) after layer ``key``
+            parts[key].append(encoder.pooled(states, _mask_4d(inputs["attention_mask"])).float())
         parts["final"].append(out.logits.float())
     encoder.exit_threshold.copy_(threshold)
     return {key: torch.cat(value) for key, value in parts.items()}
@@ -246,19 +268,30 @@ def _train_heads(encoder: EarlyExitEncoder, fit: dict[str, torch.Tensor], config
     teacher = fit["final"]
     y = torch.tensor(labels) if labels is not None else None
     generator = torch.Generator().manual_seed(0)
-    for key, head in encoder.exits.items():
-        dtype = head.dense.weight.dtype
-        head.float().train()
-        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=0.01)
-        with torch.enable_grad():
-            for _ in range(config.epochs):
-                for idx in torch.randperm(len(teacher), generator=generator).split(64):
-                    loss = kd_loss(head(fit[key][idx]), teacher[idx], config.temperature, config.alpha,
-                                   None if y is None else y[idx])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-        head.to(dtype).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (64, H) steps are too small to share; extra threads only wait on each other
+    try:
+        for key, head in encoder.exits.items():
+            _train_head(head, fit[key], teacher, y, config, generator)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_head(head: ExitHead, features: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor | None,
+                config: EarlyExit, generator: torch.Generator) -> None:
+    """AdamW on minibatches of 64 cached features for ``config.epochs`` epochs."""
+    dtype = head.dense.weight.dtype
+    head.float().train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=0.01)
+    with torch.enable_grad():
+        for _ in range(config.epochs):
+            for idx in torch.randperm(len(teacher), generator=generator).split(64):
+                loss = kd_loss(head(features[idx]), teacher[idx], config.temperature, config.alpha,
+                               None if y is None else y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    head.to(dtype).eval()
 
 
 @torch.no_grad()

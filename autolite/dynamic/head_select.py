@@ -24,7 +24,7 @@ from torch import nn
 
 from autolite.arch import base_model
 from autolite.config import PassConfig
-from autolite.dynamic.calib import has_classifier, text_batches
+from autolite.dynamic.calib import has_classifier, text_batches, token_mask
 from autolite.errors import RecipeError
 from autolite.eval.forward import mean_pool
 from autolite.passes import PassContext, register_pass
@@ -66,7 +66,7 @@ class HeadSelectAttention(nn.Module):
 
     def scores(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Per-head score ``(nh,)`` from the layer input ``x`` ``(B, T, H)``."""
-        valid = _token_mask(mask, x)  # (B, T)
+        valid = token_mask(mask, x.shape[0])  # (B, T)
         pooled = mean_pool(x, valid) if valid is not None else x.mean(1)  # (B, H)
         v = F.linear(pooled, self.self.value.weight, self.self.value.bias)  # (B, nh * hd)
         v = v.view(v.shape[0], self.num_heads, self.head_dim)  # (B, nh, hd)
@@ -95,14 +95,6 @@ class HeadSelectAttention(nn.Module):
         dense = self.output.dense
         out = F.linear(context, dense.weight.index_select(1, cols), dense.bias)  # (B, T, H)
         return self.output.LayerNorm(self.output.dropout(out) + x), None
-
-
-def _token_mask(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-    """The ``(B, T)`` real-token mask from the encoder's 4D bool or additive mask."""
-    if mask is None or mask.dim() != 4:
-        return None
-    row = mask[:, 0, 0, :] if mask.dtype == torch.bool else mask[:, 0, 0, :] == 0  # keys [CLS] may attend to
-    return row.expand(x.shape[0], -1) if row.shape[0] == 1 else row
 
 
 def install(model: nn.Module) -> list[HeadSelectAttention]:

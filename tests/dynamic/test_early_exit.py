@@ -9,6 +9,7 @@ import transformers
 import autolite
 from autolite.dynamic.early_exit import EarlyExit
 from autolite.errors import RecipeError
+from autolite.eval.forward import mean_pool
 from autolite.passes import PassContext
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
@@ -38,8 +39,9 @@ def test_exited_rows_leave_the_batch(tokenizer):
     encoder = small.bert.encoder
     batch = tokenizer(calib_texts(16), padding=True, return_tensors="pt")
     with torch.no_grad():
-        cls = full.bert(**batch, output_hidden_states=True).hidden_states[1][:, 0]
-        conf = encoder.exits["0"](cls).softmax(-1).amax(-1)
+        states = full.bert(**batch, output_hidden_states=True).hidden_states[1]  # after layer 0
+        pooled = mean_pool(states, batch["attention_mask"])  # what the exit heads read (pool="mean")
+        conf = encoder.exits["0"](pooled).softmax(-1).amax(-1)
         encoder.exit_threshold.fill_(float(conf.median()))  # about half the rows leave after layer 0
         seen = []
         small.bert.encoder.layer[2].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
@@ -49,7 +51,7 @@ def test_exited_rows_leave_the_batch(tokenizer):
     assert 0 < int(stayed.sum()) < 16 and seen[0] == int(stayed.sum())  # later layers saw the smaller batch
     assert torch.allclose(logits[stayed], reference[stayed], atol=1e-5)  # scattered back in order
     left = encoder.last_exit_layers == 0
-    assert torch.allclose(logits[left], encoder.exits["0"](cls[left]), atol=1e-5)
+    assert torch.allclose(logits[left], encoder.exits["0"](pooled[left]), atol=1e-5)
 
 
 def test_calibrated_threshold_reloads_bit_identical(tmp_path, tokenizer):
