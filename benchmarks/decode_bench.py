@@ -61,10 +61,11 @@ def build_models(spec: str, args: argparse.Namespace) -> dict[str, tuple[torch.n
 
     base, tok, family = autolite.load(spec)
     models = {"fp32": (base, tok, family)}
-    recipes: dict[str, Any] = {"w8": W8, "w4g64": W4}
+    recipes: dict[str, Any] = {"w8": W8, "w4g64": [{**W4[0], "method": args.w4_method}]}
     recipes.update({f"fp32+skip{int(s * 100)}": [ActivationSparsity(sparsity=s).to_dict()] for s in args.sparsities})
     for label, recipe in recipes.items():
-        path = cache_root() / "decode_bench" / f"{spec.replace(':', '_')}-{label}"
+        suffix = f"-{args.w4_method}" if label == "w4g64" else ""
+        path = cache_root() / "decode_bench" / f"{spec.replace(':', '_')}-{label}{suffix}"
         if not (path / "config.json").is_file():
             log.info("compressing %s (%s), cached at %s", spec, label, path)
             small = autolite.compress(base, recipe, tokenizer=tok, family=family)
@@ -316,6 +317,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--batch-tokens", type=int, default=64)
     parser.add_argument("--eager", action="store_true", help="do not compile our step")
+    parser.add_argument("--w4-method", default="gptq", choices=["gptq", "rtn"], help="INT4 quantization method")
     parser.add_argument("--skip", nargs="*", default=[], choices=["perplexity", "batching"])
     parser.add_argument("--quick", action="store_true", help="tiny-llama, few tokens: checks the script")
     parser.add_argument("--doc-only", action="store_true")
@@ -331,7 +333,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"model": args.model, "date": datetime.date.today().isoformat(), "machine": _machine(),
                               "json": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
-                              "command": " ".join(sys.argv), "notes": NOTES}
+                              "command": " ".join(sys.argv), "w4_method": args.w4_method,
+                              "notes": NOTES + [f"- w4g64 here: INT4 group 64 asymmetric, {args.w4_method}, INT8 "
+                                                "embedding/head (the w4g64 preset is the same with gptq)."]}
     models = build_models(args.model, args)
     result["speed"] = decode_speed(models, args)
     _save(result, out)
