@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BATCHxSEQ, e.g. 32x128")
     parser.add_argument("--runs", type=int, default=None, help="timed rounds (default: 5 at batch >= 8, else 20)")
+    parser.add_argument("--threads", type=int, default=None, help="torch/engine threads (default: torch's)")
     parser.add_argument("--only", nargs="+", default=None, help="contender names (FP32 eager always runs)")
     parser.add_argument("--render", action="store_true", help="only rewrite docs/PEERS.md from the JSON")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON folder (and, with --doc, the doc)")
@@ -192,6 +193,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("autolite", "torch", "transformers", "nncf", "onnxruntime"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.render:
         skipped: dict[str, str] = {}
         for spec in args.models:
