@@ -54,6 +54,13 @@ def run_table(data: dict[str, Any]) -> list[str]:
         bold = "**" if name == (best and best[0]) or row["side"] == "ours" and name.endswith("fast-dense") else ""
         lines.append(f"| {bold}{name}{bold} | {row['tool']} | {row['median_ms']:.1f} | {row['speedup']:.2f}x | "
                      f"{_fmt(vs_best, '.2f', 'x')} | {_fmt(row.get('cosine'), '.4f')} | {_fmt(row.get('held_mb'), '.0f')} |")
+    busy = max(load.get("loadavg_1min_before", 0), load.get("loadavg_1min_after", 0))
+    if busy > 2 * data.get("threads", 1):
+        lines += ["", f"**Shared machine**: load average {busy} on {data.get('threads')} threads during this run. "
+                  "Multi-threaded PyTorch kernels wait at their thread barriers whenever one of their threads is "
+                  "descheduled, so the torch rows (FP32 eager included, hence every 'vs FP32 eager' ratio) are "
+                  "inflated far more than the engines'; compare the rows with each other, and rerun on a quiet "
+                  "machine for absolute numbers."]
     return lines + [""] + verdict(data, best) + [""]
 
 
@@ -92,8 +99,8 @@ def render_peers(paths: list[Path]) -> str:
 
 def render_readme_speed(paths: list[Path]) -> str:
     """A short README snippet: per model and shape, FP32 eager, the best peer and fast-dense."""
-    lines = ["| model | batch x seq | FP32 eager (ms) | best peer | fast-dense | fast-dense vs best peer | machine |",
-             "|---|---|---:|---|---:|---:|---|"]
+    lines = ["| model | batch x seq | FP32 eager (ms) | best peer | fast-dense | fast-dense vs best peer | machine | "
+             "load average |", "|---|---|---:|---|---:|---:|---|---:|"]
     for path in paths:
         data = json.loads(path.read_text())
         if "skipped" in data:
@@ -105,7 +112,8 @@ def render_readme_speed(paths: list[Path]) -> str:
         eager = rows["PyTorch FP32 eager"]["median_ms"]
         lines.append(f"| {data['model']} | {data['batch']} x {data['seq']} | {eager:.1f} | {best[0]} "
                      f"{best[1]['speedup']:.2f}x | {fast['speedup']:.2f}x | "
-                     f"{best[1]['median_ms'] / fast['median_ms']:.2f}x | {_machine(data)} |")
+                     f"{best[1]['median_ms'] / fast['median_ms']:.2f}x | {_machine(data)} | "
+                     f"{data.get('load', {}).get('loadavg_1min_after', '?')} |")
     return "\n".join(lines + ["", "Generated from benchmarks/results/peers/ by `python benchmarks/make_docs.py`.", ""])
 
 
