@@ -29,6 +29,7 @@ from autolite.quant.sequential import calibration_windows
 
 log = logging.getLogger(__name__)
 SAMPLE_PER_LAYER = 200_000  # activation magnitudes kept per layer for the quantile
+SAMPLE_PER_CALL = 16_384  # ... of which at most this many from one calibration forward (bounded memory)
 
 
 @torch.library.custom_op("autolite::sparse_input_linear", mutates_args=())
@@ -155,7 +156,7 @@ def calibrate_thresholds(model: nn.Module, ctx: PassContext, linears: dict[str, 
     def hook(name: str):
         def record(_: nn.Module, args: tuple) -> None:
             flat = args[0].detach().reshape(-1).abs().float()
-            step = max(1, flat.numel() // SAMPLE_PER_LAYER)
+            step = max(1, flat.numel() // SAMPLE_PER_CALL)
             samples[name].append(flat[::step])
         return record
 
