@@ -63,6 +63,8 @@ def build_models(spec: str, args: argparse.Namespace) -> dict[str, tuple[torch.n
     models = {"fp32": (base, tok, family)}
     recipes: dict[str, Any] = {"w8": W8, "w4g64": [{**W4[0], "method": args.w4_method}]}
     recipes.update({f"fp32+skip{int(s * 100)}": [ActivationSparsity(sparsity=s).to_dict()] for s in args.sparsities})
+    if args.only == "batching":  # the INT4 model only
+        recipes = {"w4g64": recipes["w4g64"]}
     for label, recipe in recipes.items():
         suffix = f"-{args.w4_method}" if label == "w4g64" else ""
         path = cache_root() / "decode_bench" / f"{spec.replace(':', '_')}-{label}{suffix}"
@@ -307,6 +309,19 @@ NOTES = [
 ]
 
 
+SECTIONS = ("speed", "perplexity", "batching")
+
+
+def _merged(out: Path) -> dict[str, Any]:
+    """The main JSON, with any section measured by a separate ``--only SECTION`` run (decode-SECTION.json)."""
+    result = json.loads(out.read_text())
+    for section in SECTIONS:
+        part = out.with_name(f"{out.stem}-{section}.json")
+        if section not in result and part.is_file():
+            result[section] = json.loads(part.read_text())[section]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
@@ -319,7 +334,9 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=64)
     parser.add_argument("--eager", action="store_true", help="do not compile our step")
     parser.add_argument("--w4-method", default="gptq", choices=["gptq", "rtn"], help="INT4 quantization method")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["perplexity", "batching"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
+    parser.add_argument("--only", choices=SECTIONS, help="measure one section into decode-SECTION.json "
+                                                           "(merged into the doc by --doc-only)")
     parser.add_argument("--quick", action="store_true", help="tiny-llama, few tokens: checks the script")
     parser.add_argument("--doc-only", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
@@ -327,27 +344,25 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
         args.model, args.tokens, args.runs, args.ppl_texts, args.batch_tokens = "random:tiny-llama", 16, 1, 8, 8
-    out = args.out or RESULTS / ("decode-quick.json" if args.quick else "decode.json")
+    main_out = args.out or RESULTS / ("decode-quick.json" if args.quick else "decode.json")
     if args.doc_only:
-        write_doc(json.loads(out.read_text()))
+        write_doc(_merged(main_out))
         return
+    out = main_out.with_name(f"{main_out.stem}-{args.only}.json") if args.only else main_out
     torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"model": args.model, "date": datetime.date.today().isoformat(), "machine": _machine(),
-                              "json": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
+                              "json": str(main_out.relative_to(ROOT)) if main_out.is_relative_to(ROOT) else str(main_out),
                               "command": " ".join(sys.argv), "w4_method": args.w4_method,
                               "notes": NOTES + [f"- w4g64 here: INT4 group 64 asymmetric, {args.w4_method}, INT8 "
                                                 "embedding/head (the w4g64 preset is the same with gptq)."]}
     models = build_models(args.model, args)
-    result["speed"] = decode_speed(models, args)
-    _save(result, out)
-    if "perplexity" not in args.skip:
-        result["perplexity"] = perplexities(models, args)
+    measures = {"speed": decode_speed, "perplexity": perplexities, "batching": batching}
+    for section in ([args.only] if args.only else [s for s in SECTIONS if s not in args.skip]):
+        result[section] = measures[section](models, args)
         _save(result, out)
-    if "batching" not in args.skip:
-        result["batching"] = batching(models, args)
-        _save(result, out)
-    write_doc(result, out.with_suffix(".md") if args.quick else DOC)
-    print(json.dumps({k: result[k] for k in ("speed", "perplexity", "batching") if k in result}, indent=2, default=str))
+    if not args.only:
+        write_doc(result, out.with_suffix(".md") if args.quick else DOC)
+    print(json.dumps({k: result[k] for k in SECTIONS if k in result}, indent=2, default=str))
 
 
 if __name__ == "__main__":
