@@ -107,6 +107,8 @@ def invocations(draw, verb_names=tuple(SPECS)):
             usage_error = True
         else:
             args += [name, str(draw(valid))]
+    if verb == "export" and "--bits" in args and args[args.index("--format") + 1 if "--format" in args else 0] != "mlx":
+        usage_error = True  # --bits belongs to --format mlx: a usage mistake whatever its value
     return args, usage_error
 
 
@@ -152,7 +154,7 @@ def check(args: list[str], usage_error: bool, validation_only: bool) -> int:
     return status
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(invocations())
 def test_cli_validation_never_crashes(invocation):
     args, usage_error = invocation
@@ -166,7 +168,8 @@ SWEEP_EXAMPLES = int(os.environ.get("AUTOLITE_SWEEP_EXAMPLES", "300"))
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
-@settings(max_examples=SWEEP_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=SWEEP_EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
 @given(invocations())
 def test_cli_sweep_on_tiny_models(invocation):
     """The same invocations run for real on tiny models (serve binds its port, then stops before loading the
