@@ -3,6 +3,7 @@
 (built from configs here, no hub), each pass applied and its output checked against the FP32 model.
 
     .venv/bin/python tools/arch_coverage.py [--out docs/ARCHITECTURES.md] [--json FILE] [--fast] [ARCH ...]
+    .venv/bin/python tools/arch_coverage.py --from-json FILE     # re-render the markdown from a saved run
 
 ``--fast`` leaves out the Inductor compile (slow on 2 cores). Writes the coverage table as markdown.
 """
@@ -12,6 +13,7 @@ import argparse
 import copy
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -96,7 +98,10 @@ def _hf_roundtrip(model, tok, recipe: list[dict[str, Any]]) -> str:
     small = autolite.compress(model, copy.deepcopy(recipe), tokenizer=tok)
     with tempfile.TemporaryDirectory() as tmp:
         autolite.save_model(small, tok, Path(tmp) / "m")
-        loaded, _, family = autolite.load(Path(tmp) / "m")
+        try:
+            loaded, _, family = autolite.load(Path(tmp) / "m")
+        except AutoliteError as exc:  # the table names the saved directory, not this machine's temp path
+            raise type(exc)(str(exc).replace(str(Path(tmp) / "m"), "<saved dir>")) from exc
     return f"reloads as {type(loaded).__name__} ({family.kind}); " + _fidelity(loaded, small, tok)
 
 
@@ -137,7 +142,7 @@ NO_LAYER_MAP = "is not supported; supported families"
 def _cell(outcome: str) -> str:
     if NO_LAYER_MAP in outcome:
         return "refused: no layer map"
-    return outcome.replace("|", "/")
+    return re.sub(r"/tmp/\S+?/m:", "<saved dir>:", outcome).replace("|", "/")
 
 
 def main(argv: list[str]) -> int:
@@ -146,16 +151,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default="docs/ARCHITECTURES.md")
     parser.add_argument("--json", default=None)
     parser.add_argument("--fast", action="store_true", help="leave out the Inductor compile")
+    parser.add_argument("--from-json", default=None, help="re-render the markdown of a run saved with --json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        Path(args.out).write_text(markdown(saved["table"], saved["seconds"]), encoding="utf-8")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     passes = {k: v for k, v in PASSES.items() if not (args.fast and k == "compile")}
     start, table = time.perf_counter(), {}
     for arch in args.archs:
         table[arch] = coverage(arch, passes)
         print(arch, json.dumps(table[arch]), file=sys.stderr, flush=True)
-    Path(args.out).write_text(markdown(table, time.perf_counter() - start), encoding="utf-8")
+    seconds = time.perf_counter() - start
+    Path(args.out).write_text(markdown(table, seconds), encoding="utf-8")
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=1), encoding="utf-8")
+        Path(args.json).write_text(json.dumps({"seconds": seconds, "table": table}, indent=1), encoding="utf-8")
     return 0
 
 
