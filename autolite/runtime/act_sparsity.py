@@ -170,7 +170,7 @@ def calibrate_thresholds(model: nn.Module, ctx: PassContext, linears: dict[str, 
     thresholds = {}
     for name, parts in samples.items():
         values = torch.cat(parts)
-        values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:SAMPLE_PER_LAYER]]
+        values = values[::max(1, values.numel() // SAMPLE_PER_LAYER)]  # an even spread over the windows
         thresholds[name] = float(torch.quantile(values, config.sparsity))
     return thresholds
 
