@@ -91,8 +91,9 @@ def build_contender(name: str, how: Any, model, tok, family, ctx: PassContext, s
         config = FastDense(batch=shape[0], seq=shape[1], use_cache=False)
         built = autolite.compress(model, [config], tokenizer=tok, family=family, ctx=inner)
         note = next((n for n in inner.notes if n.startswith("fast-dense at")), "")
-        searched = re.search(r"measured in (\d+) s", note)
-        return built, {"note": note, "search_s": int(searched.group(1)) if searched else None}
+        searched = re.search(r"measured in (\d+) s(?:, (\d+) CPU s)?", note)
+        return built, {"note": note, "search_s": int(searched.group(1)) if searched else None,
+                       "search_cpu_s": int(searched.group(2)) if searched and searched.group(2) else None}
     passes = how if isinstance(how, list) else [p.to_dict() for p in autolite.load_recipe(how).passes]
     return build_recipe(model, passes, ctx), {}
 
