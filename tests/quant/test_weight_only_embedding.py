@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import autolite
+from autolite.passes import applied_recipe
 from autolite.eval.forward import run_model, tokenize
 from autolite.quant.embedding import Int8Embedding, TiedInt8Head
 from autolite.quant.layers import WeightOnlyInt8Linear
@@ -76,7 +77,8 @@ def test_untied_head_becomes_int8_linear_and_file_shrinks(load_model, tmp_path):
     autolite.save_model(model, tok, tmp_path / "fp32")
     config = WeightOnly(bits=4, group_size=32, symmetric=False, embedding=True)
     quantized = autolite.compress(copy.deepcopy(model), [config], tokenizer=tok, family=family)
-    assert config.embedding_layers == {"model.embed_tokens": "embedding", "lm_head": "head"}
+    recorded = applied_recipe(quantized).passes[0]  # the handler records its layers in a copy of config
+    assert recorded.embedding_layers == {"model.embed_tokens": "embedding", "lm_head": "head"}
     assert isinstance(quantized.lm_head, WeightOnlyInt8Linear)
     autolite.save_model(quantized, tok, tmp_path / "w4e")
     sizes = {n: sum(p.stat().st_size for p in (tmp_path / n).glob("*.safetensors")) for n in ("fp32", "w4e")}

@@ -10,6 +10,7 @@ from torch import nn
 import autolite
 from autolite.config import PassConfig
 from autolite.errors import DataError, NumericsError, RecipeError
+from autolite.passes import applied_recipe
 from autolite.eval.forward import run_model, tokenize
 from autolite.quant.common import sqnr_db
 from autolite.quant.gptq import HessianAccumulator, gptq_quantize
@@ -81,8 +82,9 @@ def test_sequential_gptq_beats_rtn_and_round_trips(load_model, tmp_path):
         quantized = autolite.compress(copy.deepcopy(model), [config], calib=CALIB, tokenizer=tok, family=family)
         errors[method] = float((_logits(quantized, tok, family) - reference).pow(2).mean())
     assert errors["gptq"] < errors["rtn"], errors
-    assert all(isinstance(quantized.get_submodule(n), WeightOnlyInt4Linear) for n in config.layers)
-    assert len(config.layers) == 14  # 2 blocks x (q, k, v, o, gate, up, down)
+    layers = applied_recipe(quantized).passes[0].layers  # the handler records its layers in a copy of config
+    assert all(isinstance(quantized.get_submodule(n), WeightOnlyInt4Linear) for n in layers)
+    assert len(layers) == 14  # 2 blocks x (q, k, v, o, gate, up, down)
     before = _logits(quantized, tok, family)
     autolite.save_model(quantized, tok, tmp_path / "gptq")
     loaded, tok2, family2 = autolite.load(tmp_path / "gptq")
