@@ -36,10 +36,10 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
     if "routing" in result:
         _print_routing(result["routing"])
     for note in result["notes"]:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
     if json_out:
         write_json_atomic(json_out, result)
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {json_out}", markup=False)
 
 
 def _print_roofline(roofline: dict) -> None:

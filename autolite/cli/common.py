@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -70,12 +71,12 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Any]:
 
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(escape(description), total=total)  # paths like [/tmp/x.yaml] are not markup
         yield lambda: progress.advance(task)
 
 
 def rows_table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     for header in headers:
         table.add_column(header)
     for row in rows:

@@ -48,8 +48,8 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
         console.print(rows_table(f"{model} with recipe '{recipe_obj.name}'", ("metric", "before (FP32 eager)", "after"),
                                  comparison_rows(result)))
         for note in ctx.notes:
-            console.print(f"  note: {note}")
-    console.print(f"saved to {out}/ (load with autolite.load('{out}'); report: {out}/report.md)")
+            console.print(f"  note: {note}", markup=False)
+    console.print(f"saved to {out}/ (load with autolite.load('{out}'); report: {out}/report.md)", markup=False)
 
 
 def _measure(baseline, small, tokenizer, family, model, recipe, ctx, batch, seq, runs, data):

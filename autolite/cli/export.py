@@ -51,8 +51,8 @@ def export(ctx: typer.Context, model: str = MODEL_ARG,
         rows.append(("validation", "skipped (--no-validate)"))
     console.print(rows_table(f"{model} -> {format}", ("", "value"), rows))
     for note in result.notes:
-        console.print(f"  note: {note}")
-    console.print(f"saved to {out}/")
+        console.print(f"  note: {note}", markup=False)
+    console.print(f"saved to {out}/", markup=False)
 
 
 def _format_options(format: str, precision: str, optimize: bool, bits: Optional[int], group_size: int) -> dict:

@@ -43,7 +43,7 @@ def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL
     console.print(rows_table(f"loadtest {target}", ("metric", "value"), rows))
     if json_out:
         write_json_atomic(json_out, summary)
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {json_out}", markup=False)
     if not summary["ok"]:
         raise AutoliteError(f"no request succeeded ({summary['error_kinds']}); latencies are undefined")
 

@@ -66,8 +66,8 @@ def prune(model: str = MODEL_ARG,
         (tmp / "report.md").write_text(_report(model, recipe, rows, ctx.notes), encoding="utf-8")
     console.print(rows_table(f"{model} pruned", ("metric", "original", "pruned"), rows))
     for note in ctx.notes:
-        console.print(f"  note: {note}")
-    console.print(f"saved to {out}/ (report.md, importance.png; load with autolite.load('{out}'))")
+        console.print(f"  note: {note}", markup=False)
+    console.print(f"saved to {out}/ (report.md, importance.png; load with autolite.load('{out}'))", markup=False)
 
 
 def _ffn_importance(importance: str) -> str:

@@ -67,3 +67,12 @@ def test_sigterm_during_save_cleans_up(monkeypatch, tmp_path, run_cli):
     assert code == 143 and "terminated" in err
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary directory
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_paths_and_notes_are_not_rich_markup(tmp_path, run_cli):
+    recipe = tmp_path / "[x].yaml"
+    recipe.write_text("passes:\n  - {pass: precision, dtype: fp32}\n")
+    code, out, err = run_cli("compress", "random:tiny-bert", "--recipe", str(recipe), "--no-bench",
+                             "--out", str(tmp_path / "[out]"))
+    assert code == 0, err
+    assert f"saved to {tmp_path / '[out]'}/" in " ".join(out.split())
