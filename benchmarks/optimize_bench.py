@@ -139,9 +139,10 @@ def _setting(data: dict) -> list[str]:
 def _same_run(data: dict) -> list[str]:
     same, opt = data["same_run"], data["optimize"]
     pick, fp32_test = opt["pick"], same["fp32"]["test_acc"]
-    rows = [f"| {name} | {same[name]['speedup']:.2f}x | {same[name]['ms']:.0f} | {same[name]['test_acc']:.2f} "
-            f"({same[name]['test_acc'] - fp32_test:+.2f}) | {same[name]['size_mb']:.1f} | "
-            f"{same[name]['joules_per_inference']:.3f} |" for name in ("fp32", "fast-dense", "pick")]
+    names = {"fp32": "FP32 eager", "fast-dense": same.get("dense_label", "`fast-dense` alone"), "pick": "the pick"}
+    rows = [f"| {names[name]} | {same[name]['speedup']:.2f}x | {same[name]['ms']:.0f} | {_acc(same[name], fp32_test)} "
+            f"| {_f(same[name]['size_mb'], '.1f')} | {_f(same[name]['joules_per_inference'], '.3f')} |"
+            for name in ("fp32", "fast-dense", "pick")]
     return [f"## Same run: FP32 eager vs `fast-dense` alone vs the pick (batch {data['batch']} x seq {data['seq']})",
             "", "| model | speed-up | ms / batch | test accuracy % (vs FP32) | MiB | J / inference |",
             "|---|---|---|---|---|---|", *rows, "",
@@ -174,8 +175,41 @@ def _trials(data: dict) -> list[str]:
             ""]
 
 
-def _f(value) -> str:
-    return f"{value:.2f}" if isinstance(value, (int, float)) else ""
+def _f(value, spec: str = ".2f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "n/m"
+
+
+def _acc(row: dict, reference: float) -> str:
+    acc = row.get("test_acc")
+    return "n/m" if acc is None else f"{acc:.2f} ({acc - reference:+.2f})"
+
+
+def collect(args: argparse.Namespace) -> dict:
+    """The result JSON from a finished search's optimize.json alone (when the separate fast-dense comparison could
+    not run): the dense row is then the best dense trial, timed in the search's own final interleaved run."""
+    import task_fortunes
+    from autolite.runtime.hardware import probe
+
+    record = json.loads((task_fortunes.task_dir() / "fp32.json").read_text())
+    opt = json.loads((ROOT / "runs" / "optimize-fortunes" / "out" / "optimize.json").read_text())
+    pick, dense = opt["pick"], opt["pick"].get("best_dense") or {}
+    energy = pick["energy"]
+    same = {"fp32": {"ms": pick["fp32_ms"], "test_acc": opt["fp32"]["test_acc"], "size_mb": pick["fp32_size_mb"],
+                     "joules_per_inference": energy["fp32_joules_per_inference"], "speedup": 1.0},
+            "pick": {"ms": pick["ms"], "test_acc": pick["test_acc"], "size_mb": pick["size_mb"],
+                     "joules_per_inference": energy["joules_per_inference"], "speedup": pick["speedup"]},
+            "fast-dense": {"ms": dense.get("ms", pick["ms"]), "speedup": dense.get("speedup", pick["speedup"]),
+                           "test_acc": None, "size_mb": None, "joules_per_inference": None,
+                           "chose": [f"(not run: best dense trial of the search, {dense.get('label', 'the pick')})"]},
+            "energy_source": energy["source"], "dense_label": f"best dense trial ({dense.get('label', 'the pick')})"}
+    seconds = sum(t.get("seconds") or t.get("build_s") or 0 for t in opt["trials"])
+    return {"command": f"python benchmarks/optimize_bench.py --collect (search: --minutes {args.minutes:g} "
+                       f"--recover-steps {args.recover_steps} --backends {args.backends})",
+            "task": {k: v for k, v in record.items() if k not in ("data_dir", "model_dir")}, "minutes": args.minutes, "search_s": seconds,
+            "batch": opt["batch"], "seq": opt["seq"], "load_average": {"start": [float("nan")], "end": os.getloadavg()},
+            "cpu_steal_share": float("nan"), "optimize": {k: v for k, v in opt.items() if k not in ("model", "data")},
+            "same_run": same, "machine": probe().to_dict(),
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--render", action="store_true", help="only re-render docs/OPTIMIZE.md from the JSON")
+    parser.add_argument("--collect", action="store_true", help="build the JSON from a finished search's optimize.json")
     args = parser.parse_args(argv)
     if not args.render:
-        data = run(args)
+        data = collect(args) if args.collect else run(args)
         RESULT.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(data, indent=1, default=str)
         for local, shown in ((str(ROOT), "."), (str(Path.home()), "~")):  # no paths of this machine in the repo
