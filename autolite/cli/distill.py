@@ -52,14 +52,14 @@ def distill(teacher: str = MODEL_ARG,
         console.print(f"resuming from checkpoint {ckpt}")
     summary = distill_to_dir(teacher, out, config=config, student_layers=student_layers, layers=layers, init=init,
                              data=data, extra_text=extra_text, calib_share=calib_share or None, force=force,
-                             bench=bench, stage=progress_bar, progress=lambda: train_progress(config))
+                             bench=bench, stage=progress_bar, progress=lambda: TrainProgress(config))
     key = summary["metric"]
     console.print(rows_table(f"{teacher} -> {summary['student_layers']}-layer student", ("metric", "value"),
                              _rows(summary, key)))
     console.print(f"saved to {out}/ (loads with autolite.load or transformers; report: {out}/report.md)")
 
 
-class train_progress:
+class TrainProgress:
     """A rich bar over steps (or seconds of the time budget) showing the latest loss and metric."""
 
     def __init__(self, config) -> None:

@@ -7,7 +7,7 @@ import typer
 
 from autolite.cli import console
 from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
-from autolite.cli.distill import train_progress
+from autolite.cli.distill import TrainProgress
 from autolite.distill.checkpoint import has_checkpoint
 from autolite.distill.workflow import train_config
 from autolite.quant.qat_train import format_and_init, qat_to_dir
@@ -40,7 +40,7 @@ def qat(model: str = MODEL_ARG,
     if format_and_init(fmt, init)[2] == "gptq" and has_checkpoint(out.with_name(out.name + ".checkpoint")):
         console.print(f"resuming from {out.name}.checkpoint: GPTQ skipped (the checkpoint holds the trained weights)")
     summary = qat_to_dir(model, out, config=config, fmt=fmt, data=data, extra_text=extra_text, mode=mode, init=init,
-                         embedding=embedding, force=force, stage=progress_bar, progress=lambda: train_progress(config))
+                         embedding=embedding, force=force, stage=progress_bar, progress=lambda: TrainProgress(config))
     rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in summary.items()]
     console.print(rows_table(f"{model}: QAT to {fmt}", ("metric", "value"), rows))
     console.print(f"saved to {out}/ (packed weight-only modules; reloads with autolite.load)")

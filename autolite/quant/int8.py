@@ -1,6 +1,7 @@
 """INT8 dynamic quantization: INT8 per-channel weights, activations quantized at run time.
 
-The pass swaps in ``layers.DynamicInt8Linear``. Kernels (measured per layer shape at apply time, the fastest kept; ``kernel`` forces one):
+The pass swaps in ``layers.DynamicInt8Linear``. Kernels (measured per layer shape at apply time, the fastest
+kept; ``kernel`` forces one):
 
 * ``onednn`` / ``x86`` / ``fbgemm``: ``torch.ops.quantized.linear_dynamic`` on a weight prepacked for
   that engine (activations quantized per tensor inside the kernel; VNNI/AMX when the CPU has them).
@@ -43,8 +44,9 @@ class Int8Dynamic(PassConfig):
     ``kernel``: "auto" (measure each layer shape at ``rows`` tokens, keep the fastest) or one of
     :data:`KERNELS`; ``activations``: "per-token" (only ``int_mm``), "per-tensor" (any kernel) or "auto" =
     per-token for decoders and seq2seq models, whose activation outliers a per-tensor scale destroys
-    (SmolLM2-135M: +97% perplexity per tensor, +7.8% per token), any kernel for encoders; ``fallback``: keep a layer FP32 when INT8 is slower there; ``skip``: regexes of
-    layer names to leave alone; ``layers``: filled in with the layers actually quantized.
+    (SmolLM2-135M: +97% perplexity per tensor, +7.8% per token), any kernel for encoders; ``fallback``: keep a
+    layer FP32 when INT8 is slower there; ``skip``: regexes of layer names to leave alone; ``layers``: the
+    layers actually quantized (recorded in the applied copy of the config; given, load rebuilds exactly these).
     """
 
     name = "int8-dynamic"

@@ -179,7 +179,8 @@ def sequential_quantize(model: nn.Module, family: Any, tokenizer: Any, texts: li
             if mine:
                 hessians, groups = collect_hessians(block, mine, inputs)
                 for owner, names in groups.items():
-                    progress.update(task, status=f"{block_name}: quantizing {', '.join(n.rsplit('.', 1)[-1] for n in names)}")
+                    short = ", ".join(n.rsplit(".", 1)[-1] for n in names)
+                    progress.update(task, status=f"{block_name}: quantizing {short}")
                     new = quantize({n: mine[n] for n in names}, hessians[owner].hessian(), owner)
                     for name, module in new.items():
                         set_module(model, name, module)

@@ -45,7 +45,7 @@ class WeightOnly(PassConfig):
     (``autolite.quant.gptq``); both store the same packed format.
     ``embedding``: the input embedding and the output head as INT8 per row (one copy when tied).
     ``kernel_max_rows``: calls with at most this many tokens run the packed low-bit kernel.
-    ``layers`` / ``embedding_layers`` are filled in with what was quantized (replayed on load).
+    ``layers`` / ``embedding_layers``: what was quantized, recorded in the applied config copy (replayed on load).
     """
 
     name = "weight-only"

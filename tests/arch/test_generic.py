@@ -11,7 +11,8 @@ import autolite
 from autolite.arch import family_for, family_of
 from autolite.errors import UnsupportedArchitectureError
 
-_spec = importlib.util.spec_from_file_location("arch_coverage", Path(__file__).parents[2] / "tools" / "arch_coverage.py")
+_TOOL = Path(__file__).parents[2] / "tools" / "arch_coverage.py"
+_spec = importlib.util.spec_from_file_location("arch_coverage", _TOOL)
 coverage = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(coverage)
 KINDS = {"electra": "encoder", "albert": "encoder", "mpnet": "encoder", "deberta-v2": "encoder",
