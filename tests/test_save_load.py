@@ -37,3 +37,11 @@ def test_atomic_dir_refuses_existing(tmp_path):
     with pytest.raises(AutoliteError, match="already exists"):
         with atomic_dir(tmp_path):
             pass
+
+
+def test_save_model_refuses_a_non_model_before_writing(tmp_path):
+    from autolite.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="save_model\\(\\) needs an HF model"):
+        autolite.save_model(None, None, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

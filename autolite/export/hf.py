@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from autolite.errors import ArgumentError
 from autolite.io import atomic_dir
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, o
     The applied recipe is stored in ``config.json`` under ``autolite`` so ``autolite.load`` rebuilds
     the same model; float and pruned models also load with plain ``transformers``.
     """
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "save_pretrained"):
+        raise ArgumentError(f"save_model() needs an HF model (with save_pretrained), got {type(model).__name__}")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_model_files(model, tokenizer, tmp)
