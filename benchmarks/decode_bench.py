@@ -62,7 +62,8 @@ def build_models(spec: str, args: argparse.Namespace) -> dict[str, tuple[torch.n
     base, tok, family = autolite.load(spec)
     models = {"fp32": (base, tok, family)}
     recipes: dict[str, Any] = {"w8": W8, "w4g64": [{**W4[0], "method": args.w4_method}]}
-    recipes.update({f"fp32+skip{int(s * 100)}": [ActivationSparsity(sparsity=s).to_dict()] for s in args.sparsities})
+    recipes.update({f"fp32+skip{int(s * 100)}": [ActivationSparsity(sparsity=s, calib_tokens=args.calib_tokens).to_dict()]
+                    for s in args.sparsities})
     if args.only == "batching":  # the INT4 model only
         recipes = {"w4g64": recipes["w4g64"]}
     for label, recipe in recipes.items():
@@ -330,6 +331,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sparsities", type=float, nargs="*", default=[0.25, 0.4, 0.5])
     parser.add_argument("--ppl-texts", type=int, default=64)
+    parser.add_argument("--calib-tokens", type=int, default=4096, help="activation-sparsity calibration tokens")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--batch-tokens", type=int, default=64)
     parser.add_argument("--eager", action="store_true", help="do not compile our step")
