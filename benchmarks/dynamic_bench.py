@@ -202,73 +202,64 @@ def _searched(model: torch.nn.Module, task: Task, data: TextData, **options: Any
         return str(exc)
 
 
-RECOVERED_SCHEDULE = [1.0, 1.0, 0.6, 0.36, 0.216, 0.1296]  # geometric: from layer 2, 60% per layer
+FIXED_SCHEDULE = [1.0, 1.0, 0.7, 0.49, 0.343, 0.2401]  # geometric from layer 2 at 0.7: 63% of the token-layers
+RECOVER_STEPS = 40
+
+
+def _rows(name: str, model: torch.nn.Module, task: Task, **extra: Any) -> list[Candidate]:
+    """FP32 and INT8 rows of a token-drop classifier (dense twins: the task model, FP32 and INT8)."""
+    settings = dict(model.config.token_drop, val_accuracy=split_accuracy(model, task, task.val), **extra)
+    return [Candidate(f"{name} fp32", model, task.model, settings=settings),
+            Candidate(f"{name} int8", _int8(model), _int8(task.model), settings=settings)]
 
 
 @technique("token-drop")
 def token_drop_rows(task: Task) -> list[Candidate]:
-    """Classifier: a schedule searched on val to <= 1 point (no training), and a fixed ~55%-token-layer schedule
-    recovered by distillation from the dense model on the train split; FP32 and INT8. Embeddings: searched to
-    >= 0.98 cosine on the corpus calibration split, both output modes (restore vs kept-mean)."""
-    rows, failed = [], []
-    searched = _searched(task.model, task, task.val, max_drop=1.0)
-    recovered = _token_drop(task.model, task, task.train, schedule=RECOVERED_SCHEDULE, recover_steps=150)
-    for name, model in (("searched", searched), ("distilled", recovered)):
-        if isinstance(model, str):
-            failed.append({"name": f"token-drop {name}", "reason": model})
-            continue
-        settings = dict(model.config.token_drop, val_accuracy=split_accuracy(model, task, task.val))
-        rows.append(Candidate(f"token-drop {name} fp32", model, task.model, settings=settings))
-        rows.append(Candidate(f"token-drop {name} int8", _int8(model), _int8(task.model), settings=settings))
+    """Classifier: the schedule searched on val to <= 1 point (no training; [CLS]-attention scores), and the fixed
+    FIXED_SCHEDULE as a speed reference. Embeddings: searched to >= 0.98 cosine on the corpus calibration split,
+    both output modes (restore vs kept-mean)."""
+    rows = []
+    searched = _searched(task.model, task, task.val, max_drop=1.0, score="cls")
+    if isinstance(searched, str):
+        task.failed.append({"name": "token-drop searched", "reason": searched})
+    else:
+        rows += _rows("token-drop searched", searched, task)
+    rows += _rows("token-drop fixed 63%", _token_drop(task.model, task, task.val, schedule=FIXED_SCHEDULE,
+                                                      score="cls"), task)
     for output in ("restore", "kept-mean"):
         emb = _searched(task.embedder, task, TextData(task.calib_texts), min_cosine=0.98, output=output)
         if isinstance(emb, str):
-            failed.append({"name": f"token-drop embeddings ({output})", "reason": emb})
+            task.failed.append({"name": f"token-drop embeddings ({output})", "reason": emb})
             continue
         rows.append(Candidate(f"token-drop embeddings ({output})", emb, task.embedder, kind="embedding",
                               settings=dict(emb.config.token_drop)))
-    task.failed[:] = failed
     return rows
+
+
+@technique("token-drop-distill")
+def token_drop_distill_rows(task: Task) -> list[Candidate]:
+    """FIXED_SCHEDULE, then RECOVER_STEPS of distillation from the dense model (KD + CE) on the train split."""
+    model = _token_drop(task.model, task, task.train, schedule=FIXED_SCHEDULE, score="cls",
+                        recover_steps=RECOVER_STEPS)
+    return _rows("token-drop fixed 63% + distill", model, task, recover_steps=RECOVER_STEPS)
 
 
 @technique("combined")
 def combined_rows(task: Task) -> list[Candidate]:
-    """Pruning (heads 25%, FFN 25%, taylor + least-squares refit, calibrated on train texts), then token-drop with
-    the fixed schedule distilled on the train split (teacher: the pruned model), then INT8 dynamic."""
+    """Pruning (heads 25%, FFN 25%, taylor + least-squares refit, calibrated on train texts), token-drop with
+    FIXED_SCHEDULE ([CLS] scores), INT8 dynamic; dense twin: the pruned INT8 model."""
     from autolite.prune import PruneFFN, PruneHeads
 
     ctx = PassContext(family=task.family, tokenizer=task.tokenizer, calib=task.train.texts, labels=task.train.labels)
     pruned = autolite.compress(copy.deepcopy(task.model), [PruneHeads(ratio=0.25), PruneFFN(ratio=0.25, round_to=64)],
                                ctx=ctx, tokenizer=task.tokenizer, family=task.family)
-    dropped = _token_drop(pruned, task, task.train, schedule=RECOVERED_SCHEDULE, recover_steps=150)
+    dropped = _token_drop(pruned, task, task.val, schedule=FIXED_SCHEDULE, score="cls")
     dense, dynamic = _int8(pruned), _int8(dropped)
     settings = {"prune": "heads 0.25 + ffn 0.25 (taylor, refit)", "int8": "int8-dynamic",
-                "token_drop": dict(dropped.config.token_drop), "recover_steps": 150,
-                "val_accuracy_fp32": split_accuracy(task.model, task, task.val),
+                "token_drop": dict(dropped.config.token_drop),
                 "val_accuracy_pruned_int8": split_accuracy(dense, task, task.val),
                 "val_accuracy": split_accuracy(dynamic, task, task.val)}
-    return [Candidate("prune + int8 + token-drop (distilled)", dynamic, dense, settings=settings)]
-
-
-# ---------------------------------------------------------------- early exit, routing, head selection (items 2-4)
-# Built in dynamic_adaptive.py (calibrated on train + val); it also measures them on the test texts as they come.
-
-import dynamic_adaptive  # noqa: E402
-
-
-@technique("early-exit")
-def early_exit_rows(task: Task) -> list[Candidate]:
-    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.early_exit_models(task).items()]
-
-
-@technique("route")
-def route_rows(task: Task) -> list[Candidate]:
-    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.route_units(task).items()]
-
-
-@technique("head-select")
-def head_select_rows(task: Task) -> list[Candidate]:
-    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.head_select_models(task).items()]
+    return [Candidate("prune + int8 + token-drop 63%", dynamic, dense, settings=settings)]
 
 
 # ---------------------------------------------------------------- the docs (generated from the JSON)
@@ -361,7 +352,7 @@ TOKEN_DROP_TEXT = [
     "error says so). `restore` output puts each dropped token's last state back; `kept-mean` fills dropped positions "
     "with the mean of the kept ones, so mean pooling sees only kept tokens (compare their cosine rows above).", ""]
 
-TARGETS = {"token-drop": ("dense", 1.6), "combined": ("fp32", 8.0)}  # technique -> (baseline, speed-up)
+TARGETS = {"token-drop": ("dense", 1.6), "token-drop-distill": ("dense", 1.6), "combined": ("fp32", 8.0)}  # technique -> (baseline, speed-up)
 
 
 def targets(results: list[dict[str, Any]]) -> list[str]:
@@ -423,7 +414,7 @@ def run(names: list[str], runs: int, warmup: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(TECHNIQUES), help="technique(s) to run")
-    parser.add_argument("--runs", type=int, default=6, help="timed b32 runs per model (b1: 3x as many)")
+    parser.add_argument("--runs", type=int, default=4, help="timed b32 runs per model (b1: 3x as many)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine two threads mostly wait for each other)")

@@ -8,10 +8,11 @@ token's score is the attention it receives from the real tokens (summed over hea
 tokens are gathered into a ``(B, k, H)`` tensor, so later layers really compute on ``k`` tokens only, with static
 shapes inside a batch (it composes with INT8 linears and ``torch.compile``).
 
-Outputs (``output``): ``"kept"`` returns the kept tokens only, in their original order (``[CLS]`` first: enough
-for classifiers, the cheapest); ``"restore"`` scatters them back into a ``(B, T, H)`` tensor whose dropped
+Outputs (``output``): ``"restore"`` scatters the kept tokens back into a ``(B, T, H)`` tensor whose dropped
 positions hold the state they had when dropped; ``"kept-mean"`` fills dropped positions with the row's mean over
-kept real tokens, so that a mean pooling over the caller's mask equals the mean over the kept tokens.
+kept real tokens, so that a mean pooling over the caller's mask equals the mean over the kept tokens. Scores
+(``score``): ``"received"`` (attention from every real token, PoWER-BERT) or ``"cls"`` (attention from [CLS],
+as EViT: what a classifier's pooled [CLS] reads).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 
 from autolite.errors import BackendUnavailableError
 
-OUTPUTS = ("kept", "restore", "kept-mean")
+OUTPUTS = ("restore", "kept-mean")
+SCORES = ("received", "cls")
 ALWAYS_KEPT = 2  # [CLS] and the final [SEP]
 
 
@@ -57,9 +59,9 @@ def additive_mask(valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tenso
 
 
 def layer_with_scores(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
-                      valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One BERT layer with explicit attention probabilities; returns its output ``(B, T, H)`` and the
-    attention each token receives from the real tokens ``(B, T)``."""
+                      valid: torch.Tensor | None, score: str = "received") -> tuple[torch.Tensor, torch.Tensor]:
+    """One BERT layer with explicit attention probabilities; returns its output ``(B, T, H)`` and each token's
+    score ``(B, T)``: the attention it receives from the real tokens ("received") or from [CLS] ("cls")."""
     attn = layer.attention.self
     batch, seq, _ = hidden.shape
     dim = attn.attention_head_size
@@ -72,6 +74,8 @@ def layer_with_scores(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor
     probs = torch.softmax(scores, dim=-1)
     context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, seq, -1)  # (B, T, nh*d)
     out = layer.feed_forward_chunk(layer.attention.output(context, hidden))  # (B, T, H)
+    if score == "cls":
+        return out, probs[:, :, 0, :].sum(dim=1)  # (B, T)
     queries = probs if valid is None else probs * valid[:, None, :, None].to(probs.dtype)
     return out, queries.sum(dim=(1, 2))  # (B, T)
 
@@ -100,7 +104,8 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class TokenDropEncoder(nn.Module):
     """A BERT encoder that drops low-attention tokens between layers (see the module docstring)."""
 
-    def __init__(self, encoder: nn.Module, schedule: list[float], min_length: int, output: str) -> None:
+    def __init__(self, encoder: nn.Module, schedule: list[float], min_length: int, output: str,
+                 score: str = "received") -> None:
         super().__init__()
         self.config = encoder.config
         self.layer = encoder.layer  # the same modules: state-dict keys unchanged
@@ -108,6 +113,7 @@ class TokenDropEncoder(nn.Module):
         self.schedule = tuple(float(s) for s in schedule)
         self.min_length = int(min_length)
         self.output = output
+        self.score = score
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 encoder_hidden_states: Any = None, encoder_attention_mask: Any = None, past_key_values: Any = None,
@@ -130,7 +136,7 @@ class TokenDropEncoder(nn.Module):
             if target >= hidden_states.shape[1]:
                 hidden_states = layer(hidden_states, mask, **kwargs)
                 continue
-            hidden_states, received = layer_with_scores(layer, hidden_states, mask, valid)
+            hidden_states, received = layer_with_scores(layer, hidden_states, mask, valid, self.score)
             keep = select(received, valid, target)  # (B, k) into the current tokens
             if full is not None:  # dropped tokens keep the state they have now
                 full = full.scatter(1, index[..., None].expand_as(hidden_states), hidden_states)
@@ -144,8 +150,6 @@ class TokenDropEncoder(nn.Module):
     def _finish(self, hidden: torch.Tensor, index: torch.Tensor, valid: torch.Tensor | None,
                 full: torch.Tensor | None, seq: int) -> torch.Tensor:
         """The encoder output for ``self.output`` from the kept tokens ``(B, k, H)``."""
-        if self.output == "kept":
-            return hidden
         if self.output == "kept-mean":
             weights = (valid if valid is not None else torch.ones(hidden.shape[:2], dtype=torch.bool,
                                                                    device=hidden.device))[..., None].to(hidden.dtype)

@@ -24,7 +24,7 @@ import torch
 
 from autolite.config import PassConfig
 from autolite.distill.losses import embedding_cosine_loss, kd_loss
-from autolite.dynamic.drop_encoder import ALWAYS_KEPT, OUTPUTS, TokenDropEncoder
+from autolite.dynamic.drop_encoder import ALWAYS_KEPT, OUTPUTS, SCORES, TokenDropEncoder
 from autolite.errors import DataError, RecipeError, UnsupportedArchitectureError
 from autolite.eval import metrics
 from autolite.eval.forward import model_device, run_model, tokenize
@@ -40,13 +40,15 @@ class TokenDrop(PassConfig):
 
     ``schedule``: share of tokens entering each layer (``schedule[0] == 1``, non-increasing); None searches one.
     ``min_length``: inputs of at most this many tokens run unchanged. ``output``: "restore" (dropped positions
-    keep their last state) or "kept-mean" (mean pooling sees only kept tokens).
+    keep their last state) or "kept-mean" (mean pooling sees only kept tokens). ``score``: rank tokens by the
+    attention received from all real tokens ("received") or from [CLS] ("cls").
     """
 
     name = "token-drop"
     schedule: list[float] | None = None
     min_length: int = 16
     output: str = "restore"
+    score: str = "received"
     max_drop: float = 1.0
     min_cosine: float = 0.98
     starts: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3])
@@ -59,6 +61,8 @@ class TokenDrop(PassConfig):
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
             raise RecipeError(f"token-drop output must be one of {', '.join(OUTPUTS)}, got '{self.output}'")
+        if self.score not in SCORES:
+            raise RecipeError(f"token-drop score must be one of {', '.join(SCORES)}, got '{self.score}'")
         if self.min_length < 1 or self.search_batch < 1 or self.recover_batch < 1 or self.recover_steps < 0:
             raise RecipeError("token-drop needs min_length, search_batch, recover_batch >= 1 and recover_steps >= 0")
         if not 0 <= self.max_drop <= 100 or not 0 < self.min_cosine <= 1:
@@ -107,13 +111,14 @@ def encoder_owner(model: torch.nn.Module) -> torch.nn.Module:
     return base
 
 
-def install(model: torch.nn.Module, schedule: list[float], min_length: int, output: str) -> torch.nn.Module:
+def install(model: torch.nn.Module, schedule: list[float], min_length: int, output: str,
+            score: str = "received") -> torch.nn.Module:
     """Replace the encoder by a :class:`TokenDropEncoder` (in place; returns ``model``)."""
     base = encoder_owner(model)
     layers = len(base.encoder.layer)
     if len(schedule) != layers:
         raise RecipeError(f"token-drop schedule has {len(schedule)} entries but the model has {layers} layers")
-    base.encoder = TokenDropEncoder(base.encoder, schedule, min_length, output)
+    base.encoder = TokenDropEncoder(base.encoder, schedule, min_length, output, score)
     return model
 
 
@@ -181,7 +186,7 @@ def search_schedule(model: torch.nn.Module, config: TokenDrop, ctx: PassContext)
     ref = _reference(model, ctx, config)
     layers = len(encoder_owner(model).encoder.layer)
     trial = copy.deepcopy(model)
-    install(trial, [1.0] * layers, config.min_length, config.output)
+    install(trial, [1.0] * layers, config.min_length, config.output, config.score)
     tried: dict[str, dict] = {}
 
     def passes(schedule: list[float]) -> bool:
@@ -258,13 +263,13 @@ def apply_token_drop(model: torch.nn.Module, config: TokenDrop, ctx: PassContext
         schedule, summary = search_schedule(model, config, ctx)
     resolved = dataclasses.replace(config, schedule=list(schedule))
     teacher = copy.deepcopy(model) if config.recover_steps else None
-    install(model, resolved.schedule, resolved.min_length, resolved.output)
+    install(model, resolved.schedule, resolved.min_length, resolved.output, resolved.score)
     if teacher is not None:
         losses = recover(model, teacher, ctx, resolved)
         ctx.note(f"token-drop: recovery {config.recover_steps} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     model.eval()
     model.config.token_drop = {"schedule": resolved.schedule, "min_length": resolved.min_length,
-                               "output": resolved.output}
+                               "output": resolved.output, "score": resolved.score}
     ctx.note(f"token-drop: schedule {resolved.schedule} ({100 * token_layers(resolved.schedule):.0f}% of the "
              f"token-layers){'; calibration fidelity ' + str(summary) if summary else ''}")
     return model
@@ -277,7 +282,7 @@ def reinstall(model: torch.nn.Module, config: TokenDrop, ctx: PassContext) -> to
     if not schedule:
         raise RecipeError("token-drop: the saved model records no schedule (config.json lacks token_drop)")
     return install(model, list(schedule), saved.get("min_length", config.min_length),
-                   saved.get("output", config.output))
+                   saved.get("output", config.output), saved.get("score", config.score))
 
 
 register_pass(TokenDrop, after_load=reinstall)(apply_token_drop)

@@ -79,7 +79,7 @@ def test_compress_save_load_is_bit_identical(tmp_path, tiny_bert, tokenizer):
     model, tok, family = tiny_bert
     texts = LONG + ["one more text about dogs and cats and the weather in spring", "quite short"]
     autolite.passes.import_builtin_passes()
-    small = autolite.compress(model, [TokenDrop(max_drop=100.0, rates=[0.5, 0.9], starts=[1]),
+    small = autolite.compress(model, [TokenDrop(max_drop=100.0, rates=[0.5, 0.9], starts=[1], score="cls"),
                                       autolite.config.PassConfig.from_dict({"pass": "int8-dynamic"})],
                               calib=texts, tokenizer=tok, family=family)
     assert small.config.token_drop["schedule"] == [1.0, 0.5]  # the cheapest within a 100-point budget
@@ -88,7 +88,7 @@ def test_compress_save_load_is_bit_identical(tmp_path, tiny_bert, tokenizer):
     batch = tokenize(tokenizer, LONG)
     with torch.no_grad():
         assert torch.equal(small(**batch).logits, loaded(**batch).logits)
-    assert type(loaded.bert.encoder).__name__ == "TokenDropEncoder"
+    assert type(loaded.bert.encoder).__name__ == "TokenDropEncoder" and loaded.bert.encoder.score == "cls"
 
 
 def test_search_with_labels_respects_the_accuracy_bound(tiny_bert, tokenizer):
@@ -108,6 +108,7 @@ def test_search_with_labels_respects_the_accuracy_bound(tiny_bert, tokenizer):
     (dict(schedule=[1.0, 0.5, 0.8]), "must not rise"),
     (dict(schedule=[1.0, 0.0]), "shares in (0, 1]"),
     (dict(output="drop"), "output must be one of"),
+    (dict(score="magnitude"), "score must be one of"),
     (dict(rates=[1.5]), "rates in (0, 1)"),
 ])
 def test_bad_configs_are_one_line_errors(kwargs, message):
