@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import psutil
 import torch
@@ -76,7 +76,7 @@ class Candidate:
     settings: dict = dataclasses.field(default_factory=dict)
 
 
-TECHNIQUES: dict[str, Callable[[Task], list[Candidate]]] = {}
+TECHNIQUES: dict[str, Callable[[Task], Iterable[Candidate]]] = {}  # a list or a generator of rows
 
 
 def technique(name: str) -> Callable:
@@ -206,42 +206,40 @@ FIXED_SCHEDULE = [1.0, 1.0, 0.7, 0.49, 0.343, 0.2401]  # geometric from layer 2 
 RECOVER_STEPS = 40
 
 
-def _rows(name: str, model: torch.nn.Module, task: Task, **extra: Any) -> list[Candidate]:
+def _rows(name: str, model: torch.nn.Module, task: Task, **extra: Any) -> Iterator[Candidate]:
     """FP32 and INT8 rows of a token-drop classifier (dense twins: the task model, FP32 and INT8)."""
     settings = dict(model.config.token_drop, val_accuracy=split_accuracy(model, task, task.val), **extra)
-    return [Candidate(f"{name} fp32", model, task.model, settings=settings),
-            Candidate(f"{name} int8", _int8(model), _int8(task.model), settings=settings)]
+    yield Candidate(f"{name} fp32", model, task.model, settings=settings)
+    yield Candidate(f"{name} int8", _int8(model), _int8(task.model), settings=settings)
 
 
 @technique("token-drop")
-def token_drop_rows(task: Task) -> list[Candidate]:
-    """Classifier: the schedule searched on val to <= 1 point (no training; [CLS]-attention scores), and the fixed
-    FIXED_SCHEDULE as a speed reference. Embeddings: searched to >= 0.98 cosine on the corpus calibration split,
-    both output modes (restore vs kept-mean)."""
-    rows = []
+def token_drop_rows(task: Task) -> Iterator[Candidate]:
+    """Classifier: the fixed FIXED_SCHEDULE as a speed reference, and the schedule searched on val to <= 1 point
+    (no training); both with [CLS]-attention scores. Embeddings: searched to >= 0.98 cosine on the corpus
+    calibration split, both output modes (restore vs kept-mean)."""
+    yield from _rows("token-drop fixed 63%", _token_drop(task.model, task, task.val, schedule=FIXED_SCHEDULE,
+                                                         score="cls"), task)
     searched = _searched(task.model, task, task.val, max_drop=1.0, score="cls")
     if isinstance(searched, str):
         task.failed.append({"name": "token-drop searched", "reason": searched})
     else:
-        rows += _rows("token-drop searched", searched, task)
-    rows += _rows("token-drop fixed 63%", _token_drop(task.model, task, task.val, schedule=FIXED_SCHEDULE,
-                                                      score="cls"), task)
-    for output in ("restore", "kept-mean"):
+        yield from _rows("token-drop searched", searched, task)
+    for output in ("kept-mean", "restore"):
         emb = _searched(task.embedder, task, TextData(task.calib_texts), min_cosine=0.98, output=output)
         if isinstance(emb, str):
             task.failed.append({"name": f"token-drop embeddings ({output})", "reason": emb})
             continue
-        rows.append(Candidate(f"token-drop embeddings ({output})", emb, task.embedder, kind="embedding",
-                              settings=dict(emb.config.token_drop)))
-    return rows
+        yield Candidate(f"token-drop embeddings ({output})", emb, task.embedder, kind="embedding",
+                        settings=dict(emb.config.token_drop))
 
 
 @technique("token-drop-distill")
-def token_drop_distill_rows(task: Task) -> list[Candidate]:
+def token_drop_distill_rows(task: Task) -> Iterator[Candidate]:
     """FIXED_SCHEDULE, then RECOVER_STEPS of distillation from the dense model (KD + CE) on the train split."""
     model = _token_drop(task.model, task, task.train, schedule=FIXED_SCHEDULE, score="cls",
                         recover_steps=RECOVER_STEPS)
-    return _rows("token-drop fixed 63% + distill", model, task, recover_steps=RECOVER_STEPS)
+    yield from _rows("token-drop fixed 63% + distill", model, task, recover_steps=RECOVER_STEPS)
 
 
 @technique("combined")
@@ -394,21 +392,27 @@ def notes(results: list[dict[str, Any]]) -> list[str]:
 
 
 def run(names: list[str], runs: int, warmup: int) -> None:
+    """Measure each technique's rows; its JSON is rewritten after every row (a cut-short run keeps what it measured)."""
     task = load_task()
     fp32_acc = test_accuracy(task.model, task)
     for name in names:
         started = time.time()
         task.failed.clear()
-        rows = [measure(c, task, runs, warmup) for c in TECHNIQUES[name](task)]
-        result = {"technique": name, "fp32_test_accuracy": fp32_acc, "rows": rows, "failed": list(task.failed),
-                  "machine": machine(),
-                  "runs": runs, "warmup": warmup, "seconds": round(time.time() - started, 1),
-                  "command": f"python benchmarks/dynamic_bench.py --only {name}"}
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        tmp = RESULTS / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(RESULTS / f"{name}.json")
-        dynamic_adaptive.after(name, task, runs)  # early-exit/route/head-select: natural-length batches too
+        result = {"technique": name, "fp32_test_accuracy": fp32_acc, "rows": [], "failed": task.failed,
+                  "runs": runs, "warmup": warmup, "command": f"python benchmarks/dynamic_bench.py --only {name}"}
+        for candidate in TECHNIQUES[name](task):
+            result["rows"].append(measure(candidate, task, runs, warmup))
+            result.update(machine=machine(), seconds=round(time.time() - started, 1))
+            write_json(RESULTS / f"{name}.json", result)
+        result.update(machine=machine(), seconds=round(time.time() - started, 1), complete=True)
+        write_json(RESULTS / f"{name}.json", result)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
