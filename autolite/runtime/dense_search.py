@@ -5,8 +5,10 @@ those, and race each against the leader so a loser stops after a run or two.
    measured once and cached per machine (a corrupted cache file is ignored and re-measured).
 2. **Floors**: a candidate's linear layers cannot run faster than ``linear FLOPs / peak of its layer kind``
    (INT8 for quantized candidates, BF16 for BF16 ones, else FP32). Other backends' kernels may beat torch's
-   measured peak by a margin, so the bound is taken ``FLOOR_SLACK`` lower. Candidates are tried
-   lowest floor first; one whose floor is above the leader's median is skipped unbuilt ("cannot win").
+   measured peak by a margin, so the bound is taken ``FLOOR_SLACK`` lower. Candidates are tried in order of
+   their predicted time, ``floor / the share of its floor the candidate reached in earlier searches on this
+   machine`` (cached; on a fresh machine: lowest floor first); one whose floor is above the leader's median
+   is skipped unbuilt ("cannot win").
 3. **Race** (successive halving over runs): each round doubles the candidate's runs (1, 2, 4, ... up to
    ``runs``) and the candidate stops as soon as its fastest run is slower than the leader's median. The FP32
    baseline (the slowest model, only needed for the reported speedups) runs once next to each candidate.
@@ -119,6 +121,32 @@ def predicted_floors(candidates: list[tuple[str, list[dict]]], gflop: float, pea
     return floors
 
 
+def shape_class(batch: int, seq: int) -> str:
+    """Which kind of run an efficiency was learned on: small (latency) or large (throughput) batches."""
+    return "small" if batch * seq <= 512 else "large"
+
+
+class Efficiency:
+    """What share of its floor each candidate reached in earlier searches on this machine (per shape class),
+    cached: candidates are tried in order of ``floor / efficiency`` (a fresh machine: floor, then list order)."""
+
+    def __init__(self, shape: str) -> None:
+        self.path = cache_root() / "peaks" / f"{machine_key()}-efficiency.json"
+        self.shape = shape
+        data = read_json(self.path, ())
+        self.data = data if data is not None and all(isinstance(v, dict) for v in data.values()) else {}
+
+    def predicted_ms(self, name: str, floor: float) -> float:
+        share = self.data.get(name, {}).get(self.shape)
+        return floor / share if isinstance(share, (int, float)) and share > 0 else floor
+
+    def update(self, measured: dict[str, dict[str, Any]], floors: dict[str, float]) -> None:
+        for name, verdict in measured.items():
+            if "median_ms" in verdict and floors.get(name):
+                self.data.setdefault(name, {})[self.shape] = round(floors[name] / verdict["median_ms"], 4)
+        write_json_atomic(self.path, self.data, indent=1)
+
+
 class Race:
     """Times candidates against the baseline and a leader: the baseline runs once next to each candidate's
     first round (what its speedup is measured against; it is the slowest model here), the rounds double."""
@@ -188,7 +216,8 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
     floors = predicted_floors(candidates, linear_gflop(model, batch * seq), machine_peaks(), race.baseline_ms[0])
     texts = list(ctx.calib or [])[:32] or None
     measured: dict[str, dict[str, Any]] = {}
-    for name, passes in sorted(candidates, key=lambda c: floors[c[0]]):  # stable: ties keep the given order
+    history = Efficiency(shape_class(batch, seq))
+    for name, passes in sorted(candidates, key=lambda c: history.predicted_ms(c[0], floors[c[0]])):
         began = time.perf_counter()
         reason = _skip_reason(floors[name], race, began - start, budget_s)
         candidate = reason or build(model, passes, ctx)
@@ -203,6 +232,7 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
         measured[name] = verdict
         log.info("fast-dense candidate %s: %s", name, verdict)
         del candidate
+    history.update(measured, floors)
     return measured
 
 

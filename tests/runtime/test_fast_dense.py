@@ -19,9 +19,10 @@ PEAKS = {"gemm_gflops": 100.0, "int8_gemm_gops": 400.0, "bf16_gemm_gflops": 200.
 
 
 @pytest.fixture
-def fake_clock(monkeypatch):
+def fake_clock(monkeypatch, tmp_path):
     """``fake_clock({"baseline": 10, "fp32": 9, ...})``: each timed call of a candidate takes that many ms;
-    returns the list of names timed, in order. Peaks are fixed (no measuring)."""
+    returns the list of names timed, in order. Peaks are fixed (no measuring), the cache is the test's own."""
+    monkeypatch.setenv("AUTOLITE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(dense_search, "machine_peaks", lambda measure=None: dict(PEAKS))
     monkeypatch.setattr("autolite.quant.int8.available_kernels", lambda: ["fbgemm"])  # no kernel timing
 
@@ -166,3 +167,15 @@ def test_a_shape_a_backend_cannot_take_is_skipped_with_the_reason():
     verdict = dense_search._timed("ort-int8", fails, race, 4, 1024)
     assert verdict["ok"] is False and verdict["skipped"].startswith("cannot run batch 4 x seq 1024: Got invalid")
     assert race.leader is None
+
+
+def test_what_a_candidate_reached_before_on_this_machine_orders_the_next_search(load_model, texts, fake_clock):
+    model, tok, family = load_model("tiny-bert")
+    names = ["int8-dynamic", "ort-int8"]  # equal (INT8) floors: list order on a fresh machine
+    calls = fake_clock({"baseline": 10.0, "int8-dynamic": 5.0, "ort-int8": 2.0})
+    _measure(model, tok, family, texts, runs=1, candidates=names, budget_s=1e-6)
+    assert "int8-dynamic" in calls and "ort-int8" not in calls  # the budget ended it after the first
+    dense_search.Efficiency("small").update({"ort-int8": {"median_ms": 2.0}}, {"ort-int8": 1.0})
+    result = _measure(model, tok, family, texts, runs=1, candidates=names, budget_s=1e-6)
+    assert result["chosen"] == "ort-int8"  # tried first now: it reached a larger share of its floor before
+    assert "budget" in result["measured"]["int8-dynamic"]["skipped"]
