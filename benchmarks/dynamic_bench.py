@@ -260,6 +260,27 @@ def combined_rows(task: Task) -> list[Candidate]:
     return [Candidate("prune + int8 + token-drop 63%", dynamic, dense, settings=settings)]
 
 
+# ---------------------------------------------------------------- early exit, routing, head selection (items 2-4)
+# Built in dynamic_adaptive.py (calibrated on train + val); it also measures them on the test texts as they come.
+
+import dynamic_adaptive  # noqa: E402
+
+
+@technique("early-exit")
+def early_exit_rows(task: Task) -> list[Candidate]:
+    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.early_exit_models(task).items()]
+
+
+@technique("route")
+def route_rows(task: Task) -> list[Candidate]:
+    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.route_units(task).items()]
+
+
+@technique("head-select")
+def head_select_rows(task: Task) -> list[Candidate]:
+    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.head_select_models(task).items()]
+
+
 # ---------------------------------------------------------------- the docs (generated from the JSON)
 
 def load_results(directory: Path) -> list[dict[str, Any]]:
@@ -406,6 +427,7 @@ def run(names: list[str], runs: int, warmup: int) -> None:
             write_json(RESULTS / f"{name}.json", result)
         result.update(machine=machine(), seconds=round(time.time() - started, 1), complete=True)
         write_json(RESULTS / f"{name}.json", result)
+        dynamic_adaptive.after(name, task, runs)  # early-exit/route/head-select: natural-length batches too
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
