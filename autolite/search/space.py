@@ -18,10 +18,11 @@ import torch
 from autolite.config import PassConfig, known_passes
 from autolite.errors import RecipeError
 from autolite.passes import import_builtin_passes
-from autolite.runtime.fast_dense import candidate_passes
+from autolite.runtime.fast_dense import DEFAULT_CANDIDATES, candidate_passes
 
-BACKENDS = ["fp32", "bf16", "int8-dynamic", "int8-static", "ort-fp32", "ort-int8", "compile",
-            "int8-dynamic+compile"]
+# every candidate fast-dense measures (ONNX Runtime, OpenVINO, INT8 engines, compile), plus two presets it leaves out
+BACKENDS = list(DEFAULT_CANDIDATES) + [b for b in ("bf16", "int8-static") if b not in DEFAULT_CANDIDATES]
+INT8_PREFERENCE = ("openvino-int8", "ort-int8", "int8-dynamic")  # the backend of the structural seeds, first present
 RATIOS = {"layers": [0.0, 0.33, 0.5, 0.67], "heads": [0.0, 0.25, 0.5], "ffn": [0.0, 0.25, 0.5, 0.75]}
 STRUCTURAL_SEEDS = [{"layers": 0.5, "heads": 0.0, "ffn": 0.0}, {"layers": 0.33, "heads": 0.0, "ffn": 0.5},
                     {"layers": 0.5, "heads": 0.25, "ffn": 0.5}]
@@ -79,7 +80,7 @@ class Space:
         base = {kind: 0.0 for kind in self.ratios}
         base.update({f"dyn:{name}": False for name in self.dynamic})
         seeds = [dict(base, backend=b) for b in self.backends]
-        int8 = next((b for b in ("ort-int8", "int8-dynamic") if b in self.backends), self.backends[-1])
+        int8 = next((b for b in INT8_PREFERENCE if b in self.backends), self.backends[-1])
         for point in STRUCTURAL_SEEDS:
             if all(point[k] in self.ratios[k] for k in point):
                 seeds.append(dict(base, **point, backend=int8))
