@@ -264,7 +264,7 @@ def write_doc(result: dict[str, Any], path: Path = DOC) -> None:
              + (" — **shared machine (CPU steal): absolute tok/s are low and noisy; ratios come from interleaved runs**"
                 if machine.get("shared") else ""), "",
              f"Model `{result['model']}`, batch 1, greedy, {speed['tokens']} new tokens after \"{speed['prompt']}\", "
-             f"median of {speed['runs']} interleaved runs; our step {'compiled (torch.compile, fullgraph)' if speed['compiled'] else 'eager'}.",
+             f"median of {speed['runs']} interleaved runs (`python {result.get('command', '')}`); our step {'compiled (torch.compile, fullgraph)' if speed['compiled'] else 'eager'}.",
              "", "| decoder | tok/s | vs HF FP32 | vs llama.cpp | perplexity | vs FP32 | peak decode MB | weights MB | "
              "greedy tokens = HF FP32 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in speed["rows"].items():
@@ -276,7 +276,10 @@ def write_doc(result: dict[str, Any], path: Path = DOC) -> None:
                      f"{row.get('peak_decode_mb', '-')} | {row.get('weights_mb', '-')} | "
                      f"{row.get('same_tokens_as_hf_fp32', '-')} |")
     if "batching" in result:
+        command = result.get("batching_command") or result.get("command", "")
         lines += ["", "## Continuous batching (serving DecodeBatcher, INT4 model)", "",
+                  f"Measured by `python {command}` (step {'eager' if '--eager' in command else 'compiled'}); "
+                  "all streams start together, each generates its tokens greedily; TTFT from submission.", "",
                   "| streams | tokens each | aggregate tok/s | TTFT p50 s | TTFT p99 s |", "|---|---|---|---|---|"]
         for key, row in result["batching"].items():
             if isinstance(row, dict):
@@ -298,7 +301,7 @@ def _save(result: dict[str, Any], path: Path) -> None:
 
 NOTES = [
     "- Our decode step: a functional forward over the model's own modules with a static KV cache, compiled once "
-    "(`torch.compile(fullgraph=True)`); INT4 rows run `aten._weight_int4pack_mm_for_cpu`, INT8 rows "
+    "(`torch.compile(fullgraph=True)`) unless the run says eager; INT4 rows run `aten._weight_int4pack_mm_for_cpu`, INT8 rows "
     "`aten._weight_int8pack_mm` inside the graph; the INT8 head/embedding of w4g64/w8 is INT8 per row.",
     "- Activation skipping (TEAL-style): per-linear thresholds calibrated on the corpus calib split; at decode each "
     "linear reads only the weight rows of its active inputs (sparse-COO input times the transposed FP32 weight, inside one "
@@ -319,7 +322,8 @@ def _merged(out: Path) -> dict[str, Any]:
     for section in SECTIONS:
         part = out.with_name(f"{out.stem}-{section}.json")
         if section not in result and part.is_file():
-            result[section] = json.loads(part.read_text())[section]
+            data = json.loads(part.read_text())
+            result[section], result[f"{section}_command"] = data[section], data.get("command", "")
     return result
 
 
