@@ -194,10 +194,13 @@ def gguf_findings(part: dict[str, Any]) -> list[str]:
         verdict = "lower (target met)" if mine < theirs else "NOT lower (target missed)"
         out.append(f"{fmt}: {ours} {mine:.3f} vs llama.cpp's own {fmt} {theirs:.3f}: {verdict}, "
                    f"{(mine / theirs - 1) * 100:+.2f}%")
-    out.append("The FP32 model is the bundled Q4_1 GGUF dequantized (no other SmolLM2 weights are available offline): "
-               "its weights already sit on a Q4_1 grid of the same 32-blocks, so llama.cpp's min/max Q4_1 recovers "
-               "them almost exactly, which a quantizer with autolite's asymmetric grid (range includes 0, integer "
-               "zero point) cannot; Q4_0 and Q8_0 are the fair comparisons.")
+    if "llama.cpp Q4_1 (RTN)" in by and "F32 GGUF" in by:
+        q41, f32 = by["llama.cpp Q4_1 (RTN)"]["ppl_llamacpp"], by["F32 GGUF"]["ppl_llamacpp"]
+        out.append(f"Caveat for Q4_1: the FP32 model is the bundled Q4_1 GGUF dequantized (no other SmolLM2 weights "
+                   f"are available offline), so its weights already sit on a Q4_1 grid of the same 32-blocks and "
+                   f"llama.cpp's min/max Q4_1 of it lands back on that grid: {q41:.3f} vs FP32 {f32:.3f} "
+                   f"({(q41 / f32 - 1) * 100:+.2f}%). autolite's asymmetric grid (range always includes 0, integer "
+                   "zero point) cannot reproduce it; Q4_0 and Q8_0 are the fair comparisons.")
     out.append("Logits rel L2 (8 texts) compares llama.cpp running the file with the torch model holding the same "
                "weights; llama.cpp's F16 KV cache and 8-bit activation quantization in Q4/Q8 dot products give "
                "the residual.")
