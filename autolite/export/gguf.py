@@ -21,7 +21,9 @@ from typing import Any
 import gguf
 import torch
 
+from autolite.errors import NumericsError
 from autolite.export import gguf_blocks as blocks
+from autolite.export import llamacpp
 from autolite.export.common import ExportResult, UnsupportedExportError
 from autolite.export.validate import Validation
 from autolite.io import atomic_dir
@@ -167,14 +169,10 @@ def _write_vocab(writer: Any, vocab: tuple, tokenizer: Any, size: int) -> None:
 def _validate(path: Path, tensors: list, model: torch.nn.Module, tokenizer: Any, max_texts: int | None,
               notes: list[str]) -> Validation:
     """Decode every tensor's blocks (exactness), then, when llama.cpp is installed, compare its logits."""
-    from autolite.errors import NumericsError
-
     result = blocks.check_blocks(tensors)
     log.info("gguf blocks: %s", result.line())
     if not result.passed:
         raise NumericsError(f"GGUF export failed its block check ({result.line()}); nothing was written")
-    from autolite.export import llamacpp
-
     if not llamacpp.available():
         notes.append("llama-cpp-python is not installed: weights checked block by block, logits not compared "
                      "(pip install 'autolite[llamacpp]')")
