@@ -19,7 +19,6 @@ import logging
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autolite.config import PassConfig
