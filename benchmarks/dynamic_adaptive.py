@@ -35,7 +35,7 @@ from autolite.prune import PruneHeads
 log = logging.getLogger("dynamic_adaptive")
 RESULTS = Path(__file__).resolve().parent / "results" / "dynamic" / "adaptive"
 MAX_LENGTH = 128
-EXIT_BUDGETS = (0.5, 1.0)  # accuracy points on val
+EXIT_BUDGETS = (0.5,)  # accuracy points on val
 FAST_PRUNED = [{"pass": "prune-ffn", "ratio": 0.5, "recover_steps": 100},
                {"pass": "prune-heads", "ratio": 0.5, "recover_steps": 100}, {"pass": "int8-dynamic"}]
 ROUTES = {"cascade, fast = int8": dict(fast="int8-dynamic"),
