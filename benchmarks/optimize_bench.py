@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,8 @@ HOW = """## How the search works
 
 - **Space**: pruning ratios of layers, attention heads and FFN neurons (each cut followed by a short distillation
   from the original model), the dynamic-inference passes registered under `autolite.dynamic` (found at run time),
-  and one dense backend (FP32, BF16 where native, INT8 dynamic/static, ONNX Runtime FP32/INT8, `torch.compile`).
+  and one dense backend (by default every `fast-dense` candidate: ONNX Runtime and OpenVINO FP32/INT8, INT8
+  dynamic/static, BF16 where native, `torch.compile`; `--backends` narrows it).
 - **Sampler**: Optuna's multi-objective TPE (validation accuracy, speed-up), told the accuracy budget as a
   constraint; the first trials are every dense backend on the unpruned model, then a few structural points.
 - **Staged proxies**: a trial is scored on a small validation share first (stopped if clearly over budget), then
@@ -151,7 +153,7 @@ def _same_run(data: dict) -> list[str]:
             "", "| model | speed-up | ms / batch | test accuracy % (vs FP32) | MiB | J / inference |",
             "|---|---|---|---|---|---|", *rows, "",
             f"The pick: `{pick['label']}` (trial {pick['trial']}); validation accuracy {pick['val_acc']:.2f}% vs FP32 "
-            f"{opt['fp32']['val_acc']:.2f}%. `fast-dense` chose: {'; '.join(same['fast-dense']['chose'])[:300]}", "",
+            f"{opt['fp32']['val_acc']:.2f}%. `fast-dense`: {'; '.join(same['fast-dense']['chose']).split(':')[0]}.", "",
             f"Energy is {same['energy_source']}: {pick['energy']['note']}.", ""]
 
 
@@ -172,15 +174,22 @@ def _targets(data: dict) -> list[str]:
 def _shortfall(data: dict) -> list[str]:
     """What the fastest candidate over the budget was, in the data's own numbers."""
     opt = data["optimize"]
+    lines = []
+    chose = re.search(r"chose (\S+)", " ".join(data["same_run"]["fast-dense"].get("chose", [])))
+    if chose and chose.group(1) not in opt["space"]["backends"]:
+        lines += [f"`fast-dense` chose `{chose.group(1)}`, a backend this search's space did not include (it had "
+                  f"{', '.join(opt['space']['backends'])}), so the pick cannot beat it here.", ""]
     budget = opt["fp32"]["val_acc"] - opt["max_drop"]
     over = [t for t in opt["trials"] if t["state"] == "complete" and t["val_acc"] < budget]
     if not over:
-        return []
+        return lines
     fastest = max(over, key=lambda t: t["speedup"])
-    return [f"The fastest candidate the search measured, `{fastest['label']}` ({fastest['speedup']:.2f}x in its "
-            f"trial), lost {opt['fp32']['val_acc'] - fastest['val_acc']:.2f} points on validation (budget "
-            f"{opt['max_drop']:g}), so it was not picked; {len(opt['trials'])} trials fit the budget on this machine "
-            "(each structural trial prunes, distills and exports a model).", ""]
+    lost = opt["fp32"]["val_acc"] - fastest["val_acc"]
+    return lines + [
+        f"The fastest candidate the search measured, `{fastest['label']}` ({fastest['speedup']:.2f}x in its trial), "
+        f"lost {lost:.2f} points on validation (budget {opt['max_drop']:g}), so it was not picked; "
+        f"{len(opt['trials'])} trials fit the budget on this machine (a structural trial prunes, distills and exports "
+        "a model).", ""]
 
 
 def _trials(data: dict) -> list[str]:
@@ -234,9 +243,11 @@ def collect(args: argparse.Namespace) -> dict:
     return {"command": f"python benchmarks/optimize_bench.py --collect{' --compare' if args.compare else ''} "
                        f"(search: --minutes {args.minutes:g} "
                        f"--recover-steps {args.recover_steps} --backends {args.backends})",
-            "task": {k: v for k, v in record.items() if k not in ("data_dir", "model_dir")}, "minutes": args.minutes, "search_s": seconds,
+            "task": {k: v for k, v in record.items() if k not in ("data_dir", "model_dir")},
+            "minutes": args.minutes, "search_s": seconds,
             "batch": opt["batch"], "seq": opt["seq"], "load_average": load,
-            "cpu_steal_share": steal, "note": args.note, "optimize": {k: v for k, v in opt.items() if k not in ("model", "data")},
+            "cpu_steal_share": steal, "note": args.note,
+            "optimize": {k: v for k, v in opt.items() if k not in ("model", "data")},
             "same_run": same, "machine": probe().to_dict(),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
