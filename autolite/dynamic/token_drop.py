@@ -122,15 +122,6 @@ def install(model: torch.nn.Module, schedule: list[float], min_length: int, outp
     return model
 
 
-def dense_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy without token dropping (the reference the search compares against)."""
-    dense = copy.deepcopy(model)
-    base = encoder_owner(dense)
-    if isinstance(base.encoder, TokenDropEncoder):
-        base.encoder.schedule = (1.0,) * len(base.encoder.layer)
-    return dense
-
-
 @dataclasses.dataclass
 class _Reference:
     """The dense model's outputs on the calibration texts (in length-sorted batches)."""
@@ -183,8 +174,11 @@ def within(result: dict[str, float], config: TokenDrop) -> bool:
 
 def search_schedule(model: torch.nn.Module, config: TokenDrop, ctx: PassContext) -> tuple[list[float], dict]:
     """The cheapest geometric schedule within the fidelity bound on the calibration texts."""
-    ref = _reference(model, ctx, config)
     layers = len(encoder_owner(model).encoder.layer)
+    starts = sorted({int(s) for s in config.starts if int(s) < layers})
+    if not starts:
+        raise RecipeError(f"token-drop starts {config.starts} leave no layer to drop after (the model has {layers})")
+    ref = _reference(model, ctx, config)
     trial = copy.deepcopy(model)
     install(trial, [1.0] * layers, config.min_length, config.output, config.score)
     tried: dict[str, dict] = {}
@@ -196,7 +190,7 @@ def search_schedule(model: torch.nn.Module, config: TokenDrop, ctx: PassContext)
         return within(result, config)
 
     best: list[float] | None = None
-    for start in sorted({int(s) for s in config.starts if int(s) < layers}):
+    for start in starts:
         rates = sorted(config.rates)
         low, high = 0, len(rates) - 1  # smallest passing rate (fidelity grows with the rate)
         found = None

@@ -164,3 +164,11 @@ def test_recovery_distils_the_dropping_model(load_model):
     assert not torch.equal(small.bert.encoder.layer[1].output.dense.weight, before)
     assert any("recovery 2 steps" in note for note in ctx.notes)
     assert not small.training
+
+
+def test_search_starts_past_the_last_layer_fail_before_work(load_model):
+    model, tok, family = load_model("tiny-bert")
+    ctx = autolite.passes.PassContext(family=family, tokenizer=tok, calib=LONG)
+    config = TokenDrop(starts=[5])
+    with pytest.raises(RecipeError, match="leave no layer"):
+        autolite.passes.handler_for(config).apply(model, config, ctx)
