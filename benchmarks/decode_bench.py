@@ -264,7 +264,8 @@ def write_doc(result: dict[str, Any], path: Path = DOC) -> None:
              + (" — **shared machine (CPU steal): absolute tok/s are low and noisy; ratios come from interleaved runs**"
                 if machine.get("shared") else ""), "",
              f"Model `{result['model']}`, batch 1, greedy, {speed['tokens']} new tokens after \"{speed['prompt']}\", "
-             f"median of {speed['runs']} interleaved runs (`python {result.get('command', '')}`); our step {'compiled (torch.compile, fullgraph)' if speed['compiled'] else 'eager'}.",
+             f"median of {speed['runs']} interleaved runs (`python {result.get('command', '')}`"
+             + (f"; numbers from the {speed['from_log']}" if speed.get("from_log") else "") + "); our step {'compiled (torch.compile, fullgraph)' if speed['compiled'] else 'eager'}.",
              "", "| decoder | tok/s | vs HF FP32 | vs llama.cpp | perplexity | vs FP32 | peak decode MB | weights MB | "
              "greedy tokens = HF FP32 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in speed["rows"].items():
@@ -316,6 +317,22 @@ NOTES = [
 SECTIONS = ("speed", "perplexity", "batching")
 
 
+def speed_from_log(log_path: Path, command: str, tokens: int, eager: bool) -> dict[str, Any]:
+    """The speed section from the per-run lines a run logged (``NAME: X tok/s``), for a run stopped before
+    it wrote its JSON; every timed round that completed counts (warm-up lines do not)."""
+    import re
+
+    runs: dict[str, list[float]] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        match = re.search(r"decode_bench: (?!warm-up)(.+): ([0-9.]+) tok/s$", line)
+        if match:
+            runs.setdefault(match.group(1), []).append(float(match.group(2)))
+    complete = min(len(v) for v in runs.values())
+    rows = {name: {"tok_s": statistics.median(v[:complete]), "runs_tok_s": v[:complete]} for name, v in runs.items()}
+    return {"tokens": tokens, "threads": 2, "runs": complete, "prompt": PROMPT, "compiled": not eager, "rows": rows,
+            "from_log": f"{log_path.name} of `python {command}`, stopped after {complete} complete timed round(s)"}
+
+
 def _merged(out: Path) -> dict[str, Any]:
     """The main JSON, with any section measured by a separate ``--only SECTION`` run (decode-SECTION.json)."""
     result = json.loads(out.read_text())
@@ -345,13 +362,21 @@ def main() -> None:
                                                            "(merged into the doc by --doc-only)")
     parser.add_argument("--quick", action="store_true", help="tiny-llama, few tokens: checks the script")
     parser.add_argument("--doc-only", action="store_true")
+    parser.add_argument("--from-log", type=Path, help="with --speed-command: rebuild the speed JSON from a run's log")
+    parser.add_argument("--speed-command", default="")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
         args.model, args.tokens, args.runs, args.ppl_texts, args.batch_tokens = "random:tiny-llama", 16, 1, 8, 8
     main_out = args.out or RESULTS / ("decode-quick.json" if args.quick else "decode.json")
-    if args.doc_only:
+    if args.from_log:
+        _save({"model": args.model, "date": datetime.date.today().isoformat(), "machine": _machine(),
+               "json": str(main_out.relative_to(ROOT)), "command": args.speed_command, "w4_method": args.w4_method,
+               "notes": [f"- w4g64 here: INT4 group 64 asymmetric, {args.w4_method}, INT8 embedding/head (the w4g64 "
+                         "preset is the same with gptq)."],
+               "speed": speed_from_log(args.from_log, args.speed_command, args.tokens, args.eager)}, main_out)
+    if args.doc_only or args.from_log:
         write_doc(_merged(main_out))
         return
     out = main_out.with_name(f"{main_out.stem}-{args.only}.json") if args.only else main_out
