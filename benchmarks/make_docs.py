@@ -53,7 +53,8 @@ def run_table(data: dict[str, Any]) -> list[str]:
         vs_best = row["median_ms"] and best and best[1]["median_ms"] / row["median_ms"]
         bold = "**" if name == (best and best[0]) or row["side"] == "ours" and name.endswith("fast-dense") else ""
         lines.append(f"| {bold}{name}{bold} | {row['tool']} | {row['median_ms']:.1f} | {row['speedup']:.2f}x | "
-                     f"{_fmt(vs_best, '.2f', 'x')} | {_fmt(row.get('cosine'), '.4f')} | {_fmt(row.get('held_mb'), '.0f')} |")
+                     f"{_fmt(vs_best, '.2f', 'x')} | {_fmt(row.get('cosine'), '.4f')} | "
+                     f"{_fmt(row.get('held_mb'), '.0f')} |")
     busy = max(load.get("loadavg_1min_before", 0), load.get("loadavg_1min_after", 0))
     if busy > 2 * data.get("threads", 1):
         lines += ["", f"**Shared machine**: load average {busy} on {data.get('threads')} threads during this run. "

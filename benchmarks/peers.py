@@ -4,8 +4,8 @@
     python benchmarks/peers.py --models random:bert-base minilm --shapes 32x128 1x128
     python benchmarks/peers.py --render                           # only rewrite docs/PEERS.md from the JSON
 
-Per (model, shape): every contender is built and warmed, then all are timed round-robin with PyTorch FP32
-eager (A B C ... A B C ..., medians after warm-up), so load on the machine hits them alike. Peers: PyTorch FP32
+Per (model, shape), in a process of its own: every contender is built and warmed, then all are timed
+round-robin with PyTorch FP32 eager (A B C ... A B C ..., medians after warm-up), so load on the machine hits them alike. Peers: PyTorch FP32
 eager, ``torch.compile`` (Inductor, freezing) in FP32 and BF16 (BF16 only where the CPU runs it natively),
 ONNX Runtime FP32 and dynamic INT8 (transformer optimizer fusions; ``quantize_dynamic``), OpenVINO (its
 default precision, and INT8 by NNCF post-training quantization on the calibration texts). The ONNX Runtime and
@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -196,17 +197,24 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.render:
+    pairs = [(spec, shape) for spec in args.models for shape in args.shapes]
+    if not args.render and len(pairs) > 1:  # one process per model and shape: nothing lingers between them
+        for spec, shape in pairs:
+            cmd = [sys.executable, __file__, "--models", spec, "--shapes", shape, "--results", str(args.results),
+                   "--doc", str(args.doc), *(["--runs", str(args.runs)] if args.runs else []),
+                   *(["--threads", str(args.threads)] if args.threads else []),
+                   *(["--only", *args.only] if args.only else [])]
+            if subprocess.run(cmd, check=False).returncode:
+                log.warning("%s at %s failed (see above); going on with the next", spec, shape)
+    elif not args.render:
         skipped: dict[str, str] = {}
-        for spec in args.models:
-            for shape in args.shapes:
-                batch, seq = (int(v) for v in shape.lower().split("x"))
-                runs = args.runs or (5 if batch >= 8 else 20)
-                result = run_one(spec, batch, seq, runs, args.only, skipped)
-                args.results.mkdir(parents=True, exist_ok=True)
-                out = args.results / f"{slug(spec, batch, seq)}.json"
-                out.write_text(json.dumps(result, indent=1))
-                log.info("wrote %s", out)
+        spec, shape = pairs[0]
+        batch, seq = (int(v) for v in shape.lower().split("x"))
+        result = run_one(spec, batch, seq, args.runs or (5 if batch >= 8 else 20), args.only, skipped)
+        args.results.mkdir(parents=True, exist_ok=True)
+        out = args.results / f"{slug(spec, batch, seq)}.json"
+        out.write_text(json.dumps(result, indent=1))
+        log.info("wrote %s", out)
         for note in skipped.values():
             log.warning(note)
     args.doc.write_text(render_peers(sorted(args.results.glob("*.json"))))

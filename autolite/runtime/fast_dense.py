@@ -99,7 +99,8 @@ def cache_key(model: torch.nn.Module, config: FastDense) -> str:
     sample = first.detach().flatten()[:4096].float().sum().item()
     numel = sum(p.numel() for p in model.parameters())
     model_id = [model.config.model_type, numel, round(sample, 6)]
-    blob = json.dumps([SEARCH_VERSION, machine_key(), model_id, config.batch, config.seq, config.candidates, config.min_cosine,
+    blob = json.dumps([SEARCH_VERSION, machine_key(), model_id, config.batch, config.seq, config.candidates,
+                       config.min_cosine,
                        config.max_ppl_change], default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -80,7 +80,8 @@ def measure_peaks(size: int = 1024, copy_mb: int = 256, repeats: int = 3) -> dic
     dst = torch.empty_like(src)
     copy = _best_seconds(lambda: dst.copy_(src), repeats)
     best = max(int8.values(), default=0.0)
-    return {"gemm_gflops": fp32, "bf16_gemm_gflops": bf16 or None, "int8_gemm_gops": best, "int8_kernels": {k: round(v, 1) for k, v in int8.items()},
+    return {"gemm_gflops": fp32, "bf16_gemm_gflops": bf16 or None, "int8_gemm_gops": best,
+            "int8_kernels": {k: round(v, 1) for k, v in int8.items()},
             "int8_over_fp32": best / fp32, "bandwidth_gbs": 2 * src.numel() * 4 / copy / 1e9}
 
 
