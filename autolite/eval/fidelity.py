@@ -40,6 +40,9 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, reference: torch.nn.Module 
     """
     _check_arguments(model, tokenizer, reference)
     family = family or family_of(model)
+    if reference is not None and family_of(reference).kind != family.kind:
+        raise ArgumentError(f"the reference is of kind '{family_of(reference).kind}' but the model of kind "
+                            f"'{family.kind}': compare a model with the model it was made from")
     data = _as_text_data(data).head(max_texts)
     labels = torch.tensor(data.labels) if data.labels is not None else None
     totals = _Totals()

@@ -63,5 +63,8 @@ def test_api_mistakes_are_one_line_errors(load_model):
         autolite.evaluate(None, tok)
     with pytest.raises(ArgumentError, match="needs the model's tokenizer, got NoneType"):
         autolite.evaluate(model, None)
-    with pytest.raises(ArgumentError, match="do not match the model's"):
+    with pytest.raises(ArgumentError, match="reference is of kind 'decoder' but the model of kind 'encoder'"):
         autolite.evaluate(model, tok, reference=other, max_texts=2)
+    t5, _, _ = load_model("tiny-t5")
+    with pytest.raises(ArgumentError, match="reference is of kind 'encoder' but the model of kind 'seq2seq'"):
+        autolite.evaluate(t5, tok, reference=model, max_texts=2)
