@@ -117,9 +117,6 @@ def save(model, tokenizer, result: dict[str, Any], splits, out: Path) -> None:
         recipe = {"name": "optimize", "passes": result["pick"]["recipe"]}
         header = (f"# autolite optimize pick: {result['pick']['label']} (trial {result['pick']['trial']})\n"
                   f"# replay: {result['replay']}\n")
-        if any(p.get("recover_steps") for p in recipe["passes"]):
-            header += ("# (in the search, recovery distilled from the original model; a replay distills from each "
-                       "prune pass's input, so a layer-pruned replay may score lower)\n")
         (tmp / "recipe.yaml").write_text(header + yaml.safe_dump(recipe, sort_keys=False))
         (tmp / "calib.csv").write_text(_csv(splits.calib.texts, splits.calib.labels), encoding="utf-8")
         (tmp / "optimize.json").write_text(json.dumps(result, indent=1, default=str))

@@ -117,6 +117,7 @@ def structural_passes(params: dict[str, Any], recover_steps: int) -> list[dict[s
         if passes[-1]["pass"] == "prune-layers":  # prune-layers has no recovery: a zero-ratio FFN pass does it
             passes.append({"pass": "prune-ffn", "ratio": 0.0})
         passes[-1]["recover_steps"] = recover_steps
+        passes[-1]["recover_from"] = "original"  # a replay distils from the unpruned model, as the search did
     return passes
 
 

@@ -9,7 +9,8 @@ def space(**kw):
 
 def test_layer_cut_gets_recovery_through_a_zero_ratio_ffn_pass():
     passes = structural_passes({"layers": 0.5, "heads": 0.0, "ffn": 0.0}, recover_steps=10)
-    assert passes == [{"pass": "prune-layers", "ratio": 0.5}, {"pass": "prune-ffn", "ratio": 0.0, "recover_steps": 10}]
+    assert passes == [{"pass": "prune-layers", "ratio": 0.5}, {"pass": "prune-ffn", "ratio": 0.0, "recover_steps": 10,
+                                                                 "recover_from": "original"}]
     assert structural_key(passes) == "layers0.5-ffn0-r10"
     assert structural_passes({"layers": 0.0, "heads": 0.0, "ffn": 0.0}, 10) == []
 
