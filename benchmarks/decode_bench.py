@@ -264,8 +264,9 @@ def write_doc(result: dict[str, Any], path: Path = DOC) -> None:
              + (" — **shared machine (CPU steal): absolute tok/s are low and noisy; ratios come from interleaved runs**"
                 if machine.get("shared") else ""), "",
              f"Model `{result['model']}`, batch 1, greedy, {speed['tokens']} new tokens after \"{speed['prompt']}\", "
-             f"median of {speed['runs']} interleaved runs (`python {result.get('command', '')}`"
-             + (f"; numbers from the {speed['from_log']}" if speed.get("from_log") else "") + "); our step {'compiled (torch.compile, fullgraph)' if speed['compiled'] else 'eager'}.",
+             f"median of {speed['runs']} interleaved runs ("
+             + (f"numbers from the {speed['from_log']}" if speed.get("from_log") else f"`python {result.get('command', '')}`")
+             + f"); our step {'compiled (torch.compile, fullgraph)' if speed['compiled'] else 'eager'}.",
              "", "| decoder | tok/s | vs HF FP32 | vs llama.cpp | perplexity | vs FP32 | peak decode MB | weights MB | "
              "greedy tokens = HF FP32 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in speed["rows"].items():
