@@ -20,6 +20,11 @@ PRESETS: dict[str, list[dict]] = {
     # ONNX Runtime backend (encoders): fused attention/LayerNorm/GELU, FP32 or dynamic INT8 (MLAS u8s8).
     "ort-fp32": [{"pass": "onnxruntime", "precision": "fp32"}],
     "ort-int8": [{"pass": "onnxruntime", "precision": "int8"}],
+    "ort-int8-static": [{"pass": "onnxruntime", "precision": "int8-static"}],  # calibrated QDQ on the calib texts
+    # OpenVINO backend (encoders; `pip install 'autolite[peers]'`): its default precision (BF16 where native) or
+    # INT8 by NNCF post-training quantization on the calibration texts.
+    "openvino": [{"pass": "openvino", "precision": "auto"}],
+    "openvino-int8": [{"pass": "openvino", "precision": "int8"}],
     "w8": [{"pass": "weight-only", "bits": 8, "group_size": None, "embedding": True}],
     "w4g32": [{"pass": "weight-only", "bits": 4, "group_size": 32, "symmetric": False, "method": "gptq",
                "embedding": True}],
