@@ -17,7 +17,7 @@ from autolite.export.hf import save_model  # noqa: E402
 import autolite.export as export  # noqa: E402  (callable: autolite.export(model, tok, out, format=...))
 from autolite.loading import load  # noqa: E402
 from autolite.search import optimize  # noqa: E402
-from autolite.passes import compress, load_recipe  # noqa: E402
+from autolite.passes import compress, compress_, load_recipe  # noqa: E402
 
-__all__ = ["AutoliteError", "PassConfig", "Recipe", "compress", "evaluate", "load", "load_recipe", "optimize",
+__all__ = ["AutoliteError", "PassConfig", "Recipe", "compress", "compress_", "evaluate", "load", "load_recipe", "optimize",
            "save_model", "export", "__version__"]

@@ -11,7 +11,8 @@ from typing import Any, Iterator
 
 from safetensors import safe_open
 
-from autolite.errors import AutoliteError, CorruptWeightsError
+from autolite.errors import CorruptWeightsError
+from autolite.paths import check_output_dir, check_output_file, publish_permissions
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -22,14 +23,13 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
 
     On any error the temporary directory is removed, so ``target`` is never half-written.
     """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise AutoliteError(f"output directory {target} already exists; choose another --out or pass --force")
+    target = check_output_dir(target, overwrite=overwrite)  # impossible or taken targets: refused before any work
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o755)
     try:
         yield tmp
+        publish_permissions(tmp)  # files written through mkstemp (safetensors) would stay 0600
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)
@@ -48,7 +48,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
 
     On any error the temporary file is removed, so ``target`` is never half-written.
     """
-    target = Path(target)
+    target = check_output_file(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
     os.close(fd)

@@ -45,3 +45,14 @@ def test_save_model_refuses_a_non_model_before_writing(tmp_path):
     with pytest.raises(ArgumentError, match="save_model\\(\\) needs an HF model"):
         autolite.save_model(None, None, tmp_path / "out")
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_saved_files_are_readable_by_others_and_api_refuses_the_cwd(tmp_path, monkeypatch):
+    from autolite.paths import OutputPathError
+
+    model, tok, _ = autolite.load("random:tiny-bert")
+    out = autolite.save_model(model, tok, tmp_path / "out")
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.rglob("*") if p.is_file())  # not 0600
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputPathError, match="current directory"):
+        autolite.save_model(model, tok, ".", overwrite=True)

@@ -16,9 +16,10 @@ from autolite.data.distill_corpus import distill_training_texts
 from autolite.distill.checkpoint import has_checkpoint
 from autolite.distill.train import TrainConfig, distill
 from autolite.distill.workflow import Progress, Stage, no_progress, quiet_stage, training_data
-from autolite.errors import AutoliteError, RecipeError
+from autolite.errors import RecipeError
 from autolite.export.hf import write_model_files
 from autolite.io import atomic_dir
+from autolite.paths import check_output_dir
 from autolite.loading import load
 from autolite.passes import compress
 from autolite.quant.formats import engine_format, parse_format
@@ -85,8 +86,7 @@ def qat_to_dir(model_name: str, out: Path, *, config: TrainConfig, fmt: str = "w
                progress: Callable[[], ContextManager[Progress]] | None = None) -> dict[str, Any]:
     """QAT of ``model_name``'s linears to ``fmt`` distilled from the FP32 model, saved as packed modules in
     ``out`` (with ``qat.json``); resumes from ``out.checkpoint``. Returns the summary."""
-    if out.exists() and not force:
-        raise AutoliteError(f"output directory {out} already exists; choose another --out or pass --force")
+    check_output_dir(out, overwrite=force)
     bits, group, init = format_and_init(fmt, init)
     train, heldout = training_data(data, extra_text)
     calib = distill_training_texts(extra=False) if extra_text and data is None else train  # GPTQ: calib split only
