@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import MODEL_ARG, rows_table
+from autolite.cli.common import MODEL_ARG, flag, non_negative, rows_table
 
 
 def optimize(model: str = MODEL_ARG,
@@ -15,17 +15,17 @@ def optimize(model: str = MODEL_ARG,
              test: Path = typer.Option(None, "--test", help="Labeled test file the search never sees."),
              calib: Path = typer.Option(None, "--calib", help="Labeled file for calibration and recovery only (e.g. "
                                         "the fine-tuning set); --data is then all validation (and test share)."),
-             max_drop: float = typer.Option(1.0, "--max-drop", help="Accuracy points the pick may lose vs FP32."),
+             max_drop: float = typer.Option(1.0, "--max-drop", callback=non_negative, help="Accuracy points the pick may lose vs FP32."),
              objective: str = typer.Option("latency", help="latency | throughput | size"),
-             batch: int = typer.Option(32, help="Batch size speed is measured at."),
-             seq: int = typer.Option(128, help="Tokens per sequence (speed inputs; max length for accuracy)."),
+             batch: int = typer.Option(32, min=1, help="Batch size speed is measured at."),
+             seq: int = typer.Option(128, min=2, help="Tokens per sequence (speed inputs; max length for accuracy)."),
              minutes: float = typer.Option(30.0, help="Search time budget (trials started before it finish)."),
-             trials: int = typer.Option(None, help="Stop after this many new trials."),
-             recover_steps: int = typer.Option(200, "--recover-steps", help="Distillation steps after pruning."),
+             trials: int = typer.Option(None, min=1, help="Stop after this many new trials."),
+             recover_steps: int = typer.Option(200, "--recover-steps", min=0, help="Distillation steps after pruning."),
              backends: str = typer.Option(None, help="Comma-separated dense candidates (default: all native)."),
-             ray: bool = typer.Option(False, "--ray", help="Run trials as Ray tasks (pip install 'autolite[ray]')."),
+             ray: bool = flag(False, "--ray", help="Run trials as Ray tasks (pip install 'autolite\\[ray]')."),
              ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster address (default: local)."),
-             cores_per_trial: int = typer.Option(2, "--cores-per-trial", help="Cores (threads) per Ray trial."),
+             cores_per_trial: int = typer.Option(2, "--cores-per-trial", min=1, help="Cores (threads) per Ray trial."),
              ) -> None:
     """Search pruning x dynamic inference x precision/backend for MODEL under an accuracy budget; save the pick."""
     from autolite.cli import console, err_console
