@@ -1,0 +1,108 @@
+"""Write the README's measured numbers from the benchmark JSON, so no number there is typed by hand.
+
+    python benchmarks/readme_numbers.py           # rewrites the block between the README's numbers markers
+
+Sources: benchmarks/results/optimize/fortunes.json (optimize_bench.py), benchmarks/results/dynamic/*.json
+(dynamic_bench.py), benchmarks/results/peers/*.json (peers.py). Each table names its machine and load.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- numbers:begin (benchmarks/readme_numbers.py) -->", "<!-- numbers:end -->"
+DYNAMIC = ("token-drop", "token-drop-distill", "early-exit", "route", "head-select", "combined")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _load(values: Any) -> str:
+    return "/".join(f"{v:.0f}" for v in values) if isinstance(values, list) else str(values)
+
+
+def optimize_rows() -> list[str]:
+    data = _read(RESULTS / "optimize" / "fortunes.json")
+    if not data:
+        return []
+    same, load = data["same_run"], data.get("load_average", {})
+    lines = [f"`autolite optimize --max-drop 1` on the fortunes task (MiniLM classifier, batch {data['batch']} x "
+             f"{data['seq']}, {data['minutes']:.0f}-minute search; {data['machine']['cpu_model']}, 2 cores, load "
+             f"average {_load(load.get('start'))} -> {_load(load.get('end'))}; `{data['command']}`):", "",
+             "| model | ms / batch | vs FP32 eager | test accuracy | energy per inference |",
+             "|---|---:|---:|---:|---:|"]
+    for name in ("fp32", "fast-dense", "pick"):
+        row = same[name]
+        lines.append(f"| {name} | {row['ms']:.0f} | {row['speedup']:.2f}x | {row['test_acc']:.2f}% | "
+                     f"{row['joules_per_inference']:.3f} J ({same.get('energy_source', '?')}) |")
+    return lines + [""]
+
+
+def _speed(row: dict[str, Any], shape: str) -> str:
+    timing = row.get("timing", {}).get(shape)
+    return f"{timing['speedup_vs_dense']:.2f}x / {timing['speedup_vs_fp32']:.2f}x" if timing else "-"
+
+
+def _accuracy(row: dict[str, Any]) -> str:
+    acc, dense = row.get("test_accuracy"), row.get("test_accuracy_dense")
+    if acc is None or dense is None:
+        return "-"
+    return f"{100 * acc:.1f}% ({100 * (acc - dense):+.1f} pt vs its dense model)"
+
+
+def dynamic_rows() -> list[str]:
+    lines = ["Dynamic inference on the same task (speed-up vs the same model's dense path / vs FP32 eager; "
+             "`python benchmarks/dynamic_bench.py`, 1 torch thread, shared machine):", "",
+             "| technique | b32x128 | b1x128 | test accuracy |", "|---|---:|---:|---:|"]
+    count = 0
+    for name in DYNAMIC:
+        data = _read(RESULTS / "dynamic" / f"{name}.json")
+        for row in (data or {}).get("rows", []):
+            if row.get("kind") == "classifier" and row.get("timing"):
+                lines.append(f"| {row['name']} | {_speed(row, 'b32x128')} | {_speed(row, 'b1x128')} | "
+                             f"{_accuracy(row)} |")
+                count += 1
+    return lines + [""] if count else []
+
+
+def peer_rows() -> list[str]:
+    lines = ["Against the peers (`python benchmarks/peers.py`; every contender in one process, round-robin):", "",
+             "| model | batch x seq | best peer (vs FP32 eager) | fast-dense (vs FP32 eager) | fast-dense / best peer "
+             "| load average |", "|---|---|---|---:|---:|---:|"]
+    count = 0
+    for path in sorted((RESULTS / "peers").glob("*.json")):
+        data = _read(path)
+        rows = data.get("rows") or {}
+        peers = [(n, r) for n, r in rows.items() if r.get("side") == "peer" and "median_ms" in r]
+        ours = rows.get("autolite fast-dense", {})
+        if not peers or "median_ms" not in ours:
+            continue
+        name, best = min(peers, key=lambda item: item[1]["median_ms"])
+        load = data.get("load", {}).get("loadavg_1min_after", "?")
+        lines.append(f"| {data['model']} | {data['batch']} x {data['seq']} | {name} {best['speedup']:.2f}x | "
+                     f"{ours['speedup']:.2f}x | {best['median_ms'] / ours['median_ms']:.2f}x | {load} |")
+        count += 1
+    return lines + [""] if count else []
+
+
+def render() -> str:
+    return "\n".join([BEGIN, *optimize_rows(), *dynamic_rows(), *peer_rows(), END])
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit("README.md has no numbers markers")
+    readme.write_text(pattern.sub(lambda _: render(), text))
+    print("README.md numbers rewritten from benchmarks/results/")
+
+
+if __name__ == "__main__":
+    main()
