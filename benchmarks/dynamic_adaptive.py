@@ -16,10 +16,9 @@ import copy
 import json
 import logging
 import os
-import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -27,8 +26,7 @@ import autolite
 from autolite.dynamic.calib import text_batches
 from autolite.dynamic.early_exit import EarlyExit
 from autolite.dynamic.head_select import HeadSelect, HeadSelectAttention
-from autolite.dynamic.router import PATHS, Route
-from autolite.eval.bench import interleaved
+from autolite.dynamic.router import PATHS, Route, time_over_batches
 from autolite.passes import PassContext
 from autolite.prune import PruneHeads
 
@@ -106,16 +104,8 @@ def accuracy(model: torch.nn.Module, task: Any) -> float:
 
 def timed(models: dict[str, torch.nn.Module], task: Any, batch: int, count: int, runs: int) -> dict[str, float]:
     """Median ms per batch of each model over the first ``count`` test texts (each batch once per run)."""
-    batches = list(text_batches(task.tokenizer, task.test.texts[:count], batch, MAX_LENGTH))
-
-    def over(model: torch.nn.Module) -> Callable[[], None]:
-        def run() -> None:
-            with torch.no_grad():
-                for inputs in batches:
-                    model(**inputs)
-        return run
-    samples = interleaved({name: over(m) for name, m in models.items()}, runs=runs, warmup=1)
-    return {name: round(statistics.median(v) / len(batches), 3) for name, v in samples.items()}
+    ms = time_over_batches(models, task.tokenizer, task.test.texts[:count], batch, runs, MAX_LENGTH)
+    return {name: round(value, 3) for name, value in ms.items()}
 
 
 @torch.no_grad()

@@ -166,14 +166,14 @@ class RoutedForSequenceClassification(nn.Module):
             report["paths"][path] = entry
         if truth is not None:
             report["accuracy"] = float((preds == truth).float().mean())
-        timed = _time_over_batches({"routed": self, "main": self.main, "fast": self.fast}, tokenizer, texts,
+        timed = time_over_batches({"routed": self, "main": self.main, "fast": self.fast}, tokenizer, texts,
                                    batch, runs, max_length)
         report["ms_per_batch"] = timed
         report["speedup_vs_main"] = timed["main"] / timed["routed"]
         return report
 
 
-def _time_over_batches(models: dict[str, nn.Module], tokenizer: Any, texts: list[str], batch: int, runs: int,
+def time_over_batches(models: dict[str, nn.Module], tokenizer: Any, texts: list[str], batch: int, runs: int,
                        max_length: int) -> dict[str, float]:
     """Median over ``runs`` of each model's mean milliseconds per batch of ``texts`` (interleaved A B C)."""
     batches = list(text_batches(tokenizer, texts, batch, max_length))
