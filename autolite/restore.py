@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import load_file
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import PrefixChange, WeightRenaming, apply_renamings
 
 from autolite.errors import CorruptWeightsError, ModelLoadError
 from autolite.passes import PassContext, applied_recipe, handler_for
@@ -56,8 +58,9 @@ def _load_weights(model: torch.nn.Module, directory: Path) -> None:
     state: dict[str, torch.Tensor] = {}
     for path in sorted(directory.glob("*.safetensors")):
         state.update(load_file(str(path)))
+    state = _hf_names(model, state)
     result = model.load_state_dict(state, strict=False, assign=True)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    tied = set(getattr(model, "_tied_weights_keys", None) or []) | set(getattr(model, "all_tied_weights_keys", {}))
     missing = [k for k in result.missing_keys if k not in tied and not k.endswith("lm_head.weight")]
     if missing or result.unexpected_keys:
         raise CorruptWeightsError(
@@ -67,3 +70,13 @@ def _load_weights(model: torch.nn.Module, directory: Path) -> None:
         model.tie_weights()
     if not state:
         raise ModelLoadError(f"{directory} holds no weights")
+
+
+def _hf_names(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo the key renames ``save_pretrained`` applies for some model types (GPT-NeoX saves ``lm_head`` as
+    ``embed_out``), as ``from_pretrained`` does: the same transformers mapping, renamings only."""
+    renamings = [t for t in get_model_conversion_mapping(model, add_legacy=False)
+                 if isinstance(t, WeightRenaming) and not isinstance(t, PrefixChange)]
+    if not renamings:
+        return state
+    return {apply_renamings(key, renamings): value for key, value in state.items()}

@@ -115,6 +115,7 @@ def coverage(model_type: str, passes: dict[str, list[dict[str, Any]]]) -> dict[s
                                                                   tokenizer=tok), model, tok))
     row["hf export"] = _outcome(lambda: _hf_roundtrip(model, tok, []))
     row["hf export w8"] = _outcome(lambda: _hf_roundtrip(model, tok, PASSES["weight-only w8"]))
+    row["hf export w4"] = _outcome(lambda: _hf_roundtrip(model, tok, PASSES["weight-only w4g32"]))
     row["distill student"] = _outcome(lambda: str(build_student(model, family, 1).config.model_type))
     return row
 

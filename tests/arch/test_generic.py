@@ -39,10 +39,14 @@ def test_family_specific_pass_refuses_in_one_line_naming_the_families(tokenizer)
     assert "llama" in message and "int8-dynamic" in message
 
 
-@pytest.mark.parametrize("model_type", ["electra", "opt"])
-def test_generic_model_saves_and_reloads(model_type, tokenizer, tmp_path):
+@pytest.mark.parametrize("model_type,recipe", [("electra", "weight-only w8"), ("opt", "weight-only w8"),
+                                               ("gpt_neox", "weight-only w4g32"), ("bart", "weight-only w8")])
+def test_generic_model_saves_and_reloads(model_type, recipe, tokenizer, tmp_path):
+    """Including heads saved under another name (GPT-NeoX ``embed_out``) and embeddings tied to ``shared``
+    (BART: the encoder/decoder copies are not stored)."""
     model = coverage.tiny_model(model_type)
-    assert coverage._hf_roundtrip(model, tokenizer, coverage.PASSES["weight-only w8"]).startswith("reloads as")
+    outcome = coverage._hf_roundtrip(model, tokenizer, coverage.PASSES[recipe])
+    assert outcome.startswith("reloads as") and outcome.endswith("1.000"), outcome
 
 
 def test_non_text_model_types_stay_unsupported():
