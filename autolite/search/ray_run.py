@@ -15,7 +15,7 @@ from typing import Any, Callable
 from optuna.trial import TrialState
 
 from autolite.errors import BackendUnavailableError
-from autolite.search.study import tell
+from autolite.search.study import follow_up, tell
 from autolite.search.trial import Worker, run_safely
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def _loop(ray: Any, remote: Any, slots: int, study, space, setup, splits, gate_f
             except Exception as exc:  # the task died (worker crash, OOM): the trial failed
                 result = {"state": "failed", "attrs": {"error": f"ray task: {str(exc).splitlines()[0][:300]}"}}
             tell(study, trial, params, result, setup.objective, budget)
+            follow_up(study, trial.number, budget)
             say(f"trial {trial.number} [{result['state']}] on Ray")
     except KeyboardInterrupt:
         for ref, (trial, _) in pending.items():

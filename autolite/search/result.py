@@ -20,7 +20,7 @@ from autolite.io import atomic_dir
 from autolite.report.html import write_html, write_markdown
 from autolite.search.data import accuracy
 from autolite.search.insight import layer_latency, layer_sensitivity
-from autolite.search.space import describe
+from autolite.search.space import describe, is_dense
 from autolite.search.study import trials_table
 from autolite.search.trial import median_ms_joules
 
@@ -43,13 +43,8 @@ def choose(study, ref_val: float, max_drop: float, objective: str) -> tuple[Any,
             f"{a['speedup']:.2f}x); "
             "nothing saved: raise --max-drop or give more --minutes")
     key = (lambda t: (t.user_attrs["score"], t.user_attrs["val_acc"]))
-    dense = [t for t in feasible if _dense_only(t.user_attrs["params"])]
+    dense = [t for t in feasible if is_dense(t.user_attrs["params"])]
     return max(feasible, key=key), (max(dense, key=key) if dense else None)
-
-
-def _dense_only(params: dict[str, Any]) -> bool:
-    return all(not params.get(k) for k in ("layers", "heads", "ffn")) and not any(
-        v is True for k, v in params.items() if k.startswith("dyn:"))
 
 
 def finish(study, worker, setup, splits, state: dict[str, Any], opts, interrupted: bool,

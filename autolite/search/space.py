@@ -24,9 +24,12 @@ from autolite.runtime.fast_dense import DEFAULT_CANDIDATES, candidate_passes
 BACKENDS = list(DEFAULT_CANDIDATES) + [b for b in ("bf16", "int8-static") if b not in DEFAULT_CANDIDATES]
 INT8_PREFERENCE = ("openvino-int8", "ort-int8", "int8-dynamic")  # the backend of the structural seeds, first present
 RATIOS = {"layers": [0.0, 0.33, 0.5, 0.67], "heads": [0.0, 0.25, 0.5], "ffn": [0.0, 0.25, 0.5, 0.75]}
-STRUCTURAL_SEEDS = [{"layers": 0.5, "heads": 0.0, "ffn": 0.0}, {"layers": 0.33, "heads": 0.0, "ffn": 0.5},
+# mild to strong cuts, each well past what a dense backend alone reaches (a structure cannot beat it otherwise)
+STRUCTURAL_SEEDS = [{"layers": 0.33, "heads": 0.0, "ffn": 0.0}, {"layers": 0.0, "heads": 0.25, "ffn": 0.5},
+                    {"layers": 0.33, "heads": 0.0, "ffn": 0.5}, {"layers": 0.5, "heads": 0.0, "ffn": 0.0},
                     {"layers": 0.5, "heads": 0.25, "ffn": 0.5}]
 STRUCTURAL_PASSES = {"layers": "prune-layers", "heads": "prune-heads", "ffn": "prune-ffn"}
+GRAPH_PASSES = ("onnxruntime", "openvino")  # backends that run one exported graph (no dynamic pass inside it)
 
 
 def native_backends() -> list[str]:
@@ -138,6 +141,31 @@ def structural_key(passes: list[dict[str, Any]]) -> str:
         return "dense"
     return "-".join(f"{p['pass'].split('-')[1]}{p.get('ratio', 0):g}" for p in passes) + (
         f"-r{passes[-1].get('recover_steps', 0)}")
+
+
+def screen_passes(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The params' structure cut cheaply for timing only: no recovery, no least-squares refit, magnitude
+    importance (which units go does not change the speed; their shapes do)."""
+    cheap = {"recover_steps": 0, "reconstruct": False, "importance": "magnitude"}
+    return [p if p["pass"] == "prune-layers" else dict(p, **cheap) for p in structural_passes(params, 0)]
+
+
+def is_structural(params: dict[str, Any]) -> bool:
+    return any(params.get(k) for k in STRUCTURAL_PASSES)
+
+
+def has_dynamic(params: dict[str, Any]) -> bool:
+    return any(v is True for k, v in params.items() if k.startswith("dyn:") and k.count(":") == 1)
+
+
+def is_dense(params: dict[str, Any]) -> bool:
+    """Only a dense backend: no pruning, no dynamic pass (what ``fast-dense`` alone could pick)."""
+    return not is_structural(params) and not has_dynamic(params)
+
+
+def is_graph_backend(backend: str) -> bool:
+    """Whether ``backend`` runs the model as one exported graph (ONNX Runtime, OpenVINO)."""
+    return any(p["pass"] in GRAPH_PASSES for p in candidate_passes(backend))
 
 
 def describe(params: dict[str, Any]) -> str:

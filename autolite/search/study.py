@@ -16,11 +16,13 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from autolite.search.space import Space, describe
+from autolite.search.space import Space, describe, has_dynamic, is_dense, is_graph_backend, is_structural, params_json
 
 log = logging.getLogger(__name__)
 STUDY = "autolite-optimize"
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+FOLLOW_SLACK = 1.0  # a structure this many points past the budget is still tried under the other fast backends
+FOLLOW_BACKENDS = 3  # how many of the fastest dense backends a structure is tried under
 
 
 def open_study(state_dir: Path, objective: str, space: Space) -> optuna.Study:
@@ -56,12 +58,38 @@ def tell(study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], resul
     log.info("trial %d %s: %s", trial.number, result["state"], attrs.get("label"))
 
 
-def gate(study: optuna.Study, ref_small: float, max_drop: float) -> dict[str, Any]:
-    """What stage gates compare with: FP32's proxy accuracy and the finished trials within budget."""
+def gate(study: optuna.Study, ref_small: float, max_drop: float, ref_val: float | None = None) -> dict[str, Any]:
+    """What stage gates compare with: FP32's proxy accuracy, the finished trials within budget on the proxy and
+    the leader (the best score within budget on validation; ``ref_val`` is FP32's validation accuracy)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     incumbents = [{"number": t.number, "small_acc": t.user_attrs["small_acc"], "score": t.user_attrs["score"]}
-                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.user_attrs.get("small_acc", 0.0) >= ref_small - max_drop]
-    return {"ref_small": ref_small, "max_drop": max_drop, "incumbents": incumbents}
+                  for t in done if t.user_attrs.get("small_acc", 0.0) >= ref_small - max_drop]
+    feasible = [t for t in done if ref_val is not None and t.user_attrs.get("val_acc", -1.0) >= ref_val - max_drop]
+    best = max(feasible, key=lambda t: t.user_attrs["score"], default=None)
+    leader = {"number": best.number, "score": best.user_attrs["score"]} if best else None
+    return {"ref_small": ref_small, "max_drop": max_drop, "incumbents": incumbents, "leader": leader}
+
+
+def follow_up(study: optuna.Study, number: int, budget: float) -> list[dict[str, Any]]:
+    """Queue a finished structure near the ``budget`` (validation accuracy) under the fastest dense backends it
+    has not run with: its pruned, recovered model is cached, so each costs a conversion and a timing."""
+    trial = study.trials[number]
+    params = trial.user_attrs.get("params", {})
+    if trial.state != TrialState.COMPLETE or not is_structural(params) or \
+            trial.user_attrs["val_acc"] < budget - FOLLOW_SLACK:
+        return []
+    timed = [t for t in study.trials if "speedup" in t.user_attrs and is_dense(t.user_attrs.get("params", {}))]
+    fastest = sorted(timed, key=lambda t: -t.user_attrs["speedup"])
+    backends = list(dict.fromkeys(t.user_attrs["params"]["backend"] for t in fastest))[:FOLLOW_BACKENDS]
+    seen = {params_json(t.user_attrs.get("params") or t.system_attrs.get("fixed_params") or t.params)
+            for t in study.trials}  # run, running or queued
+    queued = []
+    for backend in backends:
+        candidate = dict(params, backend=backend)
+        if params_json(candidate) not in seen and not (has_dynamic(params) and is_graph_backend(backend)):
+            study.enqueue_trial(candidate, skip_if_exists=True)
+            queued.append(candidate)
+    return queued
 
 
 def run_local(study: optuna.Study, space: Space, evaluate: Callable[[dict, dict], dict], gate_fn: Callable[[], dict],
@@ -78,6 +106,7 @@ def run_local(study: optuna.Study, space: Space, evaluate: Callable[[dict, dict]
             study.tell(trial, state=TrialState.FAIL)
             return True
         tell(study, trial, params, result, objective, budget)
+        follow_up(study, trial.number, budget)
         done += 1
         if on_trial:
             on_trial(trial.number)

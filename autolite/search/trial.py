@@ -1,5 +1,8 @@
-"""One trial in three stages, cheapest first (successive halving by proxies):
+"""One trial in stages, cheapest first (successive halving by proxies):
 
+0. a pruned structure is timed under its backend *before* any recovery (its speed does not depend on the
+   weights): when it cannot beat the fastest trial within budget, no distillation is spent on it. These
+   timings are cached per machine, model and shape (``speed cache``), so a structure is timed once;
 1. build the candidate, accuracy on the small validation proxy: clearly out of budget -> pruned;
 2. speed against FP32 eager, interleaved in this process (``autolite.eval.bench``): dominated by a finished
    trial that is both faster and at least as accurate on the proxy -> pruned;
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import statistics
@@ -24,13 +29,19 @@ import torch
 import autolite
 from autolite.config import PassConfig
 from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
+from autolite.io import write_json_atomic
+from autolite.loading import cache_root
 from autolite.passes import PassContext, compress
-from autolite.runtime.fast_dense import fresh_compile_cache
+from autolite.runtime.dense_search import machine_key, read_json
+from autolite.runtime.fast_dense import candidate_passes, fresh_compile_cache
 from autolite.search.data import Splits, accuracy
-from autolite.search.space import runtime_passes, structural_key, structural_passes
+from autolite.search.space import (has_dynamic, is_graph_backend, is_structural, runtime_passes, screen_passes,
+                                   structural_key, structural_passes)
 
 log = logging.getLogger(__name__)
 MEMORY_CACHE = 3  # pruned models kept in memory (more are on disk)
+SCREEN_SLACK = 1.1  # a structure timed this much below the leader still goes on (timing noise)
+DYNAMIC_BOUND = 2.0  # the most the screen assumes dynamic passes add on top of their structure's speed
 
 
 @dataclasses.dataclass
@@ -68,6 +79,7 @@ class Worker:
         self.inputs = bench_inputs(self.tokenizer, self.family, setup.batch, setup.seq, texts=splits.val.texts)
         self.baseline = forward_fn(self.original, self.family, self.inputs)
         self._cache: collections.OrderedDict[str, torch.nn.Module] = collections.OrderedDict()
+        self.speeds = SpeedCache(self.original, setup.batch, setup.seq)
 
     def context(self) -> PassContext:
         ctx = PassContext(family=self.family, tokenizer=self.tokenizer, calib=list(self.splits.calib.texts),
@@ -119,9 +131,37 @@ class Worker:
                 "joules": joules["candidate"], "fp32_joules": joules["fp32"],
                 "energy_source": samples["candidate"].energy_source}
 
-    def run(self, params: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
-        """All three stages; returns the trial's attributes or raises :class:`Pruned`."""
+    def screen(self, params: dict[str, Any]) -> float:
+        """Speed-up over FP32 eager of the params' structure under their backend, without dynamic passes and
+        before recovery: from the speed cache, else cut cheaply (:func:`screen_passes`), converted and timed."""
+        key = json.dumps([screen_passes(params), candidate_passes(params["backend"])], sort_keys=True)
+        if key not in self.speeds:
+            configs = [PassConfig.from_dict(p) for p in screen_passes(params) + candidate_passes(params["backend"])]
+            fresh_compile_cache(configs)
+            model = compress(self.original, configs, tokenizer=self.tokenizer, family=self.family, ctx=self.context())
+            self.speeds[key] = self.speed(model, runs=2)["speedup"]
+        return self.speeds[key]
+
+    def gate_structure(self, params: dict[str, Any], gate: dict[str, Any]) -> None:
+        """Stage 0: raise :class:`Pruned` before any recovery when the trial cannot run or cannot beat the leader."""
+        if has_dynamic(params) and is_graph_backend(params["backend"]):
+            raise Pruned({"stage": 0, "pruned": f"dynamic passes run in torch; {params['backend']} runs one "
+                                                f"exported graph"})
+        leader = gate.get("leader")
+        if not is_structural(params) or not leader or self.setup.objective == "size":
+            return
         start = time.perf_counter()
+        screened = self.screen(params)
+        bound = screened * (DYNAMIC_BOUND if has_dynamic(params) else 1.0)
+        if bound * SCREEN_SLACK < leader["score"]:
+            raise Pruned({"stage": 0, "screen_speedup": screened, "seconds": round(time.perf_counter() - start, 2),
+                          "pruned": f"its structure times {screened:.2f}x before recovery (at most {bound:.2f}x); "
+                                    f"trial {leader['number']} within budget is {leader['score']:.2f}x"})
+
+    def run(self, params: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+        """All stages; returns the trial's attributes or raises :class:`Pruned`."""
+        start = time.perf_counter()
+        self.gate_structure(params, gate)
         attrs: dict[str, Any] = {}
         model, recipe, notes = self.build(params)
         attrs.update(recipe=recipe, notes=notes[-6:], build_s=round(time.perf_counter() - start, 2))
@@ -131,6 +171,9 @@ class Worker:
             raise Pruned(dict(attrs, stage=1, pruned=f"proxy accuracy {attrs['small_acc']:.1f}% is more than "
                               f"{gate['max_drop'] + slack:.1f} points below FP32's {gate['ref_small']:.1f}%"))
         attrs.update(self.speed(model, self.setup.speed_runs))
+        if not has_dynamic(params):  # the same shapes as the cheap cut: later screens of this structure reuse it
+            key = json.dumps([screen_passes(params), candidate_passes(params["backend"])], sort_keys=True)
+            self.speeds[key] = attrs["speedup"]
         attrs["size_mb"] = model_size(model)[0]
         attrs["score"] = score(attrs, self.setup.objective)
         for other in gate.get("incumbents", []):
@@ -139,6 +182,32 @@ class Worker:
         attrs["val_acc"] = accuracy(model, self.tokenizer, self.splits.val, self.setup.seq)
         attrs.update(stage=3, seconds=round(time.perf_counter() - start, 2))
         return attrs
+
+
+class SpeedCache:
+    """Speed-ups over FP32 eager by (structure, backend), per machine, model and shape, in the autolite cache
+    directory (a later search on this machine starts with them); a corrupted file is ignored and rewritten."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, seq: int) -> None:
+        first = next(model.parameters()).detach().flatten()[:4096].float().sum().item()
+        identity = [machine_key(), model.config.model_type, sum(p.numel() for p in model.parameters()),
+                    round(first, 6), batch, seq]
+        name = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:20]
+        self.path = cache_root() / "optimize-speed" / f"{name}.json"
+        self.data: dict[str, float] = read_json(self.path, ()) or {}
+
+    def __contains__(self, key: str) -> bool:
+        return isinstance(self.data.get(key), (int, float))
+
+    def __getitem__(self, key: str) -> float:
+        return float(self.data[key])
+
+    def __setitem__(self, key: str, speedup: float) -> None:
+        self.data[key] = round(float(speedup), 4)
+        try:
+            write_json_atomic(self.path, self.data)
+        except OSError as exc:  # best-effort, like the model cache
+            log.info("speed cache not written: %s", exc)
 
 
 def median_ms_joules(samples: dict[str, Any], batch: int) -> tuple[dict[str, float], dict[str, float]]:

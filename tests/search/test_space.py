@@ -1,4 +1,5 @@
-from autolite.search.space import Space, describe, runtime_passes, structural_key, structural_passes
+from autolite.search.space import (Space, describe, is_dense, is_graph_backend, runtime_passes, screen_passes,
+                                   structural_key, structural_passes)
 
 
 def space(**kw):
@@ -27,4 +28,13 @@ def test_seeds_are_dense_backends_then_structural_points_on_int8():
     seeds = space().seeds()
     assert [s["backend"] for s in seeds[:2]] == ["int8-dynamic", "ort-int8"]
     assert all(s["layers"] == 0.0 and not s["dyn:early-exit"] for s in seeds[:2])
-    assert {s["backend"] for s in seeds[2:]} == {"ort-int8"} and seeds[2]["layers"] == 0.5
+    assert {s["backend"] for s in seeds[2:]} == {"ort-int8"} and len(seeds) == 5
+    assert not any(is_dense(s) for s in seeds[2:])
+
+
+def test_screen_cuts_the_same_shapes_without_recovery_or_refit():
+    params = {"layers": 0.5, "heads": 0.25, "ffn": 0.0, "backend": "ort-int8"}
+    assert screen_passes(params) == [{"pass": "prune-layers", "ratio": 0.5},
+                                     {"pass": "prune-heads", "ratio": 0.25, "recover_steps": 0, "reconstruct": False,
+                                      "importance": "magnitude"}]
+    assert is_graph_backend("openvino-int8") and is_graph_backend("ort-int8") and not is_graph_backend("int8-dynamic")
