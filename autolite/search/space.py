@@ -22,7 +22,8 @@ from autolite.runtime.fast_dense import DEFAULT_CANDIDATES, candidate_passes
 
 # every candidate fast-dense measures (ONNX Runtime, OpenVINO, INT8 engines, compile), plus two presets it leaves out
 BACKENDS = list(DEFAULT_CANDIDATES) + [b for b in ("bf16", "int8-static") if b not in DEFAULT_CANDIDATES]
-INT8_PREFERENCE = ("openvino-int8", "ort-int8", "int8-dynamic")  # the backend of the structural seeds, first present
+# the dense seeds, likely fastest first; the first present is the structural seeds' backend
+INT8_SEEDS = ("openvino-int8", "ort-int8", "int8-dynamic", "int8-dynamic+compile", "ort-int8-static", "int8-static")
 RATIOS = {"layers": [0.0, 0.33, 0.5, 0.67], "heads": [0.0, 0.25, 0.5], "ffn": [0.0, 0.25, 0.5, 0.75]}
 # mild to strong cuts, each well past what a dense backend alone reaches (a structure cannot beat it otherwise)
 STRUCTURAL_SEEDS = [{"layers": 0.33, "heads": 0.0, "ffn": 0.0}, {"layers": 0.0, "heads": 0.25, "ffn": 0.5},
@@ -78,12 +79,14 @@ class Space:
         return params
 
     def seeds(self) -> list[dict[str, Any]]:
-        """Trials to run first: every dense backend on the unpruned model (what ``fast-dense`` alone can do), then
-        a few structural points (``STRUCTURAL_SEEDS``) on the INT8 backend most likely to be fastest."""
+        """Trials to run first: the INT8 dense backends on the unpruned model, likely fastest first (what
+        ``fast-dense`` alone picks on CPUs with INT8 units; FP32/BF16 backends are left to the sampler, or all
+        backends when none is INT8), then the structural points (``STRUCTURAL_SEEDS``) on the first of them."""
         base = {kind: 0.0 for kind in self.ratios}
         base.update({f"dyn:{name}": False for name in self.dynamic})
-        seeds = [dict(base, backend=b) for b in self.backends]
-        int8 = next((b for b in INT8_PREFERENCE if b in self.backends), self.backends[-1])
+        int8 = [b for b in INT8_SEEDS if b in self.backends]
+        seeds = [dict(base, backend=b) for b in (int8 or self.backends)]
+        int8 = int8[0] if int8 else self.backends[-1]
         for point in STRUCTURAL_SEEDS:
             if all(point[k] in self.ratios[k] for k in point):
                 seeds.append(dict(base, **point, backend=int8))

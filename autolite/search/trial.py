@@ -31,7 +31,7 @@ from autolite.config import PassConfig
 from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
 from autolite.io import write_json_atomic
 from autolite.loading import cache_root
-from autolite.passes import PassContext, compress
+from autolite.passes import PassContext, compress, import_builtin_passes
 from autolite.runtime.dense_search import machine_key, read_json
 from autolite.runtime.fast_dense import candidate_passes, fresh_compile_cache
 from autolite.search.data import Splits, accuracy
@@ -80,6 +80,7 @@ class Worker:
         self.baseline = forward_fn(self.original, self.family, self.inputs)
         self._cache: collections.OrderedDict[str, torch.nn.Module] = collections.OrderedDict()
         self.speeds = SpeedCache(self.original, setup.batch, setup.seq)
+        import_builtin_passes()  # every trial's recipe names registered passes
 
     def context(self) -> PassContext:
         ctx = PassContext(family=self.family, tokenizer=self.tokenizer, calib=list(self.splits.calib.texts),

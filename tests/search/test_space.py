@@ -24,12 +24,13 @@ def test_runtime_passes_put_dynamic_before_the_backend():
     assert describe(params).endswith("+early-exit int8-dynamic")
 
 
-def test_seeds_are_dense_backends_then_structural_points_on_int8():
+def test_seeds_are_int8_dense_backends_then_structural_points_on_the_first():
     seeds = space().seeds()
-    assert [s["backend"] for s in seeds[:2]] == ["int8-dynamic", "ort-int8"]
+    assert [s["backend"] for s in seeds[:2]] == ["ort-int8", "int8-dynamic"]
     assert all(s["layers"] == 0.0 and not s["dyn:early-exit"] for s in seeds[:2])
     assert {s["backend"] for s in seeds[2:]} == {"ort-int8"} and len(seeds) == 5
     assert not any(is_dense(s) for s in seeds[2:])
+    assert [s["backend"] for s in space(backends=["fp32", "compile"]).seeds()[:2]] == ["fp32", "compile"]
 
 
 def test_screen_cuts_the_same_shapes_without_recovery_or_refit():
