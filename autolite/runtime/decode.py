@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -104,7 +105,7 @@ class Decoder:
         self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
         self._rope = None if self.is_gpt2 else self._rope_table(base)
         _prepare_kernels(model)
-        self._step = torch.compile(self._forward, fullgraph=True) if compile else self._forward
+        self._step = torch.compile(_own_code(self._forward), fullgraph=True) if compile else self._forward
         self.compiled = compile
 
     def _rope_table(self, base: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +201,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+def _own_code(method: Callable) -> Callable:
+    """``method`` bound to a copy of its function with a code object of its own: dynamo keeps one cache (and
+    one recompile limit of 8) per code object, so every Decoder (model) compiles into its own entries instead
+    of piling guards onto the entries of every other Decoder in the process."""
+    fn = method.__func__
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
 
 
 def _prepare_kernels(model: nn.Module) -> None:

@@ -138,6 +138,15 @@ def test_compiled_step_matches_hf(name):
         assert generate(decoder, tok, ids, n).tokens == _hf_greedy(model, ids, n)
 
 
+def test_each_decoder_compiles_into_its_own_cache(tiny_llama):
+    """Dynamo's recompile limit (8) is per code object: seven models in one process (the benchmark) must not
+    share one (a fullgraph compile fails past the limit)."""
+    model, _, family = tiny_llama
+    first, second = Decoder(model, family), Decoder(model, family)
+    codes = [d._step._torchdynamo_orig_callable.__code__ for d in (first, second)]
+    assert codes[0] is not codes[1] and codes[0] is not Decoder._forward.__code__
+
+
 def test_generate_cli(run_cli, tmp_path):
     import json
 
