@@ -135,7 +135,7 @@ class Worker:
     def screen(self, params: dict[str, Any]) -> float:
         """Speed-up over FP32 eager of the params' structure under their backend, without dynamic passes and
         before recovery: from the speed cache, else cut cheaply (:func:`screen_passes`), converted and timed."""
-        key = json.dumps([screen_passes(params), candidate_passes(params["backend"])], sort_keys=True)
+        key = speed_key(params)
         if key not in self.speeds:
             configs = [PassConfig.from_dict(p) for p in screen_passes(params) + candidate_passes(params["backend"])]
             fresh_compile_cache(configs)
@@ -173,8 +173,7 @@ class Worker:
                               f"{gate['max_drop'] + slack:.1f} points below FP32's {gate['ref_small']:.1f}%"))
         attrs.update(self.speed(model, self.setup.speed_runs))
         if not has_dynamic(params):  # the same shapes as the cheap cut: later screens of this structure reuse it
-            key = json.dumps([screen_passes(params), candidate_passes(params["backend"])], sort_keys=True)
-            self.speeds[key] = attrs["speedup"]
+            self.speeds[speed_key(params)] = attrs["speedup"]
         attrs["size_mb"] = model_size(model)[0]
         attrs["score"] = score(attrs, self.setup.objective)
         for other in gate.get("incumbents", []):
@@ -183,6 +182,11 @@ class Worker:
         attrs["val_acc"] = accuracy(model, self.tokenizer, self.splits.val, self.setup.seq)
         attrs.update(stage=3, seconds=round(time.perf_counter() - start, 2))
         return attrs
+
+
+def speed_key(params: dict[str, Any]) -> str:
+    """What a trial's speed depends on: its structure's shapes and its backend's passes."""
+    return json.dumps([screen_passes(params), candidate_passes(params["backend"])], sort_keys=True)
 
 
 class SpeedCache:
