@@ -29,6 +29,9 @@ def serve(model: str = MODEL_ARG,
                                         help="Seconds a request may wait for its answer (then 504)."),
           normalize: bool = flag(True, "--normalize/--no-normalize", help="L2-normalise embeddings."),
           device: str = typer.Option("auto", help="auto (the hardware probe's choice), cpu or cuda."),
+          recipe: str = typer.Option("auto", help="Applied on load: auto (fast-dense, the fastest dense recipe "
+                                                  "measured on this machine and cached, for an uncompressed encoder), "
+                                                  "none, or a preset name or recipe file."),
           ray: bool = flag(False, "--ray", help="Serve as a Ray Serve deployment (needs autolite\\[ray])."),
           replicas: int = typer.Option(1, min=1, help="With --ray: model replicas, each with its own batcher."),
           cpus_per_replica: float = typer.Option(1.0, callback=positive,
@@ -44,7 +47,7 @@ def serve(model: str = MODEL_ARG,
     config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          timeout_s=timeout, workers=workers, threads=threads, pin=pin, max_body_bytes=max_body_bytes,
                          max_texts=max_texts, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
-                         truncate=truncate, normalize=normalize, api_key=api_key)
+                         truncate=truncate, normalize=normalize, api_key=api_key, recipe=recipe)
     check_host(host, api_key)
     if ray:
         from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray
@@ -61,7 +64,7 @@ def serve(model: str = MODEL_ARG,
     sock = bind_socket(host, port)  # a busy port fails here, before the model loads
     with sock:
         engine = load_engine(model, config, device)
-        err_console.print(f"serving {engine.name} ({', '.join(sorted(engine.tasks))}) on "
+        err_console.print(f"serving {engine.name} ({', '.join(sorted(engine.tasks))}; {engine.backend}) on "
                           f"http://{host}:{sock.getsockname()[1]} (batch <= {max_batch_size}, wait <= "
                           f"{max_wait_ms:g} ms); SIGTERM or Ctrl-C drains and exits", highlight=False)
         run_server(engine, config, host, sock=sock)

@@ -22,7 +22,7 @@ from autolite.serve import schemas as S
 from autolite.serve.batcher import Batcher, ShuttingDownError
 from autolite.serve.decode_batcher import DecodeBatcher, decode_batcher_for
 from autolite.serve.engine import Engine, GenerateParams
-from autolite.serve.http import LimitAndMeasure, TooManyTextsError, check_api_key, install_error_handlers
+from autolite.serve.http import FastJSONResponse, FastRoute, LimitAndMeasure, TooManyTextsError, check_api_key, install_error_handlers
 from autolite.serve.metrics import ServeMetrics
 from autolite.serve.stream import stream_completions
 
@@ -48,6 +48,7 @@ class ServeConfig:
     truncate: bool = False
     normalize: bool = True
     api_key: str | None = None
+    recipe: str = "auto"  # applied on load (serve.server.serving_recipe): auto = fast-dense for encoders, none, a preset
     continuous_batching: bool = False  # decoders: autolite's decode loop, rows join/leave between steps
     decode_slots: int = 8  # rows of its KV cache (concurrent generations)
     decode_compile: bool = True  # torch.compile its one-token step (at start-up)
@@ -61,7 +62,8 @@ class ServeConfig:
                   (self.max_tokens is None or self.max_tokens >= 2, "--max-tokens must be >= 2"),
                   (self.workers >= 1, "--workers must be >= 1"), (self.decode_slots >= 1, "decode_slots >= 1"),
                   (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
-                  (self.api_key is None or len(self.api_key) >= 8, "--api-key must have at least 8 characters")]
+                  (self.api_key is None or len(self.api_key) >= 8, "--api-key must have at least 8 characters"),
+                  (bool(self.recipe.strip()), "--recipe must be auto, none, a preset name or a recipe file")]
         for ok, message in checks:
             if not ok:
                 raise AutoliteError(message)
@@ -100,6 +102,9 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     auth = [Depends(check_api_key(config.api_key))]
     _add_routes(app, engine, config, state, metrics, auth)
     routes = {"/v1/embeddings", "/v1/classify", "/v1/completions", "/health", "/metrics"}
+    # the hot route skips FastAPI's per-request machinery; LimitAndMeasure (added last: outermost) wraps both
+    app.add_middleware(FastRoute, path="/v1/embeddings", schema=S.EmbeddingRequest, api_key=config.api_key,
+                       handler=lambda req: embed_answer(engine, config, state, req))
     app.add_middleware(LimitAndMeasure, max_body_bytes=config.max_body_bytes, metrics=metrics, routes=routes)
     return app
 
@@ -178,13 +183,7 @@ def _add_encoder_routes(app: FastAPI, engine: Engine, config: ServeConfig, state
     @app.post("/v1/embeddings", response_model=S.EmbeddingResponse, responses=errors, dependencies=auth)
     async def embeddings(req: S.EmbeddingRequest) -> JSONResponse:
         """Mean-pooled, L2-normalised sentence embeddings (OpenAI embeddings shape)."""
-        engine.require("embed")
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        ids = await _tokenize(engine, config, texts)
-        vectors = await _batcher(state).submit("embed", ids, [len(i) for i in ids])
-        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
-                for i, v in enumerate(vectors)]
-        return JSONResponse({"object": "list", "data": data, "model": engine.name, "usage": _usage(ids)})
+        return FastJSONResponse(await embed_answer(engine, config, state, req))
 
     @app.post("/v1/classify", response_model=S.ClassifyResponse, responses=errors, dependencies=auth)
     async def classify(req: S.ClassifyRequest) -> JSONResponse:
@@ -196,6 +195,17 @@ def _add_encoder_routes(app: FastAPI, engine: Engine, config: ServeConfig, state
         labels = engine.labels()
         data = [_classification(i, p, labels) for i, p in enumerate(probs)]
         return JSONResponse({"object": "list", "data": data, "model": engine.name, "usage": _usage(ids)})
+
+
+async def embed_answer(engine: Engine, config: ServeConfig, state: dict[str, Any], req: S.EmbeddingRequest) -> dict:
+    """The body answering an embeddings request (the FastAPI route and the fast path both call this)."""
+    engine.require("embed")
+    texts = [req.input] if isinstance(req.input, str) else req.input
+    ids = await _tokenize(engine, config, texts)
+    vectors = await _batcher(state).submit("embed", ids, [len(i) for i in ids])
+    data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
+            for i, v in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": engine.name, "usage": _usage(ids)}
 
 
 def _add_completion_route(app: FastAPI, engine: Engine, config: ServeConfig, state: dict[str, Any],
@@ -228,7 +238,7 @@ def _add_ops_routes(app: FastAPI, engine: Engine, state: dict[str, Any], metrics
     async def health() -> JSONResponse:
         """Liveness and readiness (no API key needed): 200 while serving, 503 while starting or draining."""
         batcher = state["batcher"]
-        body = {"status": state["status"], "model": engine.name, "tasks": sorted(engine.tasks),
+        body = {"status": state["status"], "model": engine.name, "backend": engine.backend, "tasks": sorted(engine.tasks),
                 "queue_depth": batcher.depth if batcher else 0, "workers": state["workers"]}
         return JSONResponse(body, status_code=200 if state["status"] == "ok" else 503)
 
@@ -246,11 +256,11 @@ def _usage(ids: list[list[int]], completion: int | None = None) -> dict[str, int
     return usage
 
 
-def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
-    """base64 of the little-endian float32 bytes (OpenAI's format; ~20x cheaper to encode), or a list."""
+def _encode_vector(vector: np.ndarray, encoding: str) -> np.ndarray | str:
+    """base64 of the little-endian float32 bytes (OpenAI's format), or the float32 row itself (orjson writes it)."""
     if encoding == "base64":
         return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
-    return vector.tolist()
+    return np.ascontiguousarray(vector, dtype=np.float32)
 
 
 def _classification(index: int, probs: list[float], labels: dict[int, str]) -> dict[str, Any]:

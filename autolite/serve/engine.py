@@ -19,6 +19,8 @@ import torch
 from autolite.arch import ArchSpec
 from autolite.errors import AutoliteError
 from autolite.eval.forward import ensure_pad_token, model_device, run_model
+from autolite.passes import applied_recipe
+from autolite.runtime.external import runner_of
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 512
@@ -62,6 +64,17 @@ class Engine:
             if isinstance(value, int) and value > 0:
                 return value
         return DEFAULT_MAX_TOKENS
+
+    @property
+    def backend(self) -> str:
+        """What runs the forward (``OpenVINO``, ``ONNX Runtime`` or ``PyTorch <dtype>``) and the applied passes."""
+        runner = runner_of(self.model)
+        engine = runner.kind if runner is not None else f"PyTorch {str(next(self.model.parameters()).dtype)[6:]}"
+        passes = []
+        for config in applied_recipe(self.model).passes:
+            inner = getattr(config, "chosen", None)  # fast-dense: the passes it chose
+            passes.append(f"{config.name}: {' + '.join(_pass_name(p) for p in inner)}" if inner else config.name)
+        return f"{engine} ({', '.join(passes) or 'as loaded'})"
 
     @property
     def tasks(self) -> set[str]:
@@ -193,6 +206,10 @@ class Engine:
             reason = "length" if len(tokens) >= limit else "stop"
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return {"text": text, "tokens": len(tokens), "finish_reason": reason}
+
+
+def _pass_name(entry: dict[str, Any]) -> str:
+    return entry["pass"] + (f" {entry['precision']}" if "precision" in entry else "")
 
 
 def _check_finite(tensor: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,6 +22,14 @@ log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
 DRAIN_LIMIT = 64 * 1024 * 1024  # an oversized body is read and discarded up to this, so the client sees the 413
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: numpy rows natively (float32 at its shortest exact repr), ~25x faster than
+    ``json`` for an embedding's 384 floats, the largest non-model cost of a request."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class TooManyTextsError(AutoliteError):
@@ -44,18 +53,23 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
                         status_code=status, headers=headers)
 
 
+def autolite_error_response(exc: AutoliteError) -> JSONResponse:
+    """The JSON error for a project error: its HTTP status and type from ``_STATUS`` (else 400)."""
+    for cls, status, kind in _STATUS:
+        if isinstance(exc, cls):
+            headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFullError) else None
+            if isinstance(exc, AuthError):
+                headers = {"WWW-Authenticate": "Bearer"}
+            return error_response(status, str(exc), kind, headers)
+    return error_response(400, str(exc))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map project errors, validation errors, HTTP errors and anything unexpected to short JSON errors."""
 
     @app.exception_handler(AutoliteError)
     async def _autolite(_: Request, exc: AutoliteError) -> JSONResponse:
-        for cls, status, kind in _STATUS:
-            if isinstance(exc, cls):
-                headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFullError) else None
-                if isinstance(exc, AuthError):
-                    headers = {"WWW-Authenticate": "Bearer"}
-                return error_response(status, str(exc), kind, headers)
-        return error_response(400, str(exc))
+        return autolite_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -87,19 +101,69 @@ def _summarise(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
-def check_api_key(expected: str | None) -> Callable[[Request], None]:
-    """A FastAPI dependency that requires ``Authorization: Bearer <expected>`` (no-op when None)."""
+def check_api_key(expected: str | None) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency that requires ``Authorization: Bearer <expected>`` (no-op when None).
 
-    def dependency(request: Request) -> None:
-        if expected is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-        if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-            raise AuthError("wrong API key")
+    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per request.
+    """
+
+    async def dependency(request: Request) -> None:
+        problem = key_problem(request.headers.get("authorization", ""), expected)
+        if problem:
+            raise AuthError(problem)
 
     return dependency
+
+
+def key_problem(authorization: str, expected: str | None) -> str | None:
+    """What is wrong with an ``Authorization`` header for API key ``expected`` (None: nothing, or no key)."""
+    if expected is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return "missing API key: send 'Authorization: Bearer <key>'"
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return "wrong API key"
+    return None
+
+
+class FastRoute:
+    """ASGI middleware: a ``POST path`` body that ``schema`` validates is answered by ``handler(request)``
+    straight away (orjson; no routing, dependency solving or thread hop: ~0.2 ms less CPU per request). Anything
+    else (another route, a body that fails validation, a missing key) goes to ``app``, so FastAPI's answers
+    (400, 401, 422) stay the one source of those errors. Project errors raised by ``handler`` map as in
+    :func:`autolite_error_response`. Sits inside :class:`LimitAndMeasure`, which has read the whole body."""
+
+    def __init__(self, app: ASGIApp, path: str, schema: Any, handler: Callable[[Any], Awaitable[dict]],
+                 api_key: str | None) -> None:
+        self.app, self.path, self.schema, self.handler, self.api_key = app, path, schema, handler, api_key
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        message = await receive()  # LimitAndMeasure replays the whole body as one message
+        body, receive = message.get("body", b""), _replay(message.get("body", b""), receive)
+        request = self._parse(scope, body)
+        if request is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            response: JSONResponse = FastJSONResponse(await self.handler(request))
+        except AutoliteError as exc:
+            response = autolite_error_response(exc)
+        await response(scope, receive, send)
+
+    def _parse(self, scope: Scope, body: bytes) -> Any:
+        """The validated request, or None when the app must answer (bad key, invalid body)."""
+        if self.api_key is not None:
+            authorization = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+            if key_problem(authorization, self.api_key):
+                return None
+        try:
+            return self.schema.model_validate_json(body)
+        except ValueError:  # pydantic's ValidationError; FastAPI answers it with the same 400/422
+            return None
 
 
 class LimitAndMeasure:

@@ -99,6 +99,8 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "starting", "draining"]
     model: str
+    backend: str = Field(..., description="What runs the forward (OpenVINO, ONNX Runtime, PyTorch <dtype>) and the "
+                                          "applied passes.")
     tasks: list[str]
     queue_depth: int
     workers: list[str]

@@ -17,31 +17,70 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from autolite.errors import AutoliteError, BackendUnavailableError
+from autolite.passes import PassContext, applied_recipe, compress_, load_recipe
 from autolite.serve.app import ServeConfig, create_app
 from autolite.serve.engine import Engine
 
 log = logging.getLogger(__name__)
+AUTO_RECIPE, NO_RECIPE = "auto", "none"
+TUNE_SEQ = 128  # fast-dense measures candidates at (max batch size x this many tokens): typical embedding inputs
 
 
 def load_engine(spec: str, config: ServeConfig, device: str = "auto") -> Engine:
-    """Load ``spec`` (anything :func:`autolite.load` takes) onto ``device`` (auto = the probe's choice)."""
+    """Load ``spec`` (anything :func:`autolite.load` takes) onto ``device`` (auto = the probe's choice) and apply
+    the serving recipe (``config.recipe``; see :func:`serving_recipe`)."""
     import autolite
     from autolite.runtime.hardware import choose_backend, probe
 
+    if device not in ("auto", "cpu", "cuda"):
+        raise AutoliteError(f"device must be auto, cpu or cuda, not '{device}'")
+    if config.recipe not in (AUTO_RECIPE, NO_RECIPE):
+        load_recipe(config.recipe)  # an unknown preset or a bad recipe file: one line, before the model loads
     model, tokenizer, family = autolite.load(spec)
     if device == "auto":
         device = choose_backend(probe()).device
-    if device not in ("cpu", "cuda"):
-        raise AutoliteError(f"device must be auto, cpu or cuda, not '{device}'")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise BackendUnavailableError("device 'cuda' asked for, but torch sees no CUDA GPU; use 'cpu'")
+    recipe = serving_recipe(model, family, config.recipe, device)
+    if recipe is not None:
+        model = _apply_recipe(model, tokenizer, family, recipe, config)
+    if device == "cuda":
         model = model.to("cuda")
     name = Path(spec).name if Path(spec).exists() else spec
     return Engine(model, tokenizer, family, name=name, max_tokens=config.max_tokens, truncate=config.truncate,
                   normalize=config.normalize)
+
+
+def serving_recipe(model: Any, family: Any, recipe: str, device: str) -> str | None:
+    """The recipe :func:`load_engine` applies, or None to serve the model as loaded.
+
+    ``auto``: ``fast-dense`` (the engine's fastest dense recipe for this machine, a decision measured once and
+    cached per machine, model and shape) for an uncompressed encoder on the CPU; nothing for a directory
+    written by ``autolite compress`` (its recipe was replayed on load), for decoders and seq2seq models
+    (generation keeps the PyTorch model: fast-dense's external backends run encoders only) or on a GPU.
+    ``none``: nothing. Anything else: that preset or recipe file.
+    """
+    if recipe == NO_RECIPE:
+        return None
+    if recipe != AUTO_RECIPE:
+        return recipe
+    if applied_recipe(model).passes or family.kind != "encoder" or device != "cpu":
+        return None
+    return "fast-dense"
+
+
+def _apply_recipe(model: Any, tokenizer: Any, family: Any, recipe: str, config: ServeConfig) -> Any:
+    """``recipe`` applied in place, fast-dense measured at (max batch size x TUNE_SEQ) tokens."""
+    positions = getattr(model.config, "max_position_embeddings", None) or TUNE_SEQ
+    ctx = PassContext(family=family, tokenizer=tokenizer, shape=(config.max_batch_size, min(TUNE_SEQ, positions)))
+    start = time.perf_counter()
+    model = compress_(model, recipe, tokenizer=tokenizer, family=family, ctx=ctx)
+    log.warning("serving recipe %s applied in %.0f s: %s", recipe, time.perf_counter() - start,
+                " | ".join(ctx.notes) or "no notes")
+    return model
 
 
 def check_host(host: str, api_key: str | None) -> None:

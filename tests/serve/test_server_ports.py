@@ -40,7 +40,8 @@ def test_cli_port_zero_prints_the_bound_port(run_cli, monkeypatch):
     def fake_run(engine, config, host, sock=None, **_):
         bound["port"] = sock.getsockname()[1]
     monkeypatch.setattr(server, "run_server", fake_run)
-    monkeypatch.setattr(server, "load_engine", lambda *_: types.SimpleNamespace(name="tiny", tasks={"embed"}))
+    monkeypatch.setattr(server, "load_engine", lambda *_: types.SimpleNamespace(name="tiny", tasks={"embed"},
+                                                                            backend="PyTorch float32 (as loaded)"))
     code, _, err = run_cli("serve", "random:tiny-bert", "--port", "0")
     assert code == 0, err
     printed = int(re.search(r"http://127\.0\.0\.1:(\d+)", err).group(1))
