@@ -160,7 +160,7 @@ def run_trials(study, space: Space, worker: Worker, setup: Setup, state: dict[st
                executor: Any, say: Callable[[str], None]) -> bool:
     """Trials until the budget is spent; True when interrupted (Ctrl-C)."""
     deadline = time.monotonic() + (opts.minutes * 60 if opts.minutes else float("inf"))
-    gate_fn = lambda: gate(study, state["ref"]["small"], opts.max_drop, state["ref"]["val"])  # noqa: E731
+    gate_fn = lambda: gate(study, state["ref"]["small"], opts.max_drop, state["ref"]["val"], deadline)  # noqa: E731
     if executor is not None:
         return executor(study, space, setup, worker.splits, gate_fn, state["ref"]["val"] - opts.max_drop, deadline,
                         opts.trials, say)

@@ -58,16 +58,19 @@ def tell(study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], resul
     log.info("trial %d %s: %s", trial.number, result["state"], attrs.get("label"))
 
 
-def gate(study: optuna.Study, ref_small: float, max_drop: float, ref_val: float | None = None) -> dict[str, Any]:
-    """What stage gates compare with: FP32's proxy accuracy, the finished trials within budget on the proxy and
-    the leader (the best score within budget on validation; ``ref_val`` is FP32's validation accuracy)."""
+def gate(study: optuna.Study, ref_small: float, max_drop: float, ref_val: float | None = None,
+         deadline: float = float("inf")) -> dict[str, Any]:
+    """What stage gates compare with: FP32's proxy accuracy, the finished trials within budget on the proxy,
+    the leader (the best score within budget on validation; ``ref_val`` is FP32's validation accuracy) and the
+    seconds left before ``deadline`` (``time.monotonic``)."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     incumbents = [{"number": t.number, "small_acc": t.user_attrs["small_acc"], "score": t.user_attrs["score"]}
                   for t in done if t.user_attrs.get("small_acc", 0.0) >= ref_small - max_drop]
     feasible = [t for t in done if ref_val is not None and t.user_attrs.get("val_acc", -1.0) >= ref_val - max_drop]
     best = max(feasible, key=lambda t: t.user_attrs["score"], default=None)
     leader = {"number": best.number, "score": best.user_attrs["score"]} if best else None
-    return {"ref_small": ref_small, "max_drop": max_drop, "incumbents": incumbents, "leader": leader}
+    return {"ref_small": ref_small, "max_drop": max_drop, "incumbents": incumbents, "leader": leader,
+            "seconds_left": deadline - time.monotonic()}
 
 
 def follow_up(study: optuna.Study, number: int, budget: float) -> list[dict[str, Any]]:

@@ -35,8 +35,8 @@ from autolite.passes import PassContext, compress, import_builtin_passes
 from autolite.runtime.dense_search import machine_key, read_json
 from autolite.runtime.fast_dense import candidate_passes, fresh_compile_cache
 from autolite.search.data import Splits, accuracy
-from autolite.search.space import (has_dynamic, is_graph_backend, is_structural, runtime_passes, screen_passes,
-                                   structural_key, structural_passes)
+from autolite.search.space import (has_dynamic, is_graph_backend, runtime_passes, screen_passes, structural_key,
+                                   structural_passes)
 
 log = logging.getLogger(__name__)
 MEMORY_CACHE = 3  # pruned models kept in memory (more are on disk)
@@ -80,6 +80,7 @@ class Worker:
         self.baseline = forward_fn(self.original, self.family, self.inputs)
         self._cache: collections.OrderedDict[str, torch.nn.Module] = collections.OrderedDict()
         self.speeds = SpeedCache(self.original, setup.batch, setup.seq)
+        self.structure_s = 0.0  # the longest prune + recovery so far (a new one is not started without that time)
         import_builtin_passes()  # every trial's recipe names registered passes
 
     def context(self) -> PassContext:
@@ -87,6 +88,9 @@ class Worker:
                           labels=list(self.splits.calib.labels), shape=(self.setup.batch, self.setup.seq))
         ctx.teacher = self.original  # recovery distills from the original model, not from a pass's input
         return ctx
+
+    def cache_dir(self, passes: list[dict[str, Any]]) -> Path:
+        return Path(self.setup.state_dir) / "cache" / structural_key(passes)
 
     def structural(self, passes: list[dict[str, Any]]) -> torch.nn.Module:
         """The pruned (+ recovered) model for ``passes``: memory, then disk, else built and stored."""
@@ -96,12 +100,14 @@ class Worker:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        path = Path(self.setup.state_dir) / "cache" / key
+        path = self.cache_dir(passes)
         if (path / "config.json").is_file():
             model = autolite.load(path)[0]
         else:
+            start = time.perf_counter()
             configs = [PassConfig.from_dict(p) for p in passes]
             model = compress(self.original, configs, tokenizer=self.tokenizer, family=self.family, ctx=self.context())
+            self.structure_s = max(self.structure_s, time.perf_counter() - start)
             try:
                 autolite.save_model(model, self.tokenizer, path, overwrite=True)
             except OSError as exc:  # the disk cache is best-effort (e.g. two Ray workers storing the same model)
@@ -148,8 +154,14 @@ class Worker:
         if has_dynamic(params) and is_graph_backend(params["backend"]):
             raise Pruned({"stage": 0, "pruned": f"dynamic passes run in torch; {params['backend']} runs one "
                                                 f"exported graph"})
+        structure = structural_passes(params, self.setup.recover_steps)
+        left = gate.get("seconds_left", float("inf"))
+        built = structural_key(structure) in self._cache or (self.cache_dir(structure) / "config.json").is_file()
+        if structure and not built and left < self.structure_s:
+            raise Pruned({"stage": 0, "pruned": f"a prune + recovery takes ~{self.structure_s:.0f} s here, "
+                                                f"{left:.0f} s of the budget are left"})
         leader = gate.get("leader")
-        if not is_structural(params) or not leader or self.setup.objective == "size":
+        if not structure or not leader or self.setup.objective == "size":
             return
         start = time.perf_counter()
         screened = self.screen(params)

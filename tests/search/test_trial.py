@@ -1,3 +1,4 @@
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -8,11 +9,13 @@ from autolite.search.trial import Pruned, SpeedCache, Worker
 LEADER = {"leader": {"number": 3, "score": 2.0}}
 
 
-def gate_with(screened: float, params: dict, objective: str = "latency") -> None:
+def gate_with(screened: float, params: dict, objective: str = "latency", structure_s: float = 0.0,
+              seconds_left: float = 60.0) -> None:
     """Stage 0 of a trial whose structure times ``screened`` x before recovery."""
-    worker = SimpleNamespace(setup=SimpleNamespace(objective=objective), screen=lambda p: screened)
+    worker = SimpleNamespace(setup=SimpleNamespace(objective=objective, recover_steps=10), screen=lambda p: screened,
+                             _cache={}, structure_s=structure_s, cache_dir=lambda passes: Path("/nonexistent"))
     Worker.gate_structure(worker, dict({"layers": 0.5, "heads": 0.0, "ffn": 0.0, "backend": "int8-dynamic"},
-                                       **params), LEADER)
+                                       **params), dict(LEADER, seconds_left=seconds_left))
 
 
 def test_a_structure_slower_than_the_leader_stops_before_recovery():
@@ -22,6 +25,12 @@ def test_a_structure_slower_than_the_leader_stops_before_recovery():
     gate_with(1.9, {})  # within the timing slack: it goes on
     gate_with(1.2, {"dyn:early-exit": True})  # a dynamic pass may still make it fast enough
     gate_with(0.5, {}, objective="size")  # the size objective does not screen on speed
+
+
+def test_no_new_distillation_without_the_time_it_takes():
+    with pytest.raises(Pruned, match="~100 s here, 60 s of the budget"):
+        gate_with(9.0, {}, structure_s=100.0)
+    gate_with(9.0, {}, structure_s=50.0)
 
 
 def test_a_dynamic_pass_on_a_graph_backend_stops_at_once():
