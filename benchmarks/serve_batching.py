@@ -1,15 +1,18 @@
-"""Dynamic batching on vs off: `autolite serve` in a subprocess, 64 closed-loop clients, short sentences.
+"""Serving vs the bare forward: `autolite serve` in a subprocess, 64 closed-loop clients, short sentences.
 
-    python benchmarks/serve_batching.py      # the whole table: minilm FP32 and INT8 x 7 configs, writes docs/SERVING.md
-    python benchmarks/serve_batching.py --duration 5 --rounds 2            # shorter rounds
-    python benchmarks/serve_batching.py --models minilm --configs 1:0,32:0,32:5 --encoding-format base64
+    python benchmarks/serve_batching.py      # minilm as served by default (fast-dense) and as loaded (FP32)
+    python benchmarks/serve_batching.py --models minilm --configs 1:0,32:5 --duration 5 --rounds 2
+    python benchmarks/serve_batching.py --from-json    # rewrite docs/SERVING.md from the last JSON, no measuring
 
 Each config is ``max_batch_size:max_wait_ms[:threads]``; ``1:0`` is batch-size-1 serving (no batching).
-Each model is a spec ``autolite serve`` takes, or ``SPEC+RECIPE`` (e.g. ``minilm+int8-dynamic``): the
-script first runs ``autolite compress SPEC --recipe RECIPE`` into a temporary directory and serves that.
-Besides throughput and latency, each row gives the server's CPU time per request (process CPU seconds
-over answered requests), which shared cores distort far less than wall-clock numbers. The server, the
-load generator and anything else running share this machine's cores: the load average is recorded.
+Each model is a spec ``autolite serve`` takes, or ``SPEC+RECIPE`` for ``autolite serve SPEC --recipe RECIPE``
+(``minilm+none``: the model as loaded, FP32 eager). Next to the servers, the bare forward of the same model and
+recipe (loaded the same way, in this process) runs on the same short sentences, batches of the largest max batch
+size padded to their longest text as the server pads them: its sequences/s is what serving is compared with.
+Rounds interleave the bare forward and every server config, so drift in a shared machine's load hits them alike.
+Besides throughput and latency, each row gives the server's CPU time per request (process CPU seconds over
+answered requests). The JSON (``benchmarks/results/serve/serve_batching.json``) holds everything; the doc table is
+generated from it.
 """
 from __future__ import annotations
 
@@ -18,28 +21,33 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import psutil
+import torch
 
 from autolite.data import load_texts
 from autolite.errors import BackendUnavailableError
+from autolite.eval.forward import run_model
 from autolite.runtime.hardware import probe
+from autolite.serve.app import ServeConfig
+from autolite.serve.batcher import bucket_of
 from autolite.serve.loadgen import default_bodies, run_load, short_sentences
-from autolite.serve.server import wait_healthy
+from autolite.serve.server import load_engine, wait_healthy
 
 log = logging.getLogger("serve_batching")
 CLI = "from autolite.cli import main; main()"
 BEGIN, END = "<!-- serve_batching:begin -->", "<!-- serve_batching:end -->"
+JSON_OUT = Path("benchmarks/results/serve/serve_batching.json")
+TARGET_OF_FORWARD, TARGET_OF_BATCH1 = 0.70, 3.0  # issue 18: >= 70% of the bare forward, >= 3x batch 1
 
 
 def free_port() -> int:
@@ -48,17 +56,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def split_model(model: str) -> tuple[str, str]:
+    """``SPEC+RECIPE`` -> (SPEC, RECIPE); a plain spec is served with ``--recipe auto``."""
+    spec, _, recipe = model.partition("+")
+    return spec, recipe or "auto"
+
+
 def start_server(model: str, batch: int, wait_ms: float, threads: int | None) -> tuple[subprocess.Popen, str]:
+    spec, recipe = split_model(model)
     port = free_port()
-    cmd = [sys.executable, "-c", CLI, "serve", model, "--port", str(port), "--max-batch-size", str(batch),
-           "--max-wait-ms", str(wait_ms), "--max-queue", "4096"]
+    cmd = [sys.executable, "-c", CLI, "serve", spec, "--recipe", recipe, "--port", str(port), "--max-batch-size",
+           str(batch), "--max-wait-ms", str(wait_ms), "--max-queue", "4096"]
     if threads:
         cmd += ["--threads", str(threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, lambda: proc.poll() is None, timeout_s=180)
+        wait_healthy(url, lambda: proc.poll() is None, timeout_s=600)  # a first fast-dense search takes a minute
     except BackendUnavailableError as exc:
         proc.kill()
         raise RuntimeError(f"{exc}: {proc.stderr.read()[-2000:]}") from None
@@ -74,31 +89,35 @@ def mean_batch(url: str) -> float:
     return values.get("autolite_batch_size_sum", 0) / max(1.0, values.get("autolite_batch_size_count", 0))
 
 
-def measured_threads(url: str) -> str:
-    """The intra-op thread count the server measured and kept (from /health), e.g. ``"1 (measured)"``."""
-    workers = httpx.get(f"{url}/health").json().get("workers", [""])
-    match = re.search(r"; (\d+) threads", workers[0])
-    return f"{match.group(1)} (measured)" if match else "auto"
-
-
 def parse_spec(spec: str) -> tuple[int, float, int | None]:
     parts = spec.split(":")
     return int(parts[0]), float(parts[1]), int(parts[2]) if len(parts) > 2 else None
 
 
-def prepare_model(model: str, workdir: Path) -> str:
-    """``model`` itself, or for ``SPEC+RECIPE`` the directory ``autolite compress`` writes for it."""
-    if "+" not in model:
-        return model
-    spec, recipe = model.split("+", 1)
-    out = workdir / model.replace(":", "_").replace("/", "_")
-    log.info("compressing %s with %s (once, into a temporary directory)", spec, recipe)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-c", CLI, "compress", spec, "--recipe", recipe, "--out", str(out)],
-                          env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"compress {model} failed: {done.stderr[-2000:]}")
-    return str(out)
+class BareForward:
+    """The served model's forward alone, in this process: the same load and recipe as ``autolite serve``, the
+    same texts grouped by length bucket in batches of ``batch``, each padded to its longest (what the server's
+    batcher builds when its queue is full)."""
+
+    def __init__(self, model: str, batch: int, texts: list[str]) -> None:
+        spec, recipe = split_model(model)
+        self.engine = load_engine(spec, ServeConfig(max_batch_size=batch, recipe=recipe), "cpu")
+        ids = sorted(self.engine.encode(texts, truncate=True), key=lambda seq: bucket_of(len(seq)))
+        self.batches = [self.engine._pad(ids[i:i + batch]) for i in range(0, len(ids) - batch + 1, batch)]
+        self.shape = {"batch": batch, "mean_padded_tokens": round(statistics.mean(
+            b["input_ids"].shape[1] for b in self.batches), 1), "backend": self.engine.backend,
+            "threads": torch.get_num_threads()}
+
+    @torch.inference_mode()
+    def round(self, seconds: float) -> float:
+        """Sequences per second over ``seconds`` of back-to-back batches (after one warm-up batch)."""
+        run_model(self.engine.model, self.engine.family, self.batches[0])
+        done, start, index = 0, time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            batch = self.batches[index % len(self.batches)]
+            run_model(self.engine.model, self.engine.family, batch)
+            done, index = done + batch["input_ids"].shape[0], index + 1
+        return done / (time.perf_counter() - start)
 
 
 def one_round(args: argparse.Namespace, proc: subprocess.Popen, url: str, bodies: list[dict]) -> dict:
@@ -115,18 +134,19 @@ def one_round(args: argparse.Namespace, proc: subprocess.Popen, url: str, bodies
     return summary
 
 
-def measure(args: argparse.Namespace, model: str, path: str, specs: list[str], bodies: list[dict]) -> list[dict]:
-    """Start one server per config, then run the configs in rounds (rotating order); median per config.
-
-    Interleaving matters on a shared machine: contention drifts over minutes, and a config measured
-    only at a busy moment would look worse than it is.
-    """
-    servers = {}
+def measure(args: argparse.Namespace, model: str, specs: list[str], bodies: list[dict]) -> dict:
+    """Start one server per config, then run rounds (bare forward, then the configs in rotating order); median
+    per config. Interleaving matters on a shared machine: contention drifts over minutes."""
+    texts = [b["input"] for b in bodies]
+    bare = BareForward(model, max(parse_spec(s)[0] for s in specs), texts)
+    servers, forward_rates = {}, []
     try:
         for spec in specs:
-            servers[spec] = start_server(path, *parse_spec(spec))
+            servers[spec] = start_server(model, *parse_spec(spec))
         runs: dict[str, list[dict]] = {spec: [] for spec in specs}
         for round_index in range(args.rounds):
+            forward_rates.append(round(bare.round(args.duration), 1))
+            log.info("%s round %d bare forward: %.1f seq/s", model, round_index + 1, forward_rates[-1])
             order = specs[round_index % len(specs):] + specs[:round_index % len(specs)]
             for spec in order:
                 runs[spec].append(one_round(args, *servers[spec], bodies))
@@ -134,12 +154,14 @@ def measure(args: argparse.Namespace, model: str, path: str, specs: list[str], b
                 log.info("%s round %d %s: %.1f req/s, p99 %.1f ms, errors %d, server CPU %.2f ms/req", model,
                          round_index + 1, spec, last["throughput_rps"], last["p99_ms"], last["errors"],
                          last["server_cpu_ms"])
-        return [aggregate(model, spec, runs[spec], servers[spec][1]) for spec in specs]
+        rows = [aggregate(model, spec, runs[spec], servers[spec][1]) for spec in specs]
     finally:
         for proc, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
         for proc, _ in servers.values():
             proc.wait(timeout=60)
+    return {"model": model, "forward": {**bare.shape, "seq_per_s": statistics.median(forward_rates),
+                                        "rounds_seq_per_s": forward_rates}, "rows": rows}
 
 
 def aggregate(model: str, spec: str, runs: list[dict], url: str) -> dict:
@@ -147,38 +169,67 @@ def aggregate(model: str, spec: str, runs: list[dict], url: str) -> dict:
     batch, wait_ms, threads = parse_spec(spec)
     ranked = sorted(runs, key=lambda r: r["throughput_rps"])
     row = dict(ranked[len(ranked) // 2])
-    row.update(model=model, max_batch_size=batch, max_wait_ms=wait_ms, threads=threads or measured_threads(url),
+    health = httpx.get(f"{url}/health").json()
+    row.update(model=model, max_batch_size=batch, max_wait_ms=wait_ms, backend=health.get("backend", "?"),
+               threads=threads or health.get("workers", ["?"])[0].split("; ")[-1],
                mean_batch=round(mean_batch(url), 1), errors=sum(r["errors"] for r in runs),
                rounds_rps=[r["throughput_rps"] for r in runs])
     return row
 
 
-def markdown(rows: list[dict], args: argparse.Namespace, loads: tuple[str, str], minutes: float) -> str:
-    base = {r["model"]: r["throughput_rps"] for r in rows if r["max_batch_size"] == 1}
-    machine = probe()
+def markdown(data: dict) -> str:
+    """The doc section for one benchmark JSON (see :func:`main`)."""
+    args, load = data["args"], data["load"]
     lines = [
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `benchmarks/serve_batching.py` in "
-        f"{minutes:.0f} min (`/v1/embeddings`, one short corpus sentence per request, `encoding_format: "
-        f"{args.encoding_format}`, {args.concurrency} closed-loop clients ({args.client} client), loopback HTTP). "
-        f"Each row is the median of {args.rounds} rounds of up to {args.duration:g} s, the configs of a model "
-        "interleaved; `rounds req/s` shows every round. `server CPU` is the server process's CPU time per "
+        f"Measured {data['timestamp'][:16].replace('T', ' ')} UTC by `{data['command']}` in {data['minutes']:.0f} min "
+        f"(`/v1/embeddings`, one short corpus sentence per request, `encoding_format: {args['encoding_format']}`, "
+        f"{args['concurrency']} closed-loop clients ({args['client']} client), loopback HTTP). Each row is the "
+        f"median of {args['rounds']} rounds of up to {args['duration']:g} s; the bare forward and the configs "
+        "of a model interleaved (`rounds` shows every round). `server CPU` is the server process's CPU time per "
         "answered request (all threads).",
-        f"Machine: {machine.cpu_model}, {machine.usable_cores} usable cores. Server, load generator and other "
-        f"work share these cores (load average before/after: {loads[0]} / {loads[1]}).", "",
-        "| model | max batch | max wait ms | threads | req/s | vs batch 1 | p50 ms | p90 ms | p99 ms | errors |"
-        " mean batch | server CPU ms/req | rounds req/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        b = base.get(r["model"])
-        speedup = f"{r['throughput_rps'] / b:.2f}x" if b else "-"
-        lines.append(f"| {r['model']} | {r['max_batch_size']} | {r['max_wait_ms']:g} | {r['threads']} | "
-                     f"{r['throughput_rps']} | {speedup} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
-                     f"{r['errors']} | {r['mean_batch']} | {r['server_cpu_ms']} | "
-                     f"{', '.join(str(x) for x in r['rounds_rps'])} |")
-    lines += ["", f"Rerun: `python benchmarks/serve_batching.py` ({len(rows)} rows; `--duration 5 --rounds 2` "
-              "halves the time; `--models minilm --configs 1:0,32:0,32:5` chooses rows)."]
+        f"Machine: {data['machine']}, {data['cores']} usable cores; server, load generator and bare forward share "
+        f"them. Load average before/after: {load['before']} / {load['after']}; CPU steal "
+        f"{load['cpu_steal_share']:.1%}{' (shared machine)' if load['cpu_steal_share'] > 0.02 else ''}.", ""]
+    for model in data["models"]:
+        lines += _model_table(model)
+    lines.append(_verdict(data))
     return "\n".join(lines)
+
+
+def _model_table(model: dict) -> list[str]:
+    fwd = model["forward"]
+    base = next((r["throughput_rps"] for r in model["rows"] if r["max_batch_size"] == 1), None)
+    lines = [f"**{model['model']}** served as {fwd['backend']}. Bare forward of the same model: "
+             f"**{fwd['seq_per_s']:g} seq/s** (batch {fwd['batch']}, padded to {fwd['mean_padded_tokens']:g} tokens "
+             f"on average, {fwd['threads']} threads; rounds {', '.join(f'{x:g}' for x in fwd['rounds_seq_per_s'])}).",
+             "", "| max batch | max wait ms | threads | req/s | of bare forward | vs batch 1 | p50 ms | p99 ms | "
+             "errors | mean batch | server CPU ms/req | rounds req/s |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in model["rows"]:
+        share = f"{r['throughput_rps'] / fwd['seq_per_s']:.0%}" if fwd["seq_per_s"] else "-"
+        speedup = f"{r['throughput_rps'] / base:.2f}x" if base else "-"
+        lines.append(f"| {r['max_batch_size']} | {r['max_wait_ms']:g} | {r['threads']} | {r['throughput_rps']} | "
+                     f"{share} | {speedup} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['mean_batch']} | "
+                     f"{r['server_cpu_ms']} | {', '.join(str(x) for x in r['rounds_rps'])} |")
+    return lines + [""]
+
+
+def _verdict(data: dict) -> str:
+    """Issue 18's serving targets, met or not, per model (best batched row)."""
+    parts = []
+    for model in data["models"]:
+        rows, fwd = model["rows"], model["forward"]["seq_per_s"]
+        base = next((r["throughput_rps"] for r in rows if r["max_batch_size"] == 1), None)
+        best = max((r for r in rows if r["max_batch_size"] > 1), key=lambda r: r["throughput_rps"], default=None)
+        if best is None or not fwd:
+            continue
+        share, errors = best["throughput_rps"] / fwd, sum(r["errors"] for r in rows)
+        ratio = f"{best['throughput_rps'] / base:.2f}x batch 1" if base else "no batch-1 row"
+        ok = share >= TARGET_OF_FORWARD and (base and best["throughput_rps"] / base >= TARGET_OF_BATCH1) and not errors
+        parts.append(f"{model['model']}: best batched {best['throughput_rps']} req/s = {share:.0%} of the bare "
+                     f"forward, {ratio}, {errors} errors ({'targets met' if ok else 'targets not all met'})")
+    return (f"Targets (>= {TARGET_OF_FORWARD:.0%} of the bare forward, >= {TARGET_OF_BATCH1:g}x batch 1, 0 errors): "
+            + "; ".join(parts) + ".")
 
 
 def splice(path: Path, table: str) -> str:
@@ -197,36 +248,48 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def run_all(args: argparse.Namespace) -> dict:
+    """Measure every model; the JSON that :func:`markdown` renders."""
+    bodies = default_bodies("/v1/embeddings", short_sentences(load_texts(None).texts, 12),
+                            encoding_format=args.encoding_format)
+    start, before, cpu0 = time.monotonic(), " ".join(f"{x:.1f}" for x in os.getloadavg()), psutil.cpu_times()
+    models = [measure(args, model, args.configs.split(","), bodies) for model in args.models.split(",")]
+    cpu1, machine = psutil.cpu_times(), probe()
+    total = max(1e-9, sum(cpu1) - sum(cpu0))
+    return {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python", "benchmarks/serve_batching.py", *sys.argv[1:]]),
+            "minutes": round((time.monotonic() - start) / 60, 2), "machine": machine.cpu_model,
+            "cores": machine.usable_cores, "args": {k: str(v) if isinstance(v, Path) else v for k, v in
+                                                    vars(args).items()},
+            "load": {"before": before, "after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+                     "cpu_steal_share": round((getattr(cpu1, "steal", 0.0) - getattr(cpu0, "steal", 0.0)) / total, 4)},
+            "models": models}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="minilm,minilm+int8-dynamic",
-                        help="comma-separated specs; SPEC+RECIPE compresses SPEC first")
-    parser.add_argument("--configs", default="1:0,8:0,32:0,32:2,32:5,32:10,64:5")
+    parser.add_argument("--models", default="minilm,minilm+none",
+                        help="comma-separated specs; SPEC+RECIPE serves SPEC with --recipe RECIPE")
+    parser.add_argument("--configs", default="1:0,32:0,32:5,64:5")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=5000, help="per round and config (upper bound)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per round and config (upper bound)")
+    parser.add_argument("--requests", type=int, default=20000, help="per round and config (upper bound)")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per round and config (upper bound)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--encoding-format", default="float", choices=["float", "base64"])
     parser.add_argument("--client", default="raw", choices=["raw", "httpx"])
     parser.add_argument("--out", type=Path, default=Path("docs/SERVING.md"))
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=JSON_OUT)
+    parser.add_argument("--from-json", action="store_true", help="only rewrite --out from --json (no measuring)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    bodies = default_bodies("/v1/embeddings", short_sentences(load_texts(None).texts, 12),
-                            encoding_format=args.encoding_format)
-    start, before = time.monotonic(), " ".join(f"{x:.1f}" for x in os.getloadavg())
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="serve_batching-") as workdir:
-        for model in args.models.split(","):
-            path = prepare_model(model, Path(workdir))
-            rows += measure(args, model, path, args.configs.split(","), bodies)
-    after = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    minutes = (time.monotonic() - start) / 60
-    write_atomic(args.out, splice(args.out, markdown(rows, args, (before, after), minutes)))
-    if args.json:
-        write_atomic(args.json, json.dumps(rows, indent=2))
-    log.info("wrote %s after %.1f min", args.out, minutes)
+    if args.from_json:
+        data = json.loads(args.json.read_text(encoding="utf-8"))
+    else:
+        data = run_all(args)
+        write_atomic(args.json, json.dumps(data, indent=1))
+    write_atomic(args.out, splice(args.out, markdown(data)))
+    log.info("wrote %s from %s", args.out, args.json)
 
 
 if __name__ == "__main__":

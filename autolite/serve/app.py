@@ -141,6 +141,9 @@ async def _warm_up(engine: Engine, batcher: Batcher, plans: list[WorkerPlan], co
         engine.run(task, ids)
 
     def warm(plan: WorkerPlan) -> str:
+        if engine.external:  # its threads were set when it was compiled: torch's thread count does not apply
+            forward()
+            return f"{engine.external} threads (set when it was built)"
         if config.threads is not None:
             forward()
             return f"{plan.threads} threads (--threads)"

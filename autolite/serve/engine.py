@@ -9,7 +9,9 @@ batch, not a running one (no continuous batching).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Hashable
 
@@ -54,6 +56,14 @@ class Engine:
         self.model, self.tokenizer, self.family, self.name = model.eval(), ensure_pad_token(tokenizer), family, name
         self.max_tokens = min(max_tokens or DEFAULT_MAX_TOKENS, self.context_length)
         self.truncate, self.normalize = truncate, normalize
+        # an external backend (OpenVINO, ONNX Runtime) holds one session/infer request: workers take turns
+        self._external_lock = threading.Lock() if runner_of(model) is not None else contextlib.nullcontext()
+
+    @property
+    def external(self) -> str | None:
+        """The engine running the forward outside PyTorch (``OpenVINO``, ``ONNX Runtime``), else None."""
+        runner = runner_of(self.model)
+        return runner.kind if runner is not None else None
 
     @property
     def context_length(self) -> int:
@@ -68,8 +78,7 @@ class Engine:
     @property
     def backend(self) -> str:
         """What runs the forward (``OpenVINO``, ``ONNX Runtime`` or ``PyTorch <dtype>``) and the applied passes."""
-        runner = runner_of(self.model)
-        engine = runner.kind if runner is not None else f"PyTorch {str(next(self.model.parameters()).dtype)[6:]}"
+        engine = self.external or f"PyTorch {str(next(self.model.parameters()).dtype)[6:]}"
         passes = []
         for config in applied_recipe(self.model).passes:
             inner = getattr(config, "chosen", None)  # fast-dense: the passes it chose
@@ -145,7 +154,8 @@ class Engine:
 
         Rows stay numpy arrays: the app turns each into base64 bytes or a JSON list, whichever was asked.
         """
-        out = run_model(self.model, self.family, self._pad(batch_ids))
+        with self._external_lock:
+            out = run_model(self.model, self.family, self._pad(batch_ids))
         emb = out.embeddings
         if self.normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
@@ -155,7 +165,8 @@ class Engine:
     @torch.inference_mode()
     def classify(self, batch_ids: list[list[int]]) -> list[list[float]]:
         """Class probabilities per text (softmax of the classification head's logits)."""
-        out = run_model(self.model, self.family, self._pad(batch_ids))
+        with self._external_lock:
+            out = run_model(self.model, self.family, self._pad(batch_ids))
         if out.logits is None or out.logits.dim() != 2:
             raise UnsupportedTaskError(f"model '{self.name}' produced no sequence-classification logits")
         probs = out.logits.float().softmax(-1)

@@ -23,7 +23,9 @@ from autolite.serve.engine import Engine
 
 log = logging.getLogger(__name__)
 AUTO_RECIPE, NO_RECIPE = "auto", "none"
-TUNE_SEQ = 128  # fast-dense measures candidates at (max batch size x this many tokens): typical embedding inputs
+# fast-dense measures its candidates at this (batch, tokens): one decision per machine and model whatever the
+# server's limits (the shape `autolite bench` and benchmarks/peers.py measure, so their decision is reused)
+TUNE_SHAPE = (32, 128)
 
 
 def load_engine(spec: str, config: ServeConfig, device: str = "auto") -> Engine:
@@ -46,7 +48,7 @@ def load_engine(spec: str, config: ServeConfig, device: str = "auto") -> Engine:
             raise BackendUnavailableError("device 'cuda' asked for, but torch sees no CUDA GPU; use 'cpu'")
     recipe = serving_recipe(model, family, config.recipe, device)
     if recipe is not None:
-        model = _apply_recipe(model, tokenizer, family, recipe, config)
+        model = _apply_recipe(model, tokenizer, family, recipe)
     if device == "cuda":
         model = model.to("cuda")
     name = Path(spec).name if Path(spec).exists() else spec
@@ -72,14 +74,16 @@ def serving_recipe(model: Any, family: Any, recipe: str, device: str) -> str | N
     return "fast-dense"
 
 
-def _apply_recipe(model: Any, tokenizer: Any, family: Any, recipe: str, config: ServeConfig) -> Any:
-    """``recipe`` applied in place, fast-dense measured at (max batch size x TUNE_SEQ) tokens."""
-    positions = getattr(model.config, "max_position_embeddings", None) or TUNE_SEQ
-    ctx = PassContext(family=family, tokenizer=tokenizer, shape=(config.max_batch_size, min(TUNE_SEQ, positions)))
+def _apply_recipe(model: Any, tokenizer: Any, family: Any, recipe: str) -> Any:
+    """``recipe`` applied in place, fast-dense measured at TUNE_SHAPE (tokens capped by the model's positions)."""
+    batch, seq = TUNE_SHAPE
+    ctx = PassContext(family=family, tokenizer=tokenizer,
+                      shape=(batch, min(seq, getattr(model.config, "max_position_embeddings", None) or seq)))
     start = time.perf_counter()
+    log.warning("applying the serving recipe %s (fast-dense: a first search for this model on this machine takes "
+                "a minute or two, then its decision is cached)", recipe)
     model = compress_(model, recipe, tokenizer=tokenizer, family=family, ctx=ctx)
-    log.warning("serving recipe %s applied in %.0f s: %s", recipe, time.perf_counter() - start,
-                " | ".join(ctx.notes) or "no notes")
+    log.info("serving recipe %s applied in %.0f s: %s", recipe, time.perf_counter() - start, " | ".join(ctx.notes))
     return model
 
 

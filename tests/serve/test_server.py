@@ -30,7 +30,8 @@ def test_auto_keeps_a_compressed_model_and_generation_models_as_loaded(tiny_bert
 
 
 def test_load_engine_runs_the_cached_fast_dense_choice(monkeypatch, tmp_path):
-    """auto on an encoder: fast-dense measured at (max batch x 128 tokens, capped by the positions), the
+    """auto on an encoder: fast-dense measured at 32 x 128 tokens (capped by the positions), whatever the server's
+    batch limit; the
     decision cached and replayed by the next load without measuring again."""
     monkeypatch.setenv("AUTOLITE_CACHE", str(tmp_path))
     shapes = []
@@ -45,11 +46,11 @@ def test_load_engine_runs_the_cached_fast_dense_choice(monkeypatch, tmp_path):
     config = ServeConfig(max_batch_size=8, threads=1)
     engine = server.load_engine("random:tiny-bert", config, "cpu")
     positions = engine.model.config.max_position_embeddings
-    assert shapes == [(8, min(128, positions))]
+    assert shapes == [(32, min(128, positions))]
     assert engine.backend.startswith("PyTorch") and "fast-dense: int8-dynamic" in engine.backend
     assert len(list((tmp_path / "fast-dense").glob("*.json"))) == 1
     again = server.load_engine("random:tiny-bert", config, "cpu")
-    assert shapes == [(8, min(128, positions))] and "fast-dense: int8-dynamic" in again.backend
+    assert shapes == [(32, min(128, positions))] and "fast-dense: int8-dynamic" in again.backend
 
 
 def test_load_engine_recipe_none_and_a_preset(monkeypatch):
