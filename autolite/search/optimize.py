@@ -87,7 +87,7 @@ def optimize(model: str, data: str, out: str, *, progress: Callable[[str], None]
         study = open_study(Path(setup.state_dir), opts.objective, space)
         say(f"searching {', '.join(space.backends)} x pruning x {space.dynamic or 'no dynamic passes'} "
             f"({opts.minutes or 'no'} minutes, {opts.trials or 'unlimited'} trials; "
-            f"{len(study.trials)} in the journal)")
+            f"{sum(t.state.is_finished() for t in study.trials)} finished in the journal)")
         interrupted = run_trials(study, space, worker, setup, state, opts, executor, say)
         return finish(study, worker, setup, splits, state, opts, interrupted, say)
     except AutoliteError:
