@@ -2,7 +2,8 @@
 
 Objectives: validation accuracy (maximise) and speed-up over FP32 eager (maximise; ``--objective size``:
 MiB, minimise). The TPE sampler is told the accuracy budget as a constraint, so it learns which regions
-keep accuracy. The first trials (on a fresh study) are every dense backend on the unpruned model.
+keep accuracy. The first trials (on a fresh study) are the space's seeds (:meth:`Space.seeds`); a structure
+that finishes near the budget is queued under the fastest dense backends (:func:`follow_up`).
 """
 from __future__ import annotations
 
