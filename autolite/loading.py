@@ -16,6 +16,7 @@ from autolite.arch import ArchSpec, family_for
 from autolite.arch.random_presets import build_random
 from autolite.errors import AutoliteError, ModelLoadError
 from autolite.io import atomic_dir, check_safetensors
+from autolite.restore import load_compressed
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ def load_dir(directory: Path) -> tuple[torch.nn.Module, Any, ArchSpec]:
     check_safetensors(directory)
     model_cls = model_class(config, family)
     if config.get("autolite"):
-        from autolite.restore import load_compressed
-
         model = load_compressed(directory, model_cls)
     else:
         model = _from_pretrained(model_cls, directory)

@@ -11,9 +11,12 @@ import threading
 from typing import Any, Iterator
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from autolite.cli.common import console, err_console  # noqa: F401 - the verbs' consoles, re-exported
+from autolite import __version__
+from autolite.cli import (bench, compress, distill, evaluate, export, generate, info, loadtest, optimize, prune, qat,
+                          sensitivity, serve)
 from autolite.errors import AutoliteError
 from autolite.paths import OutputExistsError
 
@@ -25,15 +28,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Make transformer models smaller and faster, measured on this machine. "
          "MODEL is a built-in name (minilm, smollm2), random:<preset>, an HF model directory or a .gguf file.")
-console = Console()
-err_console = Console(stderr=True)
 _state = {"debug": False, "registered": False}
 
 
 def _print_version(value: bool) -> None:
     if value:
-        from autolite import __version__
-
         console.print(f"autolite {__version__}", highlight=False)
         raise typer.Exit()
 
@@ -52,8 +51,6 @@ def _register_verbs() -> None:
     if _state["registered"]:
         return
     _state["registered"] = True
-    from autolite.cli import (bench, compress, distill, evaluate, export, generate, info, loadtest, optimize, prune,
-                              qat, sensitivity, serve)
 
     for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity, qat, optimize,
                    generate):

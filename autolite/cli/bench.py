@@ -6,7 +6,10 @@ from pathlib import Path
 import typer
 
 from autolite.cli.common import (BATCH_OPT, DATA_OPT, JSON_OPT, MODEL_ARG, RECIPE_OPT, RUNS_OPT, SEQ_OPT, THREADS_OPT,
-                                 WARMUP_OPT, flag, progress_bar, rows_table, write_json_atomic)
+                                 WARMUP_OPT, console, flag, progress_bar, rows_table, write_json_atomic)
+from autolite.eval.compare import bench_model
+from autolite.report.tables import comparison_rows
+from autolite.runtime.roofline import floor_line
 
 
 def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
@@ -17,10 +20,6 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
                                         "of the candidate against this machine's measured peaks."),
           json_out: Path = JSON_OPT) -> None:
     """Measure latency, throughput, memory, size and fidelity of MODEL+recipe against FP32 eager."""
-    from autolite.cli import console
-    from autolite.eval.compare import bench_model
-    from autolite.report.tables import comparison_rows
-
     with progress_bar(f"bench {model} [{recipe}] (load, compress, warm-up, {runs} interleaved runs)",
                       total=runs) as advance:
         result = bench_model(model, recipe, batch=batch, seq=seq, runs=runs, warmup=warmup,
@@ -30,7 +29,6 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
                              ("metric", "FP32 eager", result["recipe"]["name"]), comparison_rows(result)))
     if roofline:
         _print_roofline(result["roofline"])
-        from autolite.runtime.roofline import floor_line
 
         console.print(f"  {floor_line(result['roofline'].get('floor') or {}, result['baseline']['median_ms'])}")
     if "routing" in result:
@@ -43,9 +41,6 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
 
 
 def _print_roofline(roofline: dict) -> None:
-    from autolite.cli import console
-    from autolite.cli.common import rows_table
-
     peaks = roofline["peaks"]
     headers = ("layer kind", "ms/forward", "share", "GFLOP/s", "% GEMM peak", "weight GB/s", "% bandwidth")
     title = (f"roofline (measured peaks: FP32 GEMM {peaks['gemm_gflops']:.0f} GFLOP/s, "
@@ -55,8 +50,6 @@ def _print_roofline(roofline: dict) -> None:
 
 
 def _print_routing(routing: dict) -> None:
-    from autolite.cli import console
-
     rows = [(path, f"{100 * p['share']:.1f}%", str(p["rows"]),
              f"{100 * p['accuracy']:.2f}" if "accuracy" in p else "-") for path, p in routing["paths"].items()]
     console.print(rows_table(f"routes on {routing['texts']} texts (max_tokens {routing['max_tokens']}, "

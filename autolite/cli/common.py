@@ -7,12 +7,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from autolite.io import write_json_atomic  # noqa: F401 - the verbs' --json writer
 from autolite.paths import check_output_file
+
+console = Console()
+err_console = Console(stderr=True)
 
 # Every option declares its type and range once, here or in its verb's signature (typer min/max): the
 # range is checked before any work, and a value outside it is a usage mistake (exit 2, option named).
@@ -67,8 +71,6 @@ def flag(default: bool, *decls: str, help: str) -> Any:
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Any]:
     """A rich progress bar (spinner when ``total`` is None); yields a zero-argument ``advance``."""
-    from autolite.cli import err_console
-
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task(escape(description), total=total)  # paths like [/tmp/x.yaml] are not markup

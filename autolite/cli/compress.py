@@ -6,8 +6,18 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import (BATCH_OPT, DATA_OPT, FORCE_OPT, MODEL_ARG, RECIPE_OPT, RUNS_OPT, SEQ_OPT, flag,
-                                 progress_bar, rows_table)
+import autolite
+from autolite.cli.common import (BATCH_OPT, DATA_OPT, FORCE_OPT, MODEL_ARG, RECIPE_OPT, RUNS_OPT, SEQ_OPT, console,
+                                 flag, progress_bar, rows_table)
+from autolite.data import load_texts
+from autolite.eval.compare import compare
+from autolite.export import hf
+from autolite.io import atomic_dir
+from autolite.passes import PassContext, load_recipe
+from autolite.paths import check_output_dir
+from autolite.report.markdown import write_report
+from autolite.report.tables import comparison_rows
+from autolite.runtime.hardware import probe
 
 
 def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA_OPT,
@@ -15,17 +25,6 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
              force: bool = FORCE_OPT, batch: int = BATCH_OPT, seq: int = SEQ_OPT, runs: int = RUNS_OPT,
              bench: bool = flag(True, "--bench/--no-bench", help="Measure before/after for report.md.")) -> None:
     """Compress MODEL with a recipe and save it (safetensors + recipe + report.md) to --out."""
-    import autolite
-    from autolite.paths import check_output_dir
-    from autolite.cli import console
-    from autolite.passes import load_recipe
-    from autolite.data import load_texts
-    from autolite.export.hf import write_model_files
-    from autolite.io import atomic_dir
-    from autolite.passes import PassContext
-    from autolite.report.markdown import write_report
-    from autolite.report.tables import comparison_rows
-
     check_output_dir(out, overwrite=force)
     recipe_obj = load_recipe(recipe)
     with progress_bar(f"loading {model}"):
@@ -41,7 +40,7 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
     if bench:
         result = _measure(baseline, small, tokenizer, family, model, recipe_obj, ctx, batch, seq, runs, data)
     with atomic_dir(out, overwrite=force) as tmp:
-        write_model_files(small, tokenizer, tmp)
+        hf.write_model_files(small, tokenizer, tmp)
         if result is not None:
             write_report(result, tmp)
     if result is not None:
@@ -55,10 +54,6 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
 def _measure(baseline, small, tokenizer, family, model, recipe, ctx, batch, seq, runs, data):
     import datetime
 
-    import autolite
-    from autolite.data import load_texts
-    from autolite.eval.compare import compare
-    from autolite.runtime.hardware import probe
 
     with progress_bar("measuring before/after (interleaved)", total=runs) as advance:
         result = compare(baseline, small, tokenizer, family, batch=batch, seq=seq, runs=runs,

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from autolite.cli import console, err_console
+from autolite.cli.common import console, err_console
 from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
 from autolite.distill.workflow import EVAL_TEXTS, distill_to_dir, train_config
 

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import (DATA_OPT, JSON_OPT, MAX_TEXTS_OPT, MODEL_ARG, progress_bar, rows_table,
+import autolite
+from autolite.cli.common import (DATA_OPT, JSON_OPT, MAX_TEXTS_OPT, MODEL_ARG, console, progress_bar, rows_table,
                                  write_json_atomic)
+from autolite.data import load_texts
 
 
 def eval_command(model: str = MODEL_ARG,
@@ -17,10 +19,6 @@ def eval_command(model: str = MODEL_ARG,
                  max_length: int = typer.Option(128, min=2, help="Truncate texts to this many tokens."),
                  json_out: Path = JSON_OPT) -> None:
     """Compare MODEL with a reference: cosine/agreement/accuracy (encoders), perplexity (decoders)."""
-    import autolite
-    from autolite.cli import console
-    from autolite.data import load_texts
-
     with progress_bar(f"loading {model}"):
         candidate, tokenizer, family = autolite.load(model)
     reference = reference or (getattr(candidate.config, "autolite", None) or {}).get("source")

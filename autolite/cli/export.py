@@ -6,7 +6,10 @@ from typing import Optional
 
 import typer
 
-from autolite.cli.common import FORCE_OPT, MAX_TEXTS_OPT, MODEL_ARG, flag, progress_bar, rows_table
+import autolite
+from autolite.cli.common import FORCE_OPT, MAX_TEXTS_OPT, MODEL_ARG, console, flag, progress_bar, rows_table
+from autolite.export import FORMATS
+from autolite.paths import check_output_dir
 
 
 def export(ctx: typer.Context, model: str = MODEL_ARG,
@@ -23,11 +26,6 @@ def export(ctx: typer.Context, model: str = MODEL_ARG,
                                  "corpus."),
            max_texts: Optional[int] = MAX_TEXTS_OPT, force: bool = FORCE_OPT) -> None:
     """Export MODEL to --out in --format; the export is validated against the source and the difference printed."""
-    import autolite
-    from autolite.cli import console
-    from autolite.export import FORMATS
-    from autolite.paths import check_output_dir
-
     if format not in FORMATS:  # usage mistakes (exit 2), before any work
         raise typer.BadParameter(f"unknown format '{format}'; supported: {', '.join(FORMATS)}", ctx,
                                  param_hint="'--format'")

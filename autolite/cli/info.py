@@ -5,15 +5,12 @@ import json
 
 import typer
 
-from autolite.cli.common import flag
+from autolite.cli.common import console, flag, rows_table
+from autolite.runtime.hardware import choose_backend, probe
 
 
 def info(as_json: bool = flag(False, "--json", help="Print the probe as JSON.")) -> None:
     """Show CPU, cores, NUMA, caches, ISA flags, GPUs, library versions and the chosen backend."""
-    from autolite.cli import console
-    from autolite.cli.common import rows_table
-    from autolite.runtime.hardware import choose_backend, probe
-
     machine = probe()
     choice = choose_backend(machine)
     if as_json:

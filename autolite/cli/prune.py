@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, FORCE_OPT, MODEL_ARG, fraction, positive, progress_bar, rows_table
+import autolite
+from autolite.cli.common import DATA_OPT, FORCE_OPT, MODEL_ARG, console, fraction, positive, progress_bar, rows_table
+from autolite.data import load_texts
+from autolite.export.hf import write_model_files
+from autolite.io import atomic_dir
+from autolite.passes import PassContext
+from autolite.paths import check_output_dir
+from autolite.prune import PruneFFN, PruneHeads
+from autolite.prune.plot import plot_importance
 
 
 def prune(model: str = MODEL_ARG,
@@ -26,16 +34,6 @@ def prune(model: str = MODEL_ARG,
           out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
           force: bool = FORCE_OPT) -> None:
     """Prune MODEL's heads and FFN neurons (weights really shrink) and save it with report.md + importance.png."""
-    import autolite
-    from autolite.paths import check_output_dir
-    from autolite.cli import console
-    from autolite.data import load_texts
-    from autolite.export.hf import write_model_files
-    from autolite.io import atomic_dir
-    from autolite.passes import PassContext
-    from autolite.prune import PruneFFN, PruneHeads
-    from autolite.prune.plot import plot_importance
-
     check_output_dir(out, overwrite=force)
     if heads <= 0 and ffn <= 0:
         raise autolite.AutoliteError("nothing to prune: give --heads and/or --ffn (fractions in [0, 1))")

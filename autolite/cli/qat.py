@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli import console
+from autolite.cli.common import console
 from autolite.cli.common import DATA_OPT, MODEL_ARG, progress_bar, rows_table
 from autolite.cli.distill import TrainProgress
 from autolite.distill.checkpoint import has_checkpoint

@@ -6,7 +6,18 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import DATA_OPT, FORCE_OPT, MODEL_ARG, flag, positive, progress_bar, rows_table
+import autolite
+from autolite.cli.common import DATA_OPT, FORCE_OPT, MODEL_ARG, console, flag, positive, progress_bar, rows_table
+from autolite.config import Recipe
+from autolite.data import load_texts
+from autolite.export.hf import write_model_files
+from autolite.io import atomic_dir
+from autolite.paths import check_output_dir
+from autolite.quant import sensitivity as sens
+from autolite.quant.formats import parse_format
+from autolite.quant.mixed import (MixedPrecision, allocate_bits, average_bits, check_budget, expand_units,
+                                  unit_bits_table)
+from autolite.quant.sensitivity import table_rows
 
 
 def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
@@ -27,20 +38,12 @@ def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
                                                   "quantized with it."),
                 force: bool = FORCE_OPT) -> None:
     """Measure how much each layer's quantization to each bit width hurts MODEL's outputs."""
-    import autolite
-    from autolite.paths import check_output_dir
-    from autolite.cli import console
-    from autolite.data import load_texts
-    from autolite.io import atomic_dir
-    from autolite.quant import sensitivity as sens
-
     check_output_dir(out, overwrite=force)
     widths = _widths(bits)
     calib = load_texts(data, split="calib")
     with progress_bar(f"loading {model}"):
         net, tokenizer, family = autolite.load(model)
     if budget is not None:  # fail before the analysis when no allocation can meet the budget
-        from autolite.quant.mixed import check_budget
 
         check_budget(net, sens.sensitivity_units(net, family, granularity), list(widths), group_size, budget)
     units = len(sens.sensitivity_units(net, family, granularity))
@@ -67,8 +70,6 @@ def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
 
 
 def _widths(text: str) -> tuple:
-    from autolite.quant.formats import parse_format
-
     values = [int(b) if b.strip().isdigit() else b.strip().lower() for b in text.split(",") if b.strip()]
     for value in values:
         parse_format(value, 64)  # raises a RecipeError naming the bad one
@@ -76,8 +77,6 @@ def _widths(text: str) -> tuple:
 
 
 def _markdown(model: str, table) -> str:
-    from autolite.quant.sensitivity import table_rows
-
     lines = [f"# Quantization sensitivity of {model}", "",
              f"Metric: {table.metric}, when only that unit's weights are fake-quantized (group {table.group_size},"
              " symmetric). `esti` columns: Fisher estimate 0.5*sum(F*dW^2) (relative units).", "",
@@ -92,11 +91,6 @@ def _markdown(model: str, table) -> str:
 
 def _mixed(net, tokenizer, family, table, budget: float, tmp: Path, which: str) -> str:
     """Allocate bits for ``budget``, save the recipe and the quantized model; returns a markdown section."""
-    import autolite
-    from autolite.config import Recipe
-    from autolite.export.hf import write_model_files
-    from autolite.quant.mixed import MixedPrecision, allocate_bits, average_bits, expand_units, unit_bits_table
-
     bpw = unit_bits_table(net, table.members, list(table.bits), table.group_size)
     plan = allocate_bits(getattr(table, which), table.numel, budget, table.group_size, bpw=bpw)
     avg = average_bits(plan, table.numel, table.group_size, bpw)

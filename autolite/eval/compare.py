@@ -10,10 +10,15 @@ import torch
 
 import autolite
 from autolite.arch import ArchSpec
-from autolite.eval.bench import (Timing, bench_inputs, first_call_seconds, forward_fn, interleaved,
-                                 model_size, peak_memory_mb)
+from autolite.data import load_texts
+from autolite.errors import BackendUnavailableError
+from autolite.eval.bench import (Timing, bench_inputs, first_call_seconds, forward_fn, interleaved, model_size,
+                                 peak_memory_mb)
 from autolite.eval.fidelity import evaluate
 from autolite.eval.forward import model_device
+from autolite.passes import PassContext, compress, load_recipe
+from autolite.runtime.hardware import probe
+from autolite.runtime.roofline import dense_floor, measure_peaks, profile, roofline_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +52,6 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
                 threads: int | None = None, data: Any = None, device: str = "cpu", roofline: bool = False,
                 progress: Callable[[], None] | None = None) -> dict[str, Any]:
     """``autolite bench``: load ``spec``, compress a copy with ``recipe``, compare it with FP32 eager."""
-    from autolite.passes import load_recipe
-    from autolite.data import load_texts
-    from autolite.passes import PassContext, compress
-    from autolite.runtime.hardware import probe
-
     if threads:
         torch.set_num_threads(threads)
     recipe = load_recipe(recipe)
@@ -76,8 +76,6 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
 
 def resolve_device(name: str) -> torch.device:
     """"cpu", "cuda" or "auto" (CUDA when present); a clear error when CUDA is asked for but absent."""
-    from autolite.errors import BackendUnavailableError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -89,8 +87,6 @@ def resolve_device(name: str) -> torch.device:
 
 def roofline_of(model: torch.nn.Module, tokenizer: Any, family: ArchSpec, batch: int, seq: int) -> dict[str, Any]:
     """Achieved GFLOP/s and weight GB/s per layer kind of ``model`` against this machine's measured peaks."""
-    from autolite.runtime.roofline import dense_floor, measure_peaks, profile, roofline_rows
-
     peaks = measure_peaks()
     run = forward_fn(model, family, bench_inputs(tokenizer, family, batch, seq))
     result = profile(model, run)

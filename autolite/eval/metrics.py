@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from autolite.errors import NumericsError
+
 
 def cosine_per_row(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of matching rows of ``(N, H)`` tensors."""
@@ -50,6 +52,4 @@ def accuracy_matches(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, i
 def check_finite(tensor: torch.Tensor | None, what: str) -> None:
     """Raise a NumericsError when a model output holds NaN or inf."""
     if tensor is not None and not torch.isfinite(tensor).all():
-        from autolite.errors import NumericsError
-
         raise NumericsError(f"{what} contains NaN/inf; the model or its compression is numerically broken")

@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
-from autolite.export.common import FORMATS, ExportResult, UnsupportedExportError
+from autolite.export.common import ExportResult, FORMATS, UnsupportedExportError
+from autolite.export.hf import export_hf
+from autolite.export.onnx import export_onnx
+from autolite.export.st import export_st
 
 __all__ = ["FORMATS", "ExportResult", "UnsupportedExportError", "export"]
 
@@ -47,16 +50,12 @@ def export(model: torch.nn.Module, tokenizer: Any, out: str | Path, format: str 
     if unknown:
         raise UnsupportedExportError(f"format '{format}' has no option(s) {unknown}; allowed: "
                                      f"{sorted(_OPTIONS[format])}")
-    if format == "hf":
-        from autolite.export.hf import export_hf as writer
-    elif format == "st":
-        from autolite.export.st import export_st as writer
-    elif format == "onnx":
-        from autolite.export.onnx import export_onnx as writer
-    elif format == "gguf":
-        from autolite.export.gguf import export_gguf as writer
+    if format == "gguf":
+        from autolite.export.gguf import export_gguf as writer  # lazy: pulls the gguf library, only for this format
+    elif format == "mlx":
+        from autolite.export.mlx import export_mlx as writer  # lazy: the mlx writer, only for this format
     else:
-        from autolite.export.mlx import export_mlx as writer
+        writer = {"hf": export_hf, "st": export_st, "onnx": export_onnx}[format]
     return writer(model, tokenizer, out, validate=validate, **opts)
 
 

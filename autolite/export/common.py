@@ -10,6 +10,7 @@ import torch
 
 from autolite.errors import AutoliteError
 from autolite.export.validate import Validation
+from autolite.passes import applied_recipe
 
 FORMATS = ("hf", "st", "onnx", "mlx", "gguf")
 
@@ -35,8 +36,6 @@ class ExportResult:
 
 def recipe_passes(model: torch.nn.Module) -> list[Any]:
     """The pass configs recorded on the model (empty for a plain model)."""
-    from autolite.passes import applied_recipe
-
     if not getattr(getattr(model, "config", None), "autolite", None):
         return []
     return applied_recipe(model).passes

@@ -4,15 +4,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from autolite.errors import ArgumentError
+from autolite.arch import family_of
+from autolite.errors import ArgumentError, ModelLoadError
+from autolite.export.common import ExportResult, add_top_level_rope_theta, custom_modules, dtype_name, float_dtype
+from autolite.export.validate import LOSSLESS, torch_outputs, validate
 from autolite.io import atomic_dir
-
-if TYPE_CHECKING:
-    from autolite.export.common import ExportResult
+from autolite.loading import _from_pretrained, load_dir, model_class, read_config
+from autolite.prune import remote
+from autolite.prune.surgery import why_not_plain as layout_reason
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,6 @@ def write_model_files(model: torch.nn.Module, tokenizer: Any, directory: Path) -
     A pruned model whose sizes config.json cannot say also gets autolite's small modeling file and an
     ``auto_map`` (see :mod:`autolite.prune.remote`), so ``AutoModel.from_pretrained(dir, trust_remote_code=True)``
     rebuilds it."""
-    from autolite.prune import remote
-
     code = remote.prepare(model)
     model.save_pretrained(str(directory))
     remote.write(directory, code)
@@ -56,7 +57,7 @@ def read_recipe_state(directory: str | Path) -> dict[str, Any] | None:
 
 
 def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, validate: bool = True,
-              family: Any = None, overwrite: bool = False, max_texts: int | None = None) -> "ExportResult":
+              family: Any = None, overwrite: bool = False, max_texts: int | None = None) -> ExportResult:
     """Save as a standard HF directory and prove it: reload it and compare outputs on the corpus.
 
     Float and pruned models reload with plain ``transformers`` (rel L2 < 1e-4 required); models it cannot
@@ -64,9 +65,6 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, va
     size from the head count) reload with ``autolite.load``, which replays the recipe in config.json.
     Llama-like configs also get a top-level ``rope_theta`` for tools that read it there (mlx-lm).
     """
-    from autolite.arch import family_of
-    from autolite.export.common import ExportResult, add_top_level_rope_theta, dtype_name, float_dtype
-
     family = family or family_of(model)
     out_dir = Path(out_dir)
     result = ExportResult(path=out_dir, format="hf", precision=dtype_name(float_dtype(model)))
@@ -80,9 +78,6 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, va
 
 def _validate_reload(model: torch.nn.Module, tokenizer: Any, directory: Path, family: Any, notes: list[str],
                      max_texts: int | None):
-    from autolite.export.common import custom_modules
-    from autolite.export.validate import LOSSLESS, torch_outputs, validate
-
     reason = "quantized autolite modules" if custom_modules(model) else why_not_plain(model, family)
     reloaded, how = _reload(directory, family, reason, notes)
     return validate(lambda b: torch_outputs(reloaded, family, b), lambda b: torch_outputs(model, family, b),
@@ -95,8 +90,6 @@ def why_not_plain(model: torch.nn.Module, family: Any) -> str | None:
     if not getattr(model.config, "autolite", None):
         return None
     try:
-        from autolite.prune.surgery import why_not_plain as layout_reason
-
         return layout_reason(family, model)
     except Exception:  # noqa: BLE001 - only a hint: the plain reload below is tried and validated anyway
         log.debug("why_not_plain failed", exc_info=True)
@@ -105,9 +98,6 @@ def why_not_plain(model: torch.nn.Module, family: Any) -> str | None:
 
 def _reload(directory: Path, family: Any, reason: str | None, notes: list[str]) -> tuple[torch.nn.Module, str]:
     """Reload with plain transformers where it can rebuild the model, else with ``autolite.load``."""
-    from autolite.errors import ModelLoadError
-    from autolite.loading import _from_pretrained, load_dir, model_class, read_config
-
     config = read_config(directory)
     if reason:
         notes.append(f"plain transformers cannot rebuild this model ({reason}): reload with autolite.load(DIR)")

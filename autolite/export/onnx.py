@@ -22,9 +22,12 @@ from typing import Any, Iterator
 
 import torch
 
+from autolite.arch import family_of
+from autolite.eval.forward import model_inputs, tokenize
 from autolite.export.common import ExportResult, UnsupportedExportError, dtype_name, float_dtype, require_plain
-from autolite.export.validate import LOSSLESS, Tolerance, torch_outputs, validate
+from autolite.export.validate import LOSSLESS, Tolerance, collect, corpus_texts, difference, torch_outputs, validate
 from autolite.io import atomic_dir
+from autolite.prune.surgery import LAYOUT_KEY
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8")
@@ -61,8 +64,6 @@ def export_onnx(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, 
     ``optimize``: run ONNX Runtime's transformer optimizer (fuses attention/LayerNorm/GELU where its
     patterns match; the fused operators are listed in the result's notes).
     """
-    from autolite.arch import family_of
-
     family = family or family_of(model)
     _check(model, precision)
     out_dir = Path(out_dir)
@@ -95,8 +96,6 @@ def _check(model: torch.nn.Module, precision: str) -> None:
 
 
 def _sample(tokenizer: Any, family: Any) -> dict[str, torch.Tensor]:
-    from autolite.eval.forward import model_inputs, tokenize
-
     batch = tokenize(tokenizer, ["An example sentence to trace the graph.", "Short one."])
     return model_inputs(family, batch, torch.device("cpu"))
 
@@ -171,8 +170,6 @@ def attention_size(config: Any) -> tuple[int, int]:
 
     A head-pruned BERT keeps its config's head count (its head size derives from it), so the pruned layout
     autolite records in the config says how many heads the graph really has."""
-    from autolite.prune.surgery import LAYOUT_KEY
-
     heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0) or 0)
     hidden = int(getattr(config, "hidden_size", None) or getattr(config, "dim", 0) or 0)
     kept = {entry["heads"] for entry in (getattr(config, LAYOUT_KEY, None) or {}).values() if "heads" in entry}
@@ -214,8 +211,6 @@ def session(path: str | Path):
 
 
 def _validate(model, tokenizer, family, path: Path, precision: str, max_texts, notes: list[str]):
-    from autolite.eval.forward import model_inputs
-
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
     feeds_wanted = {i.name for i in sess.get_inputs()}
@@ -239,7 +234,6 @@ def _torch_int8_cosine(model, tokenizer, family, max_texts) -> float:
     """Cosine of torch's ``quantize_dynamic`` INT8 model vs FP32: the bar the ONNX INT8 export must meet."""
     import copy
 
-    from autolite.export.validate import collect, corpus_texts, difference
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch deprecates its quantized tensors; still the reference one-liner

@@ -16,12 +16,15 @@ from typing import Any
 
 import torch
 
+from autolite.arch import family_of
 from autolite.arch.base import base_model
-from autolite.export.hf import why_not_plain, write_model_files
-from autolite.export.common import ExportResult, UnsupportedExportError, dtype_name, float_dtype, require_plain
-from autolite.export.validate import LOSSLESS_REL_L2, Tolerance, collect, corpus_texts, judge
 from autolite.errors import NumericsError
+from autolite.eval.forward import mean_pool
+from autolite.export.common import ExportResult, UnsupportedExportError, dtype_name, float_dtype, require_plain
+from autolite.export.hf import why_not_plain, write_model_files
+from autolite.export.validate import LOSSLESS_REL_L2, Tolerance, collect, corpus_texts, judge, torch_outputs
 from autolite.io import atomic_dir
+from autolite.loading import minilm_dir
 from autolite.prune import remote
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,6 @@ def export_st(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, va
               overwrite: bool = False, max_texts: int | None = None, min_cosine: float = 0.99999) -> ExportResult:
     """Write an encoder as a sentence-transformers directory; validate ``SentenceTransformer(DIR)``'s
     embeddings against autolite's (mean-pooled, normalised when the export normalises)."""
-    from autolite.arch import family_of
-
     family = family or family_of(model)
     if family.kind != "encoder":
         raise UnsupportedExportError(f"format 'st' (sentence-transformers) takes encoder models (BERT, RoBERTa, "
@@ -73,8 +74,6 @@ def _source_dir(model: torch.nn.Module, explicit: str | Path | None) -> Path | N
         candidates.append(Path(name))
     state = getattr(model.config, "autolite", None) or {}
     if state.get("source") == "minilm" or "all-minilm" in name.lower():
-        from autolite.loading import minilm_dir
-
         candidates.append(minilm_dir())
     for candidate in candidates:
         if (candidate / "modules.json").is_file():
@@ -151,8 +150,6 @@ def _validate(model, tokenizer, family, directory: Path, normalized: bool, max_t
               remote_code: bool = False):
     from sentence_transformers import SentenceTransformer
 
-    from autolite.eval.forward import mean_pool
-    from autolite.export.validate import torch_outputs
 
     texts = corpus_texts(max_texts)
     try:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from autolite.data import load_texts
 from autolite.errors import NumericsError
 from autolite.eval.forward import batches, model_device, model_inputs
 
@@ -68,8 +69,6 @@ class Validation:
 
 def corpus_texts(max_texts: int | None = None) -> list[str]:
     """The held-out split of the embedded corpus (92 sentences), optionally cut to ``max_texts``."""
-    from autolite.data import load_texts
-
     return load_texts(None, split="heldout").head(max_texts).texts
 
 

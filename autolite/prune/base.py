@@ -8,11 +8,13 @@ from typing import Any, Callable
 
 import torch
 
+from autolite.arch import family_of
+from autolite.data import load_texts
 from autolite.errors import RecipeError, UnsupportedArchitectureError
 from autolite.eval.forward import ensure_pad_token
+from autolite.prune import reconstruct
 from autolite.prune.calib import calib_batches
 from autolite.prune.importance import get_importance
-from autolite.prune import reconstruct
 from autolite.prune.recover import recover_with
 from autolite.prune.surgery import record_layout, why_not_plain
 
@@ -81,8 +83,6 @@ def recover_texts(ctx: Any) -> list[str]:
     """The texts recovery draws from: ``ctx.calib`` (up to ``RECOVER_SAMPLES``), else the embedded corpus."""
     texts = list(ctx.calib or [])
     if not texts:
-        from autolite.data import load_texts
-
         texts = load_texts(None, split="calib").texts
     return texts[:RECOVER_SAMPLES]
 
@@ -90,8 +90,6 @@ def recover_texts(ctx: Any) -> list[str]:
 def run_structured(model: torch.nn.Module, config: Any, ctx: Any, target: str, groups_fn: Callable,
                    plan_fn: Callable, cut_fn: Callable) -> torch.nn.Module:
     """Score, plan and cut ``iterations`` times (cumulative ratio), recovering after each cut if asked."""
-    from autolite.arch import family_of
-
     try:
         family = ctx.family or family_of(model)
     except UnsupportedArchitectureError as exc:

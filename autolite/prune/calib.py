@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autolite.arch import ArchSpec
+from autolite.data import load_texts
 from autolite.errors import DataError
 from autolite.eval.forward import mean_pool, model_device, model_inputs, tokenize
 
@@ -33,8 +34,6 @@ def calib_batches(model: torch.nn.Module, family: ArchSpec, ctx: Any, *, samples
     Each batch is padded to its longest text; ``by_length`` groups texts of similar length (less padding)."""
     texts, labels = list(ctx.calib or []), ctx.labels
     if not texts:
-        from autolite.data import load_texts
-
         data = load_texts(None, split="calib")
         texts, labels = data.texts, data.labels
     if ctx.tokenizer is None:

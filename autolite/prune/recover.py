@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from autolite.arch import ArchSpec
+from autolite.distill.augment import Augmenter
+from autolite.distill.train import batch_indices
 from autolite.errors import DataError, NumericsError
 from autolite.eval.forward import mean_pool, model_device, model_inputs
 from autolite.prune.calib import CalibBatch, track
@@ -31,9 +33,6 @@ def recovery_batches(tokenizer: Any, texts: list[str], family: ArchSpec, device:
                      max_length: int = 128) -> Batches:
     """Batch ``step`` -> model inputs: ``batch_size`` texts (an epoch-wise seeded permutation), of which a share
     ``augment`` are augmented variants (None: 0.7 for encoders, 0 otherwise); padded to the longest."""
-    from autolite.distill.augment import Augmenter
-    from autolite.distill.train import batch_indices
-
     if not texts:
         raise DataError("recovery needs calibration text; pass calib= (or leave it empty for the embedded corpus)")
     share = (ENCODER_AUGMENT if family.kind == "encoder" else 0.0) if augment is None else augment

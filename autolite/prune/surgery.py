@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autolite.arch import ArchSpec
+from autolite.arch import ArchSpec, family_of
 from autolite.prune.structure import HeadGroup, NeuronGroup, channel_index, head_groups, neuron_groups, shrink_part
 
 LAYOUT_KEY = "autolite_layout"
@@ -119,8 +119,6 @@ def why_not_plain(family: ArchSpec, model: nn.Module) -> str | None:
 
 def restore_layout(model: nn.Module, config, ctx) -> nn.Module:
     """``restore`` hook: shrink a freshly built skeleton to the recorded layout (weights are read after)."""
-    from autolite.arch import family_of
-
     layout = getattr(model.config, LAYOUT_KEY, None)
     if not layout:
         return model

@@ -27,13 +27,13 @@ from typing import Any
 import torch
 
 from autolite.config import PassConfig
-from autolite.passes import load_recipe
 from autolite.errors import RecipeError
-from autolite.passes import PassContext, apply_pass, handler_for, register_pass
-from autolite.runtime import dense_search
-from autolite.runtime.dense_search import build as _build  # noqa: F401 - the benchmarks' candidate builder
 from autolite.io import write_json_atomic
+from autolite.loading import cache_root
+from autolite.passes import PassContext, apply_pass, handler_for, load_recipe, register_pass
+from autolite.runtime import dense_search, precision
 from autolite.runtime.dense_search import fresh_compile_cache, machine_key, read_json
+from autolite.runtime.dense_search import build as _build  # noqa: F401 - the benchmarks' candidate builder
 
 log = logging.getLogger(__name__)
 SEARCH_VERSION = 2  # bump when the search changes what a cached decision means (2: predicted floors + race)
@@ -87,10 +87,8 @@ def candidate_passes(name: str) -> list[dict]:
 
 def _native_ok(passes: list[dict], ctx: PassContext) -> bool:
     """False for float candidates this machine would only emulate."""
-    from autolite.runtime.precision import native_dtypes
-
     wanted = {p.get("dtype") for p in passes if p.get("pass") == "precision"} - {None, "auto", "fp32"}
-    return wanted <= native_dtypes(torch.device("cpu"))
+    return wanted <= precision.native_dtypes(torch.device("cpu"))
 
 
 def cache_key(model: torch.nn.Module, config: FastDense) -> str:
@@ -106,8 +104,6 @@ def cache_key(model: torch.nn.Module, config: FastDense) -> str:
 
 
 def cache_path(key: str) -> Path:
-    from autolite.loading import cache_root
-
     return cache_root() / "fast-dense" / f"{key}.json"
 
 

@@ -32,8 +32,13 @@ from typing import Any
 
 import torch
 
+from autolite.arch import family_of
 from autolite.config import PassConfig
+from autolite.data import load_texts
 from autolite.errors import BackendUnavailableError, RecipeError
+from autolite.export.common import UnsupportedExportError, custom_modules
+from autolite.export.onnx import eager_attention, optimize_graph, quantize_graph, trace_graph
+from autolite.loading import cache_root
 from autolite.passes import PassContext, register_pass
 from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb, runner_of
 
@@ -77,7 +82,6 @@ def check_available(model: torch.nn.Module, family: Any, what: str = "the onnxru
     except ImportError as exc:
         raise BackendUnavailableError(f"{what} needs the onnx and onnxruntime packages "
                                       "(pip install onnx onnxruntime)") from exc
-    from autolite.export.common import custom_modules
 
     kind = getattr(family, "kind", None)
     if kind != "encoder":
@@ -114,9 +118,6 @@ def graph_key(model: torch.nn.Module, config: OnnxRuntime) -> str:
 def build_graph(model: torch.nn.Module, family: Any, config: OnnxRuntime,
                 key: str | None = None) -> tuple[Path, str]:
     """The ONNX file for ``model`` under ``config`` (cached); returns (path, how it was obtained)."""
-    from autolite.export.onnx import optimize_graph
-    from autolite.loading import cache_root
-
     path = cache_root() / "onnxruntime" / f"{key or graph_key(model, config)}.onnx"
     if path.is_file():
         return path, f"cached graph {path.name}"
@@ -185,9 +186,6 @@ def _sample(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _export(model: torch.nn.Module, family: Any, path: Path) -> list[str]:
     """TorchScript export with eager attention (ORT's fusion patterns match its MatMul-Softmax graph)."""
-    from autolite.export.common import UnsupportedExportError
-    from autolite.export.onnx import eager_attention, trace_graph
-
     model.eval()
     try:
         with eager_attention(model, enabled=True):
@@ -197,9 +195,6 @@ def _export(model: torch.nn.Module, family: Any, path: Path) -> list[str]:
 
 
 def _quantize(path: Path, config: OnnxRuntime) -> str:
-    from autolite.export.common import UnsupportedExportError
-    from autolite.export.onnx import quantize_graph
-
     try:
         return quantize_graph(path, config.per_channel, _QUANT_OPS if config.quantize_attention else _QUANT_OPS[:1])
     except UnsupportedExportError as exc:
@@ -251,8 +246,6 @@ def attach(model: torch.nn.Module, family: Any, config: OnnxRuntime) -> str:
 def with_calibration(config: Any, ctx: PassContext) -> Any:
     """``config`` with ``calib_ids``: the token ids a static-INT8 build calibrates on (``ctx.calib``, else the
     bundled corpus's calibration split), recorded so a reload rebuilds the same graph."""
-    from autolite.data import load_texts
-
     if config.calib_ids is not None:
         return config
     if ctx.tokenizer is None:
@@ -264,8 +257,6 @@ def with_calibration(config: Any, ctx: PassContext) -> Any:
 
 def apply_onnxruntime(model: torch.nn.Module, config: OnnxRuntime,
                       ctx: PassContext) -> tuple[torch.nn.Module, OnnxRuntime]:
-    from autolite.arch import family_of
-
     family = ctx.family or family_of(model)
     if config.precision == "int8-static":
         config = with_calibration(config, ctx)
@@ -277,8 +268,6 @@ def apply_onnxruntime(model: torch.nn.Module, config: OnnxRuntime,
 
 def reload_onnxruntime(model: torch.nn.Module, config: OnnxRuntime, ctx: PassContext) -> torch.nn.Module:
     """``after_load``: rebuild the same graph from the stored FP32 weights (cached by weight hash)."""
-    from autolite.arch import family_of
-
     attach(model, ctx.family or family_of(model), config)
     return model
 

@@ -13,6 +13,7 @@ import torch
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError, RecipeError
 from autolite.passes import PassContext, register_pass
+from autolite.runtime import hardware
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ON_UNSUPPORTED = ("fallback", "error", "emulate")
@@ -42,9 +43,8 @@ def native_dtypes(device: torch.device) -> set[str]:
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         return {"fp32", "fp16", "bf16"} if major >= 8 else {"fp32", "fp16"}
-    from autolite.runtime.hardware import probe
 
-    isa = probe().isa
+    isa = hardware.probe().isa
     native = {"fp32"}
     if isa.get("amx_bf16") or isa.get("avx512_bf16"):
         native.add("bf16")
@@ -56,9 +56,7 @@ def native_dtypes(device: torch.device) -> set[str]:
 def resolve_dtype(config: Precision, device: torch.device, ctx: PassContext) -> str:
     """The dtype to use, after 'auto' and the unsupported-hardware policy."""
     if config.dtype == "auto":
-        from autolite.runtime.hardware import choose_backend, probe
-
-        choice = choose_backend(probe()).float_dtype
+        choice = hardware.choose_backend(hardware.probe()).float_dtype
         ctx.note(f"precision auto -> {choice} (hardware probe)")
         return choice
     if config.dtype in native_dtypes(device) or config.on_unsupported == "emulate":
