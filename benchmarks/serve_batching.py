@@ -47,6 +47,7 @@ log = logging.getLogger("serve_batching")
 CLI = "from autolite.cli import main; main()"
 BEGIN, END = "<!-- serve_batching:begin -->", "<!-- serve_batching:end -->"
 JSON_OUT = Path("benchmarks/results/serve/serve_batching.json")
+INFINITY = "infinity"  # the config name of the Infinity peer row
 TARGET_OF_FORWARD, TARGET_OF_BATCH1 = 0.70, 3.0  # issue 18: >= 70% of the bare forward, >= 3x batch 1
 
 
@@ -80,6 +81,35 @@ def start_server(model: str, batch: int, wait_ms: float, threads: int | None) ->
     return proc, url
 
 
+def start_infinity(executable: str, batch: int) -> tuple[subprocess.Popen, str]:
+    """Infinity (a Python embedding server users pick), on the same MiniLM weights: its torch engine on the CPU,
+    its own dynamic batching up to ``batch``; run from its own environment (it pins older transformers)."""
+    from autolite.loading import minilm_dir
+
+    port = free_port()
+    cmd = [executable, "v2", "--model-id", str(minilm_dir()), "--port", str(port), "--host", "127.0.0.1",
+           "--batch-size", str(batch), "--engine", "torch", "--device", "cpu", "--pooling-method", "mean",
+           "--log-level", "warning", "--no-model-warmup"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1",
+           "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, lambda: proc.poll() is None, timeout_s=300)
+    except BackendUnavailableError as exc:
+        proc.kill()
+        raise RuntimeError(f"{exc}: {proc.stderr.read()[-2000:]}") from None
+    return proc, url
+
+
+def infinity_version(executable: str) -> str:
+    """``infinity-emb X`` as its environment's pip metadata says (``?`` when unreadable)."""
+    python = Path(executable).with_name("python")
+    done = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('infinity_emb'))"],
+                          capture_output=True, text=True)
+    return f"Infinity {done.stdout.strip() or '?'}"
+
+
 def mean_batch(url: str) -> float:
     values = {}
     for line in httpx.get(f"{url}/metrics").text.splitlines():
@@ -109,27 +139,29 @@ class BareForward:
             "threads": torch.get_num_threads()}
 
     @torch.inference_mode()
-    def round(self, seconds: float) -> float:
-        """Sequences per second over ``seconds`` of back-to-back batches (after one warm-up batch)."""
+    def round(self, seconds: float) -> tuple[float, float]:
+        """Sequences per second over ``seconds`` of back-to-back batches (after one warm-up batch), and this
+        process's CPU milliseconds per sequence (all threads)."""
         run_model(self.engine.model, self.engine.family, self.batches[0])
-        done, start, index = 0, time.perf_counter(), 0
+        done, start, index, cpu = 0, time.perf_counter(), 0, time.process_time()
         while time.perf_counter() - start < seconds:
             batch = self.batches[index % len(self.batches)]
             run_model(self.engine.model, self.engine.family, batch)
             done, index = done + batch["input_ids"].shape[0], index + 1
-        return done / (time.perf_counter() - start)
+        return done / (time.perf_counter() - start), (time.process_time() - cpu) * 1000 / max(1, done)
 
 
-def one_round(args: argparse.Namespace, proc: subprocess.Popen, url: str, bodies: list[dict]) -> dict:
-    """One timed load run against ``url``, with the server's and this client's CPU seconds per request."""
+def one_round(args: argparse.Namespace, proc: subprocess.Popen, url: str, bodies: list[dict], route: str) -> dict:
+    """One timed load run against ``url + route``, with the server's and this client's CPU seconds per request."""
     server, client = psutil.Process(proc.pid), psutil.Process()
-    asyncio.run(run_load(f"{url}/v1/embeddings", bodies, concurrency=args.concurrency, requests=args.concurrency,
+    server_cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in [server, *server.children(recursive=True)])  # noqa: E731
+    asyncio.run(run_load(f"{url}{route}", bodies, concurrency=args.concurrency, requests=args.concurrency,
                          client=args.client))  # warm-up, untimed
-    cpu0, own0 = sum(server.cpu_times()[:2]), sum(client.cpu_times()[:2])
-    result = asyncio.run(run_load(f"{url}/v1/embeddings", bodies, concurrency=args.concurrency,
+    cpu0, own0 = server_cpu(), sum(client.cpu_times()[:2])
+    result = asyncio.run(run_load(f"{url}{route}", bodies, concurrency=args.concurrency,
                                   requests=args.requests, duration=args.duration, client=args.client))
     summary, ok = result.summary(), max(1, len(result.latencies_ms))
-    summary["server_cpu_ms"] = round((sum(server.cpu_times()[:2]) - cpu0) * 1000 / ok, 2)
+    summary["server_cpu_ms"] = round((server_cpu() - cpu0) * 1000 / ok, 2)
     summary["client_cpu_ms"] = round((sum(client.cpu_times()[:2]) - own0) * 1000 / ok, 2)
     return summary
 
@@ -137,43 +169,53 @@ def one_round(args: argparse.Namespace, proc: subprocess.Popen, url: str, bodies
 def measure(args: argparse.Namespace, model: str, specs: list[str], bodies: list[dict]) -> dict:
     """Start one server per config, then run rounds (bare forward, then the configs in rotating order); median
     per config. Interleaving matters on a shared machine: contention drifts over minutes."""
-    texts = [b["input"] for b in bodies]
-    bare = BareForward(model, max(parse_spec(s)[0] for s in specs), texts)
-    servers, forward_rates = {}, []
+    bare = BareForward(model, args.forward_batch, [b["input"] for b in bodies])
+    servers, forward_rates, forward_cpu = {}, [], []
+    if args.infinity and split_model(model)[1] == "none":  # the peer runs FP32 torch too: same bare forward
+        specs = [*specs, INFINITY]
     try:
         for spec in specs:
-            servers[spec] = start_server(model, *parse_spec(spec))
+            servers[spec] = (start_infinity(args.infinity, args.forward_batch) if spec == INFINITY
+                             else start_server(model, *parse_spec(spec)))
         runs: dict[str, list[dict]] = {spec: [] for spec in specs}
         for round_index in range(args.rounds):
-            forward_rates.append(round(bare.round(args.duration), 1))
+            rate, cpu_ms = bare.round(args.duration)
+            forward_rates.append(round(rate, 1))
+            forward_cpu.append(round(cpu_ms, 2))
             log.info("%s round %d bare forward: %.1f seq/s", model, round_index + 1, forward_rates[-1])
             order = specs[round_index % len(specs):] + specs[:round_index % len(specs)]
             for spec in order:
-                runs[spec].append(one_round(args, *servers[spec], bodies))
+                route = "/embeddings" if spec == INFINITY else "/v1/embeddings"
+                runs[spec].append(one_round(args, *servers[spec], bodies, route))
                 last = runs[spec][-1]
                 log.info("%s round %d %s: %.1f req/s, p99 %.1f ms, errors %d, server CPU %.2f ms/req", model,
                          round_index + 1, spec, last["throughput_rps"], last["p99_ms"], last["errors"],
                          last["server_cpu_ms"])
-        rows = [aggregate(model, spec, runs[spec], servers[spec][1]) for spec in specs]
+        rows = [aggregate(model, spec, runs[spec], servers[spec][1], args) for spec in specs]
     finally:
         for proc, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
         for proc, _ in servers.values():
             proc.wait(timeout=60)
     return {"model": model, "forward": {**bare.shape, "seq_per_s": statistics.median(forward_rates),
-                                        "rounds_seq_per_s": forward_rates}, "rows": rows}
+                                        "rounds_seq_per_s": forward_rates, "cpu_ms_per_seq": statistics.median(
+                                            forward_cpu)}, "rows": rows}
 
 
-def aggregate(model: str, spec: str, runs: list[dict], url: str) -> dict:
+def aggregate(model: str, spec: str, runs: list[dict], url: str, args: argparse.Namespace) -> dict:
     """The run with the median throughput for ``spec`` (its latencies belong to that run), all errors summed."""
-    batch, wait_ms, threads = parse_spec(spec)
     ranked = sorted(runs, key=lambda r: r["throughput_rps"])
     row = dict(ranked[len(ranked) // 2])
+    row.update(errors=sum(r["errors"] for r in runs), rounds_rps=[r["throughput_rps"] for r in runs])
+    if spec == INFINITY:
+        return {**row, "model": model, "server": infinity_version(args.infinity), "max_batch_size": args.forward_batch,
+                "max_wait_ms": None, "backend": "PyTorch float32 (its torch engine)", "threads": "torch default",
+                "mean_batch": None}
+    batch, wait_ms, threads = parse_spec(spec)
     health = httpx.get(f"{url}/health").json()
-    row.update(model=model, max_batch_size=batch, max_wait_ms=wait_ms, backend=health.get("backend", "?"),
-               threads=threads or health.get("workers", ["?"])[0].split("; ")[-1],
-               mean_batch=round(mean_batch(url), 1), errors=sum(r["errors"] for r in runs),
-               rounds_rps=[r["throughput_rps"] for r in runs])
+    row.update(model=model, server="autolite", max_batch_size=batch, max_wait_ms=wait_ms,
+               backend=health.get("backend", "?"), mean_batch=round(mean_batch(url), 1),
+               threads=threads or health.get("workers", ["?"])[0].split("; ")[-1].split(" (measured")[0])
     return row
 
 
@@ -199,18 +241,23 @@ def markdown(data: dict) -> str:
 def _model_table(model: dict) -> list[str]:
     fwd = model["forward"]
     base = next((r["throughput_rps"] for r in model["rows"] if r["max_batch_size"] == 1), None)
-    lines = [f"**{model['model']}** served as {fwd['backend']}. Bare forward of the same model: "
+    lines = [f"**{model['model']}** served by autolite as {fwd['backend']}. Bare forward of the same model: "
              f"**{fwd['seq_per_s']:g} seq/s** (batch {fwd['batch']}, padded to {fwd['mean_padded_tokens']:g} tokens "
-             f"on average, {fwd['threads']} threads; rounds {', '.join(f'{x:g}' for x in fwd['rounds_seq_per_s'])}).",
-             "", "| max batch | max wait ms | threads | req/s | of bare forward | vs batch 1 | p50 ms | p99 ms | "
-             "errors | mean batch | server CPU ms/req | rounds req/s |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"on average, {fwd['threads']} threads, {fwd['cpu_ms_per_seq']:g} CPU ms per sequence; rounds "
+             f"{', '.join(f'{x:g}' for x in fwd['rounds_seq_per_s'])}). `beyond forward`: the server's CPU per "
+             "request minus the bare forward's per sequence (HTTP, JSON, tokenizing, batching, threads waiting).",
+             "", "| server | max batch | max wait ms | threads | req/s | of bare forward | vs batch 1 | p50 ms | p99 ms | "
+             "errors | mean batch | server CPU ms/req | beyond forward | rounds req/s |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in model["rows"]:
         share = f"{r['throughput_rps'] / fwd['seq_per_s']:.0%}" if fwd["seq_per_s"] else "-"
         speedup = f"{r['throughput_rps'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['max_batch_size']} | {r['max_wait_ms']:g} | {r['threads']} | {r['throughput_rps']} | "
-                     f"{share} | {speedup} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['mean_batch']} | "
-                     f"{r['server_cpu_ms']} | {', '.join(str(x) for x in r['rounds_rps'])} |")
+        wait = "its own" if r["max_wait_ms"] is None else f"{r['max_wait_ms']:g}"
+        lines.append(f"| {r.get('server', 'autolite')} | {r['max_batch_size']} | {wait} | {r['threads']} | "
+                     f"{r['throughput_rps']} | "
+                     f"{share} | {speedup} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['mean_batch'] or '-'} | "
+                     f"{r['server_cpu_ms']} | {r['server_cpu_ms'] - fwd['cpu_ms_per_seq']:.2f} | "
+                     f"{', '.join(str(x) for x in r['rounds_rps'])} |")
     return lines + [""]
 
 
@@ -220,7 +267,8 @@ def _verdict(data: dict) -> str:
     for model in data["models"]:
         rows, fwd = model["rows"], model["forward"]["seq_per_s"]
         base = next((r["throughput_rps"] for r in rows if r["max_batch_size"] == 1), None)
-        best = max((r for r in rows if r["max_batch_size"] > 1), key=lambda r: r["throughput_rps"], default=None)
+        best = max((r for r in rows if r["max_batch_size"] > 1 and r.get("server", "autolite") == "autolite"),
+                   key=lambda r: r["throughput_rps"], default=None)
         if best is None or not fwd:
             continue
         share, errors = best["throughput_rps"] / fwd, sum(r["errors"] for r in rows)
@@ -257,13 +305,18 @@ def run_all(args: argparse.Namespace) -> dict:
     cpu1, machine = psutil.cpu_times(), probe()
     total = max(1e-9, sum(cpu1) - sum(cpu0))
     return {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python", "benchmarks/serve_batching.py", *sys.argv[1:]]),
+            "command": " ".join(["python", "benchmarks/serve_batching.py", *_public(sys.argv[1:])]),
             "minutes": round((time.monotonic() - start) / 60, 2), "machine": machine.cpu_model,
             "cores": machine.usable_cores, "args": {k: str(v) if isinstance(v, Path) else v for k, v in
-                                                    vars(args).items()},
+                                                    vars(args).items() if k != "infinity"},
             "load": {"before": before, "after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
                      "cpu_steal_share": round((getattr(cpu1, "steal", 0.0) - getattr(cpu0, "steal", 0.0)) / total, 4)},
             "models": models}
+
+
+def _public(argv: list[str]) -> list[str]:
+    """The command line as recorded: the Infinity executable's local path replaced by its name."""
+    return ["infinity_emb" if i and argv[i - 1] == "--infinity" else a for i, a in enumerate(argv)]
 
 
 def main() -> None:
@@ -275,6 +328,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000, help="per round and config (upper bound)")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per round and config (upper bound)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--forward-batch", type=int, default=32, help="batch of the bare forward (and of Infinity)")
+    parser.add_argument("--infinity", default=None,
+                        help="the infinity_emb executable of a separate environment: adds an Infinity row next to "
+                             "the FP32 model (pip install 'infinity-emb[server,torch]==0.0.78' torch==2.13.0 there)")
     parser.add_argument("--encoding-format", default="float", choices=["float", "base64"])
     parser.add_argument("--client", default="raw", choices=["raw", "httpx"])
     parser.add_argument("--out", type=Path, default=Path("docs/SERVING.md"))

@@ -143,7 +143,7 @@ async def _warm_up(engine: Engine, batcher: Batcher, plans: list[WorkerPlan], co
     def warm(plan: WorkerPlan) -> str:
         if engine.external:  # its threads were set when it was compiled: torch's thread count does not apply
             forward()
-            return f"{engine.external} threads (set when it was built)"
+            return f"{engine.external}'s own threads (set when built)"
         if config.threads is not None:
             forward()
             return f"{plan.threads} threads (--threads)"

@@ -123,18 +123,18 @@ class Batcher:
         self._size += len(items)
         self.metrics.queue_depth.set(self._size)
         self._wakeup.set()
-        gathered = asyncio.gather(*(i.future for i in items))
-        try:
-            return list(await asyncio.wait_for(gathered, self.timeout_s))
-        except asyncio.TimeoutError:
+        try:  # awaiting the futures in turn under one deadline: no gather/wait_for task per request
+            async with asyncio.timeout(self.timeout_s):
+                return [await item.future for item in items]
+        except TimeoutError:
             self.metrics.rejected.labels("timeout").inc(len(items))
             raise RequestTimeoutError(f"no answer within {self.timeout_s:g} s (server overloaded)") from None
         finally:
             for item in items:
                 if not item.future.done():
                     item.future.cancel()
-            if gathered.done() and not gathered.cancelled():
-                gathered.exception()  # retrieved: a request that went away is not an unhandled error
+                elif not item.future.cancelled():
+                    item.future.exception()  # retrieved: a request that went away is not an unhandled error
 
     def _on_done(self, item: _Item) -> None:
         if not item.popped:  # cancelled while still queued: it no longer counts
