@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ FAST_PRUNED = [{"pass": "prune-ffn", "ratio": 0.5, "recover_steps": 100},
                {"pass": "prune-heads", "ratio": 0.5, "recover_steps": 100}, {"pass": "int8-dynamic"}]
 ROUTES = {"cascade, fast = int8": dict(fast="int8-dynamic"),
           "cascade, fast = pruned+int8": dict(fast=FAST_PRUNED)}
+COMBINED_MAX_TOKENS = 48  # the two-bucket split that minimises padded tokens in val batches of 32 (val: 1.94x)
 _BUILT: dict[str, dict[str, Any]] = {}  # technique -> {row name: (model, settings)}, reused by ``after``
 
 
@@ -49,11 +51,11 @@ def calib_ctx(task: Any) -> tuple[PassContext, float]:
 
 
 def early_exit_models(task: Any) -> dict[str, tuple[torch.nn.Module, dict]]:
-    """One early-exit model per accuracy budget (exits after layers 1-4, threshold calibrated on val)."""
+    """One early-exit model per accuracy budget (exits after layers 0-4, threshold calibrated on val)."""
     built = {}
     for max_drop in EXIT_BUDGETS:
         ctx, holdout = calib_ctx(task)
-        config = EarlyExit(layers=[1, 2, 3, 4], max_drop=max_drop, holdout=holdout)
+        config = EarlyExit(layers=[0, 1, 2, 3, 4], max_drop=max_drop, holdout=holdout)
         start = time.time()
         model = autolite.compress(copy.deepcopy(task.model), [config], ctx=ctx)
         built[f"early-exit (val budget {max_drop} pt)"] = (model, {
@@ -74,6 +76,25 @@ def route_units(task: Any) -> dict[str, tuple[torch.nn.Module, dict]]:
         built[f"route: {name}"] = (unit, {"recipe": config.to_dict(), "tau": round(unit.tau, 4),
                                           "build_s": round(time.time() - start, 1), "notes": ctx.notes})
     _BUILT["route"] = built
+    return built
+
+
+def combined_units(task: Any) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """Early exit + INT8, alone and routed by length: rows of <= COMBINED_MAX_TOKENS real tokens take one copy,
+    longer ones the other, each run trimmed to its own rows' length (so short rows stop paying for long ones)."""
+    exit_model, exit_settings = next(iter((_BUILT.get("early-exit") or early_exit_models(task)).values()))
+    quantized = autolite.compress(copy.deepcopy(exit_model), "int8-dynamic")
+    keep = tempfile.TemporaryDirectory()  # the fast copy's files, alive as long as the unit (kept in _BUILT)
+    autolite.save_model(quantized, task.tokenizer, Path(keep.name) / "fast")
+    ctx, holdout = calib_ctx(task)
+    config = Route(fast=str(Path(keep.name) / "fast"), max_tokens=COMBINED_MAX_TOKENS, cascade=False, holdout=holdout)
+    unit = autolite.compress(copy.deepcopy(quantized), [config], ctx=ctx)
+    settings = {"early_exit": exit_settings["recipe"], "threshold": exit_settings["threshold"], "int8": "int8-dynamic"}
+    built = {"early exit + int8": (quantized, settings),
+             f"early exit + int8 + route by length (<= {COMBINED_MAX_TOKENS} tokens)": (unit, dict(
+                 settings, route={"max_tokens": COMBINED_MAX_TOKENS, "cascade": False,
+                                  "paths": "both INT8 early-exit copies"}))}
+    _BUILT["combined"] = dict(built, _files=keep)
     return built
 
 
@@ -120,7 +141,7 @@ def mean_layers(model: torch.nn.Module, task: Any) -> float:
 
 def _natural(name: str, task: Any, runs: int) -> dict[str, Any]:
     """Per row: test accuracy, and ms per batch at b32 (all test texts) and b1 (the first 48) vs FP32."""
-    built = _BUILT.get(name) or {}
+    built = {k: v for k, v in (_BUILT.get(name) or {}).items() if not k.startswith("_")}
     fp32_acc = accuracy(task.model, task)
     rows = []
     for row_name, (model, settings) in built.items():
@@ -132,16 +153,16 @@ def _natural(name: str, task: Any, runs: int) -> dict[str, Any]:
         row["drop_points"] = round(100 * (fp32_acc - row["test_accuracy"]), 2)
         if name == "early-exit":
             row["mean_layers_run"] = mean_layers(model, task)
-        if name == "route":
+        if name in ("route", "combined") and hasattr(model, "path_report"):
             row["routes"] = model.path_report(task.tokenizer, task.test.texts, task.test.labels, batch=32, runs=runs)
-            row["fast_path_test_accuracy"] = accuracy(model.fast, task)
+            row["fast_path_test_accuracy"] = accuracy(model.fast, task) if name == "route" else None
         rows.append(row)
     return {"technique": name, "rows": rows}
 
 
 def after(name: str, task: Any, runs: int) -> None:
     """dynamic_bench hook: the natural-length measurements of ``name`` (a no-op for other techniques)."""
-    if name not in ("early-exit", "route", "head-select") or name not in _BUILT:
+    if name not in ("early-exit", "route", "head-select", "combined") or name not in _BUILT:
         return
     load = round(os.getloadavg()[0], 2)
     start = time.time()
@@ -158,7 +179,8 @@ def after(name: str, task: Any, runs: int) -> None:
 def doc_sections(directory: Path = RESULTS) -> list[str]:
     """Markdown sections for docs/DYNAMIC.md from the JSON ``after`` wrote (nothing when absent)."""
     lines: list[str] = []
-    for name, render in (("early-exit", _exit_lines), ("route", _route_lines), ("head-select", _head_lines)):
+    for name, render in (("early-exit", _exit_lines), ("route", _route_lines), ("combined", _combined_lines),
+                         ("head-select", _head_lines)):
         path = directory / f"{name}.json"
         if path.is_file():
             result = json.loads(path.read_text())
@@ -207,6 +229,23 @@ def _route_lines(result: dict[str, Any]) -> list[str]:
                      f"-> {100 * report['accuracy']:.1f} ({row['drop_points']:.2f} pt; fast path alone "
                      f"{100 * row['fast_path_test_accuracy']:.1f}) | "
                      f"{'yes' if report['speedup_vs_main'] >= 1.5 and row['drop_points'] <= 1.0 else '**no**'} |")
+    return lines
+
+
+def _combined_lines(result: dict[str, Any]) -> list[str]:
+    lines = ["## Combined: early exit + INT8 + routing by length, on the test texts as they come", "",
+             "Batches of 32 (all test texts) and 1 (the first 48) padded to their longest text; FP32 eager without "
+             "any of it is the baseline. Routed: rows of at most the given length run on one copy, the rest on the "
+             "other, each trimmed to its own rows' longest text (both copies early exit + INT8 dynamic).", "",
+             "| row | b32 | b1 | test accuracy (FP32 -> row) | drop | route shares (short / long) | "
+             "target >= 8x at b32, <= 1 pt |", "|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        paths = row.get("routes", {}).get("paths")
+        shares = f"{100 * paths['fast']['share']:.0f}% / {100 * paths['main']['share']:.0f}%" if paths else "-"
+        met = row["speedup"]["b32"] >= 8.0 and row["drop_points"] <= 1.0
+        lines.append(f"| {row['name']} | {_speed_cells(row)} | {100 * row['fp32_test_accuracy']:.1f} -> "
+                     f"{100 * row['test_accuracy']:.1f} | {row['drop_points']:.2f} pt | {shares} | "
+                     f"{'yes' if met else '**no**'} |")
     return lines
 
 

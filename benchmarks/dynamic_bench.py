@@ -242,24 +242,6 @@ def token_drop_distill_rows(task: Task) -> Iterator[Candidate]:
     yield from _rows("token-drop fixed 63% + distill", model, task, recover_steps=RECOVER_STEPS)
 
 
-@technique("combined")
-def combined_rows(task: Task) -> list[Candidate]:
-    """Pruning (heads 25%, FFN 25%, taylor + least-squares refit, calibrated on train texts), token-drop with
-    FIXED_SCHEDULE ([CLS] scores), INT8 dynamic; dense twin: the pruned INT8 model."""
-    from autolite.prune import PruneFFN, PruneHeads
-
-    ctx = PassContext(family=task.family, tokenizer=task.tokenizer, calib=task.train.texts, labels=task.train.labels)
-    pruned = autolite.compress(copy.deepcopy(task.model), [PruneHeads(ratio=0.25), PruneFFN(ratio=0.25, round_to=64)],
-                               ctx=ctx, tokenizer=task.tokenizer, family=task.family)
-    dropped = _token_drop(pruned, task, task.val, schedule=FIXED_SCHEDULE, score="cls")
-    dense, dynamic = _int8(pruned), _int8(dropped)
-    settings = {"prune": "heads 0.25 + ffn 0.25 (taylor, refit)", "int8": "int8-dynamic",
-                "token_drop": dict(dropped.config.token_drop),
-                "val_accuracy_pruned_int8": split_accuracy(dense, task, task.val),
-                "val_accuracy": split_accuracy(dynamic, task, task.val)}
-    return [Candidate("prune + int8 + token-drop 63%", dynamic, dense, settings=settings)]
-
-
 # ---------------------------------------------------------------- early exit, routing, head selection (items 2-4)
 # Built in dynamic_adaptive.py (calibrated on train + val); it also measures them on the test texts as they come.
 
@@ -274,6 +256,11 @@ def early_exit_rows(task: Task) -> list[Candidate]:
 @technique("route")
 def route_rows(task: Task) -> list[Candidate]:
     return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.route_units(task).items()]
+
+
+@technique("combined")
+def combined_rows(task: Task) -> list[Candidate]:
+    return [Candidate(n, m, task.model, settings=s) for n, (m, s) in dynamic_adaptive.combined_units(task).items()]
 
 
 @technique("head-select")

@@ -1,8 +1,9 @@
 """The ``early-exit`` pass: batched early exit for BERT-like sequence classifiers.
 
-Small exit heads (dense -> tanh -> classes on the ``[CLS]`` state, initialised from the pooler and the
-final head) sit after chosen layers. They are trained by self-distillation from the final head on the fit
-part of the calibration texts (backbone frozen, so the ``[CLS]`` features are computed once), and one
+Small exit heads (dense -> tanh -> classes on the mean of the real tokens' states, or ``[CLS]``'s) sit after
+chosen layers. They are trained by self-distillation from the final head on the fit part of the calibration
+texts (backbone frozen, so the pooled features are computed once; inputs standardised per feature and
+dropout while training, the standardisation then folded into the first linear), and one
 confidence threshold is calibrated on the held-out part: the lowest (most exits) whose held-out accuracy
 stays within ``max_drop`` points of the full model's. At run time a row whose exit confidence (max softmax
 probability) reaches the threshold **leaves the batch**: the remaining rows are gathered with
@@ -46,7 +47,8 @@ class EarlyExit(PassConfig):
     on the held-out ``holdout`` fraction of the calibration texts to lose at most ``max_drop`` accuracy
     points (against the labels when given, else against the full model's predictions). ``epochs``, ``lr``,
     ``temperature``, ``alpha``: the heads' self-distillation (``autolite.distill.losses.kd_loss``). ``pool``:
-    the heads read the mean of the real tokens' states ("mean") or the ``[CLS]`` state ("cls").
+    the heads read the mean of the real tokens' states ("mean") or the ``[CLS]`` state ("cls"). ``dropout``:
+    on the head's input and hidden layer while it trains (the fit texts are few; 0 turns it off).
     """
 
     name = "early-exit"
@@ -54,12 +56,13 @@ class EarlyExit(PassConfig):
     threshold: float | None = None
     max_drop: float = 1.0
     holdout: float = 0.3
-    epochs: int = 20
-    lr: float = 2e-3
+    epochs: int = 40
+    lr: float = 1e-3
     temperature: float = 2.0
-    alpha: float = 0.5
+    alpha: float = 0.7
     pool: str = "mean"
     max_length: int = 128
+    dropout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -71,18 +74,21 @@ class EarlyExit(PassConfig):
             raise RecipeError(f"early-exit: layers must be a non-empty list of layer indices >= 0, got {self.layers!r}")
         if not isinstance(self.epochs, int) or self.epochs < 0 or not self.lr > 0:
             raise RecipeError("early-exit: epochs must be an integer >= 0 and lr > 0")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
+            raise RecipeError(f"early-exit: dropout must be in [0, 1), got {self.dropout!r}")
 
 
 class ExitHead(nn.Module):
     """Pooled state ``(B, H)`` -> logits ``(B, C)``: dense, tanh, classes (the pooler + head shape)."""
 
-    def __init__(self, hidden: int, classes: int) -> None:
+    def __init__(self, hidden: int, classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, classes)
+        self.drop = nn.Dropout(dropout)  # no weights: active only while the head trains
 
-    def forward(self, cls: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.dense(cls)))
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(torch.tanh(self.dense(self.drop(pooled)))))
 
 
 class EarlyExitEncoder(nn.Module):
@@ -93,11 +99,11 @@ class EarlyExitEncoder(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, exit_layers: list[int], hidden: int, classes: int,
-                 pool: str = "mean") -> None:
+                 pool: str = "mean", dropout: float = 0.0) -> None:
         super().__init__()
         self.config, self.pool = encoder.config, pool
         self.layer = encoder.layer
-        self.exits = nn.ModuleDict({str(i): ExitHead(hidden, classes) for i in exit_layers})
+        self.exits = nn.ModuleDict({str(i): ExitHead(hidden, classes, dropout) for i in exit_layers})
         self.register_buffer("exit_threshold", torch.tensor(NEVER))
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_exit_layers: torch.Tensor | None = None  # per row of the last batch: layer it left after
@@ -195,7 +201,7 @@ def install(model: nn.Module, config: EarlyExit) -> EarlyExitEncoder:
     if any(i >= n - 1 for i in layers):
         raise RecipeError(f"early-exit: exit layers must be below the last layer ({n - 1}), got {layers}")
     new = EarlyExitEncoder(encoder, sorted(set(layers)), model.config.hidden_size, model.config.num_labels,
-                           config.pool)
+                           config.pool, float(config.dropout))
     dtype = next(encoder.parameters()).dtype
     new.exits.to(dtype)
     base.encoder = new
@@ -210,7 +216,6 @@ def apply_early_exit(model: nn.Module, config: EarlyExit, ctx: PassContext) -> n
         raise RecipeError(f"early-exit needs a sequence classifier; {type(model).__name__} has no classification head")
     data = split_calib(ctx, "early-exit", config.holdout)
     encoder = install(model, config)
-    _init_heads(model, encoder)
     fit = _features(model, encoder, ctx.tokenizer, data.fit_texts, config.max_length)
     _train_heads(encoder, fit, config, data.fit_labels)
     if config.threshold is not None:
@@ -228,20 +233,6 @@ def apply_early_exit(model: nn.Module, config: EarlyExit, ctx: PassContext) -> n
 def _restored(model: nn.Module, config: EarlyExit) -> nn.Module:
     install(model, config)
     return model
-
-
-def _init_heads(model: nn.Module, encoder: EarlyExitEncoder) -> None:
-    """Start each head from the pooler + final head where the model has that shape (BERT; RoBERTa)."""
-    pooler = getattr(getattr(base_model(model), "pooler", None), "dense", None)
-    head = model.classifier
-    dense, out = (pooler, head) if isinstance(head, nn.Linear) else (getattr(head, "dense", None),
-                                                                     getattr(head, "out_proj", None))
-    if not isinstance(dense, nn.Linear) or not isinstance(out, nn.Linear):
-        return
-    with torch.no_grad():
-        for exit_head in encoder.exits.values():
-            exit_head.dense.load_state_dict(dense.state_dict())
-            exit_head.out.load_state_dict(out.state_dict())
 
 
 @torch.no_grad()
@@ -279,18 +270,23 @@ def _train_heads(encoder: EarlyExitEncoder, fit: dict[str, torch.Tensor], config
 
 def _train_head(head: ExitHead, features: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor | None,
                 config: EarlyExit, generator: torch.Generator) -> None:
-    """AdamW on minibatches of 64 cached features for ``config.epochs`` epochs."""
+    """AdamW on minibatches of 64 standardised cached features for ``config.epochs`` epochs, then the
+    standardisation folded into ``head.dense`` (so the head reads raw pooled states)."""
     dtype = head.dense.weight.dtype
+    mean, std = features.mean(0), features.std(0) + 1e-5  # (H,), (H,)
     head.float().train()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=0.05)
     with torch.enable_grad():
         for _ in range(config.epochs):
             for idx in torch.randperm(len(teacher), generator=generator).split(64):
-                loss = kd_loss(head(features[idx]), teacher[idx], config.temperature, config.alpha,
+                loss = kd_loss(head((features[idx] - mean) / std), teacher[idx], config.temperature, config.alpha,
                                None if y is None else y[idx])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+    with torch.no_grad():  # W((x - m) / s) + b == (W / s) x + (b - (W / s) m)
+        head.dense.weight.div_(std)
+        head.dense.bias.sub_(head.dense.weight @ mean)
     head.to(dtype).eval()
 
 

@@ -219,7 +219,8 @@ def check_compatible(main: nn.Module, tokenizer: Any, fast_config: dict[str, Any
     if fast_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise RecipeError(f"route: the fast path {where} has another tokenizer than the main model; "
                           "both paths must share one tokenizer")
-    labels = {int(k): v for k, v in (fast_config.get("id2label") or {}).items()}
+    default = {i: f"LABEL_{i}" for i in range(int(fast_config.get("num_labels", 2)))}  # written only when not default
+    labels = {int(k): v for k, v in (fast_config.get("id2label") or default).items()}
     main_labels = {int(k): v for k, v in (main.config.id2label or {}).items()}
     if labels != main_labels:
         raise RecipeError(f"route: the fast path {where} has another label set ({len(labels)} labels) than "
