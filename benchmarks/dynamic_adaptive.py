@@ -38,7 +38,8 @@ EXIT_BUDGETS = (0.5,)  # accuracy points on val
 FAST_PRUNED = [{"pass": "prune-ffn", "ratio": 0.5, "recover_steps": 100},
                {"pass": "prune-heads", "ratio": 0.5, "recover_steps": 100}, {"pass": "int8-dynamic"}]
 ROUTES = {"cascade, fast = int8": dict(fast="int8-dynamic"),
-          "cascade, fast = pruned+int8": dict(fast=FAST_PRUNED)}
+          "cascade, fast = pruned+int8": dict(fast=FAST_PRUNED),
+          "length <= 48 tokens to int8, longer to FP32": dict(fast="int8-dynamic", max_tokens=48, cascade=False)}
 COMBINED_MAX_TOKENS = 48  # the two-bucket split that minimises padded tokens in val batches of 32 (val: 1.94x)
 _BUILT: dict[str, dict[str, Any]] = {}  # technique -> {row name: (model, settings)}, reused by ``after``
 
