@@ -193,6 +193,11 @@ def build(model: torch.nn.Module, passes: list[dict], ctx: PassContext) -> torch
         return f"unavailable: {exc}"
 
 
+def needs_compile(passes: list[dict]) -> bool:
+    """Whether building the candidate runs ``torch.compile`` (tens of seconds; the others build in seconds)."""
+    return any(p.get("pass") == "compile" for p in passes)
+
+
 def fresh_compile_cache(configs: list[PassConfig]) -> None:
     """Reset dynamo before compiling a candidate: each candidate is a deep copy with its own parameter
     objects, and guards on the previous copies' parameter ids would otherwise pile up to the recompile limit."""
@@ -217,7 +222,10 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
     texts = list(ctx.calib or [])[:32] or None
     measured: dict[str, dict[str, Any]] = {}
     history = Efficiency(shape_class(batch, seq))
-    for name, passes in sorted(candidates, key=lambda c: history.predicted_ms(c[0], floors[c[0]])):
+    def order(candidate: tuple[str, list[dict]]) -> tuple[bool, float]:
+        return needs_compile(candidate[1]), history.predicted_ms(candidate[0], floors[candidate[0]])
+
+    for name, passes in sorted(candidates, key=order):
         began = time.perf_counter()
         reason = _skip_reason(floors[name], race, began - start, budget_s)
         candidate = reason or build(model, passes, ctx)

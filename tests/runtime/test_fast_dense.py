@@ -179,3 +179,14 @@ def test_what_a_candidate_reached_before_on_this_machine_orders_the_next_search(
     result = _measure(model, tok, family, texts, runs=1, candidates=names, budget_s=1e-6)
     assert result["chosen"] == "ort-int8"  # tried first now: it reached a larger share of its floor before
     assert "budget" in result["measured"]["int8-dynamic"]["skipped"]
+
+
+def test_candidates_that_need_a_compile_are_tried_after_the_cheap_ones(load_model, texts, fake_clock):
+    model, tok, family = load_model("tiny-bert")
+    dense_search.Efficiency("small").update({"int8-dynamic+compile": {"median_ms": 1.0}},
+                                            {"int8-dynamic+compile": 1.0})  # predicted fastest of all
+    calls = fake_clock({"baseline": 10.0, "int8-dynamic": 5.0, "int8-dynamic+compile": 1.0})
+    result = _measure(model, tok, family, texts, runs=1, candidates=["int8-dynamic+compile", "int8-dynamic"],
+                      budget_s=1e-6)
+    assert "int8-dynamic" in calls and "int8-dynamic+compile" not in calls  # the cheap build went first
+    assert "budget" in result["measured"]["int8-dynamic+compile"]["skipped"]
