@@ -7,8 +7,6 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import load_file
-from transformers.conversion_mapping import get_model_conversion_mapping
-from transformers.core_model_loading import PrefixChange, WeightRenaming, apply_renamings
 
 from autolite.errors import CorruptWeightsError, ModelLoadError
 from autolite.passes import PassContext, applied_recipe, handler_for
@@ -75,6 +73,10 @@ def _load_weights(model: torch.nn.Module, directory: Path) -> None:
 def _hf_names(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Undo the key renames ``save_pretrained`` applies for some model types (GPT-NeoX saves ``lm_head`` as
     ``embed_out``), as ``from_pretrained`` does: the same transformers mapping, renamings only."""
+    # lazy: transformers' loading internals pull accelerate and sympy (~1 s of CLI start-up); only a reload needs them
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import PrefixChange, WeightRenaming, apply_renamings
+
     renamings = [t for t in get_model_conversion_mapping(model, add_legacy=False)
                  if isinstance(t, WeightRenaming) and not isinstance(t, PrefixChange)]
     if not renamings:

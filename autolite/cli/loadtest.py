@@ -11,7 +11,6 @@ import typer
 from autolite.cli.common import DATA_OPT, JSON_OPT, console, positive, rows_table, write_json_atomic
 from autolite.data import load_texts
 from autolite.errors import AutoliteError
-from autolite.serve.loadgen import check_loopback_url, default_bodies, run_load, short_sentences
 
 
 def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL (loopback only); "
@@ -28,6 +27,9 @@ def loadtest(url: str = typer.Argument("http://127.0.0.1:8000", help="Server URL
              data: Path = DATA_OPT,
              json_out: Path = JSON_OPT) -> None:
     """Send REQUESTS from CONCURRENCY clients (or for DURATION seconds) and report req/s, p50/p90/p99, errors."""
+    # lazy: autolite.serve pulls fastapi, starlette and pydantic (~0.5 s of every CLI start-up)
+    from autolite.serve.loadgen import check_loopback_url, default_bodies, run_load, short_sentences
+
     target = check_loopback_url(url)
     _check_listening(target)
     texts = short_sentences(load_texts(data).texts, max_words)
