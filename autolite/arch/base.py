@@ -53,7 +53,8 @@ class ArchSpec:
     """A model family: its kind, the HF model types it covers, and how to find its layers.
 
     ``config_keys`` names the HF config fields a structural pass must keep true
-    (``layers``, ``heads``, ``kv_heads``, ``intermediate``, ``hidden``). GPT-2's transposed ``Conv1D``
+    (``layers``, ``heads``, ``kv_heads``, ``intermediate``, ``hidden``, and ``head_dim`` where the config
+    has one that must be written when the head count changes). GPT-2's transposed ``Conv1D``
     linears are told apart by :func:`is_conv1d`, the one check for them.
     """
 

@@ -31,7 +31,7 @@ LLAMA = ArchSpec(
     name="llama", kind="decoder", model_types=("llama", "qwen2", "qwen3", "mistral", "glm"),
     find_layers=_llama_layers,
     config_keys={"layers": "num_hidden_layers", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
-                 "intermediate": "intermediate_size", "hidden": "hidden_size"},
+                 "intermediate": "intermediate_size", "hidden": "hidden_size", "head_dim": "head_dim"},
     members="Llama, Qwen2, Qwen3, Mistral, GLM", head_count_in_config=True,
 )
 

@@ -88,8 +88,8 @@ def record_layout(family: ArchSpec, model: nn.Module) -> dict[str, dict[str, int
         setattr(config, keys["heads"], n)
         if keys.get("kv_heads"):
             setattr(config, keys["kv_heads"], kv)
-        if family.name == "llama":
-            config.head_dim = head_dim
+        if keys.get("head_dim"):  # written where the config would otherwise derive it from the head count
+            setattr(config, keys["head_dim"], head_dim)
     return layout
 
 
