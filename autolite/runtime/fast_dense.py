@@ -31,7 +31,7 @@ from autolite.errors import RecipeError
 from autolite.io import write_json_atomic
 from autolite.loading import cache_root
 from autolite.passes import PassContext, apply_pass, handler_for, load_recipe, register_pass
-from autolite.runtime import dense_search, precision
+from autolite.runtime import dense_search, hardware
 from autolite.runtime.dense_search import fresh_compile_cache, machine_key, read_json
 from autolite.runtime.dense_search import build as _build  # noqa: F401 - the benchmarks' candidate builder
 
@@ -88,7 +88,7 @@ def candidate_passes(name: str) -> list[dict]:
 def _native_ok(passes: list[dict], ctx: PassContext) -> bool:
     """False for float candidates this machine would only emulate."""
     wanted = {p.get("dtype") for p in passes if p.get("pass") == "precision"} - {None, "auto", "fp32"}
-    return wanted <= precision.native_dtypes(torch.device("cpu"))
+    return wanted <= hardware.native_dtypes(torch.device("cpu"))
 
 
 def cache_key(model: torch.nn.Module, config: FastDense) -> str:

@@ -261,6 +261,23 @@ def _probe_uncached() -> MachineInfo:
 # --------------------------------------------------------------------------- backend choice
 
 
+def native_dtypes(device: Any) -> set[str]:
+    """Float dtypes this device computes natively (read from the hardware probe)."""
+    if device.type == "cuda":
+        import torch  # lazy: the rest of the probe runs without torch
+
+        major, _ = torch.cuda.get_device_capability(device)
+        return {"fp32", "fp16", "bf16"} if major >= 8 else {"fp32", "fp16"}
+
+    isa = probe().isa
+    native = {"fp32"}
+    if isa.get("amx_bf16") or isa.get("avx512_bf16"):
+        native.add("bf16")
+    if isa.get("avx512_fp16") or isa.get("amx_fp16"):
+        native.add("fp16")
+    return native
+
+
 def choose_backend(info: MachineInfo) -> BackendChoice:
     """Prefer a device, float dtype and int8 engine for ``info``; every decision gets a reason.
 

@@ -14,6 +14,7 @@ from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError, RecipeError
 from autolite.passes import PassContext, register_pass
 from autolite.runtime import hardware
+from autolite.runtime.hardware import native_dtypes  # a module attribute here too: tests patch it
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ON_UNSUPPORTED = ("fallback", "error", "emulate")
@@ -36,21 +37,6 @@ class Precision(PassConfig):
             raise RecipeError(f"precision dtype must be one of {[*DTYPES, 'auto']}, got '{self.dtype}'")
         if self.on_unsupported not in ON_UNSUPPORTED:
             raise RecipeError(f"on_unsupported must be one of {ON_UNSUPPORTED}, got '{self.on_unsupported}'")
-
-
-def native_dtypes(device: torch.device) -> set[str]:
-    """Float dtypes this device computes natively (read from the hardware probe)."""
-    if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        return {"fp32", "fp16", "bf16"} if major >= 8 else {"fp32", "fp16"}
-
-    isa = hardware.probe().isa
-    native = {"fp32"}
-    if isa.get("amx_bf16") or isa.get("avx512_bf16"):
-        native.add("bf16")
-    if isa.get("avx512_fp16") or isa.get("amx_fp16"):
-        native.add("fp16")
-    return native
 
 
 def resolve_dtype(config: Precision, device: torch.device, ctx: PassContext) -> str:

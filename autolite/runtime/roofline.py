@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from autolite.quant import common
-from autolite.runtime import precision
+from autolite.runtime.hardware import native_dtypes
 
 
 GEMM_SHAPES = ((1024, 1024, 1024), (2048, 768, 3072))  # (M, K, N): square, and a BERT-base FFN GEMM
@@ -64,7 +64,7 @@ def measure_peaks(size: int = 1024, copy_mb: int = 256, repeats: int = 3) -> dic
     (which also quantizes its input, as a real INT8 layer must), on :data:`GEMM_SHAPES`; BF16 (``torch.mm``)
     only where the CPU computes BF16 natively. ``int8_kernels`` gives the best GOP/s per INT8 kernel.
     """
-    bf16_native = "bf16" in precision.native_dtypes(torch.device("cpu"))
+    bf16_native = "bf16" in native_dtypes(torch.device("cpu"))
     fp32, bf16, int8 = 0.0, 0.0, {}
     for m, k, n in ((size, size, size), *(GEMM_SHAPES[1:] if size >= 1024 else ())):
         ops = 2.0 * m * k * n
