@@ -271,15 +271,27 @@ def _bert(data: dict | None) -> list[str]:
             for key, name in (("fp32", "FP32 eager"), ("fast-dense", "`fast-dense` alone (best single preset)"),
                               ("pick", f"the pick: `{data['pick']}`"))]
     return ["## `random:bert-base`, `--objective latency`", "",
-            f"Command: `{data['command']}` ({data['trials']} trials in {data['search_s'] / 60:.1f} min; random "
+            f"Command: `{data['command']}` ({data['trials']} trial(s) in {data['search_s'] / 60:.1f} min; random "
             "weights, so accuracy means nothing and the budget is open). Load average "
             f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end"
             + (", run at the lowest CPU priority while other benchmarks ran: the ratios come from one interleaved "
                "run, the milliseconds do not mean much" if data.get("niced") else "") + ".", "",
             "| model | speed-up | ms / batch |", "|---|---|---|", *rows, "",
+            *_dense_choice(same["fast-dense"].get("chose", [])),
             f"The pick is **{ratio:.2f}x** `fast-dense` alone: "
             f"{'at least as fast, as the issue asks' if ratio >= 0.97 else 'slower, NOT as the issue asks'} "
             "(within 3% counts as a tie: timing noise).", ""]
+
+
+def _dense_choice(chose: list[str]) -> list[str]:
+    """What fast-dense chose, and how many of its candidates its own time budget left unmeasured."""
+    if not chose:
+        return []
+    head, _, detail = chose[0].partition("]: ")
+    unmeasured = detail.count("search budget")
+    return [f"{head.split(' [')[0]}"
+            + (f"; its own search budget ran out before {unmeasured} of its candidates were measured, so the "
+               "preset's choice here is weaker than on a quiet machine" if unmeasured else "") + ".", ""]
 
 
 def _f(value, spec: str = ".2f") -> str:
