@@ -39,3 +39,7 @@ class NumericsError(AutoliteError):
 
 class ArgumentError(AutoliteError):
     """An API argument has the wrong type or an out-of-range value (e.g. ``None`` for a model)."""
+
+
+class UnsupportedExportError(AutoliteError):
+    """The model, its precision or its modules cannot be written in the requested format."""

@@ -24,3 +24,23 @@ def stored_weights(model: torch.nn.Module) -> dict[str, int]:
 def describe_weights(counts: dict[str, int]) -> str:
     """``"1.57 M INT4 + 0.53 M FP32"``, largest first."""
     return " + ".join(f"{n / 1e6:.2f} M {fmt}" for fmt, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def custom_modules(model: torch.nn.Module) -> list[str]:
+    """Names of modules or weights that plain torch/transformers code cannot represent.
+
+    Quantized autolite modules (restored by their pass on load) and tensor-subclass weights
+    (torchao) count; ``nn.Linear``, transformers layers and plain float tensors do not.
+    """
+    found = []
+    for name, module in model.named_modules():
+        origin = type(module).__module__
+        if origin.startswith(("torch.", "transformers.")):
+            continue
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if origin.startswith("autolite.quant") or any(not t.is_floating_point() for t in own):
+            found.append(f"{name or '<root>'} ({type(module).__name__})")
+    for name, param in model.named_parameters():
+        if type(param.data) is not torch.Tensor:
+            found.append(f"{name} ({type(param.data).__name__})")
+    return found

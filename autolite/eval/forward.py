@@ -83,3 +83,27 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def torch_outputs(model: torch.nn.Module, family: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The outputs an export is compared on, in order of importance (the first drives the cosine).
+
+    encoder: ``last_hidden_state`` (+ ``logits`` with a head); decoder: ``logits``;
+    seq2seq: ``logits`` (teacher-forced) and ``encoder_last_hidden_state``.
+    """
+    inputs = model_inputs(family, batch, model_device(model))
+    if family.kind == "decoder":
+        inputs["use_cache"] = False
+    out = model(**inputs, output_hidden_states=family.kind == "encoder")
+    result: dict[str, torch.Tensor] = {}
+    if family.kind == "encoder":
+        hidden = getattr(out, "last_hidden_state", None)
+        result["last_hidden_state"] = hidden if hidden is not None else out.hidden_states[-1]
+        if getattr(out, "logits", None) is not None:
+            result["logits"] = out.logits
+    elif family.kind == "seq2seq":
+        result["logits"] = out.logits
+        result["encoder_last_hidden_state"] = out.encoder_last_hidden_state
+    else:
+        result["logits"] = out.logits
+    return result

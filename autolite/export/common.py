@@ -8,15 +8,12 @@ from typing import Any
 
 import torch
 
-from autolite.errors import AutoliteError
+from autolite.errors import UnsupportedExportError
 from autolite.export.validate import Validation
 from autolite.passes import applied_recipe
+from autolite.weights import custom_modules
 
 FORMATS = ("hf", "st", "onnx", "mlx", "gguf")
-
-
-class UnsupportedExportError(AutoliteError):
-    """The model, its precision or its modules cannot be written in the requested format."""
 
 
 @dataclasses.dataclass
@@ -39,26 +36,6 @@ def recipe_passes(model: torch.nn.Module) -> list[Any]:
     if not getattr(getattr(model, "config", None), "autolite", None):
         return []
     return applied_recipe(model).passes
-
-
-def custom_modules(model: torch.nn.Module) -> list[str]:
-    """Names of modules or weights that plain torch/transformers code cannot represent.
-
-    Quantized autolite modules (restored by their pass on load) and tensor-subclass weights
-    (torchao) count; ``nn.Linear``, transformers layers and plain float tensors do not.
-    """
-    found = []
-    for name, module in model.named_modules():
-        origin = type(module).__module__
-        if origin.startswith(("torch.", "transformers.")):
-            continue
-        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        if origin.startswith("autolite.quant") or any(not t.is_floating_point() for t in own):
-            found.append(f"{name or '<root>'} ({type(module).__name__})")
-    for name, param in model.named_parameters():
-        if type(param.data) is not torch.Tensor:
-            found.append(f"{name} ({type(param.data).__name__})")
-    return found
 
 
 def require_plain(model: torch.nn.Module, fmt: str, supported: str) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from autolite.data import load_texts
 from autolite.errors import NumericsError
-from autolite.eval.forward import batches, model_device, model_inputs
+from autolite.eval.forward import batches, torch_outputs  # noqa: F401 - re-exported: every exporter compares on it
 
 log = logging.getLogger(__name__)
 
@@ -81,30 +81,6 @@ def real_rows(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def torch_outputs(model: torch.nn.Module, family: Any, batch: dict[str, torch.Tensor]) -> Outputs:
-    """The outputs an export is compared on, in order of importance (the first drives the cosine).
-
-    encoder: ``last_hidden_state`` (+ ``logits`` with a head); decoder: ``logits``;
-    seq2seq: ``logits`` (teacher-forced) and ``encoder_last_hidden_state``.
-    """
-    inputs = model_inputs(family, batch, model_device(model))
-    if family.kind == "decoder":
-        inputs["use_cache"] = False
-    out = model(**inputs, output_hidden_states=family.kind == "encoder")
-    result: Outputs = {}
-    if family.kind == "encoder":
-        hidden = getattr(out, "last_hidden_state", None)
-        result["last_hidden_state"] = hidden if hidden is not None else out.hidden_states[-1]
-        if getattr(out, "logits", None) is not None:
-            result["logits"] = out.logits
-    elif family.kind == "seq2seq":
-        result["logits"] = out.logits
-        result["encoder_last_hidden_state"] = out.encoder_last_hidden_state
-    else:
-        result["logits"] = out.logits
-    return result
-
-
 def collect(run: Runner, tokenizer: Any, texts: list[str], batch_size: int = 16,
             max_length: int = 128) -> Outputs:
     """Run ``run`` over the texts in batches; concatenate each output's real-token rows."""

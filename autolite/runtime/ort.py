@@ -35,12 +35,12 @@ import torch
 from autolite.arch import family_of
 from autolite.config import PassConfig
 from autolite.data import load_texts
-from autolite.errors import BackendUnavailableError, RecipeError
-from autolite.export.common import UnsupportedExportError, custom_modules
-from autolite.export.onnx import eager_attention, optimize_graph, quantize_graph, trace_graph
+from autolite.errors import BackendUnavailableError, RecipeError, UnsupportedExportError
 from autolite.loading import cache_root
 from autolite.passes import PassContext, register_pass
 from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb, runner_of
+from autolite.runtime.onnx_graph import eager_attention, optimize_graph, quantize_graph, trace_graph
+from autolite.weights import custom_modules
 
 log = logging.getLogger(__name__)
 _QUANT_OPS = ("MatMul", "Attention")

@@ -15,8 +15,6 @@ RANK = {f"autolite.runtime.{m}": rank for rank, layer in enumerate(LAYERS.values
 # Packages above runtime (ARCHITECTURE.md): runtime must not import them
 ABOVE = ("autolite.dynamic", "autolite.distill", "autolite.search", "autolite.serve", "autolite.report",
          "autolite.cli")
-# Known upward edge, left: the ONNX Runtime backend shares torch->ONNX tracing and quantization with export/onnx
-KNOWN_UPWARD = {("autolite.runtime.ort", "autolite.export.onnx"), ("autolite.runtime.ort", "autolite.export.common")}
 
 
 def test_every_runtime_module_has_a_layer():
@@ -31,4 +29,4 @@ def test_runtime_imports_only_its_own_or_lower_layers():
 
 def test_runtime_imports_no_package_above_it():
     upward = {(m, t) for m in RANK for t in GRAPH[m] if t.startswith(ABOVE + ("autolite.export",))}
-    assert upward <= KNOWN_UPWARD, upward - KNOWN_UPWARD
+    assert upward == set()
