@@ -29,6 +29,9 @@ def serve(model: str = MODEL_ARG,
                                         help="Seconds a request may wait for its answer (then 504)."),
           normalize: bool = flag(True, "--normalize/--no-normalize", help="L2-normalise embeddings."),
           device: str = typer.Option("auto", help="auto (the hardware probe's choice), cpu or cuda."),
+          continuous_batching: bool = flag(False, "--continuous-batching",
+                                           help="Decoders: /v1/completions on autolite's decode loop; requests "
+                                                "join the running batch between steps, finished rows leave."),
           recipe: str = typer.Option("auto", help="Applied on load: auto (fast-dense, the fastest dense recipe "
                                                   "measured on this machine and cached, for an uncompressed encoder), "
                                                   "none, or a preset name or recipe file."),
@@ -47,7 +50,8 @@ def serve(model: str = MODEL_ARG,
     config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          timeout_s=timeout, workers=workers, threads=threads, pin=pin, max_body_bytes=max_body_bytes,
                          max_texts=max_texts, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
-                         truncate=truncate, normalize=normalize, api_key=api_key, recipe=recipe)
+                         truncate=truncate, normalize=normalize, api_key=api_key, recipe=recipe,
+                         continuous_batching=continuous_batching)
     check_host(host, api_key)
     if ray:
         from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray

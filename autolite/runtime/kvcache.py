@@ -1,9 +1,10 @@
 """A static KV cache for the decode loop: every layer's keys and values allocated once, indexed by slot.
 
-``k[layer]`` / ``v[layer]`` are ``(slots, kv_heads, max_len, head_dim)``. A slot is one sequence (one row
-of a batch); ``lengths[slot]`` counts the positions written so far. The decode step reads the first
-``rows`` slots and the first ``window`` positions (views, no copy), so active sequences are kept in
-slots ``0 .. rows-1`` (:meth:`move` compacts them when one leaves).
+``keys`` / ``values`` are one tensor each, ``(layers, slots, kv_heads, max_len, head_dim)``; ``k[layer]`` /
+``v[layer]`` are views of one layer. A slot is one sequence (one row of a batch); ``lengths[slot]`` counts
+the positions written so far. The decode step reads the first ``rows`` slots and the first ``window``
+positions of all layers as one view (no copy: a compiled step guards two tensors, not two per layer), so
+active sequences are kept in slots ``0 .. rows-1`` (:meth:`move` compacts them when one leaves).
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ class StaticKVCache:
     def __init__(self, shape: CacheShape, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
         self.shape = shape
-        size = (shape.slots, shape.kv_heads, shape.max_len, shape.head_dim)
-        self.k = [torch.zeros(size, dtype=dtype, device=device) for _ in range(shape.layers)]
-        self.v = [torch.zeros(size, dtype=dtype, device=device) for _ in range(shape.layers)]
+        size = (shape.layers, shape.slots, shape.kv_heads, shape.max_len, shape.head_dim)
+        self.keys = torch.zeros(size, dtype=dtype, device=device)
+        self.values = torch.zeros(size, dtype=dtype, device=device)
+        self.k, self.v = list(self.keys.unbind(0)), list(self.values.unbind(0))
         self.lengths = [0] * shape.slots
 
     @property
@@ -39,7 +41,7 @@ class StaticKVCache:
         return self.shape.max_len
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values))
 
     def reset(self, slot: int, length: int = 0) -> None:
         """Forget slot ``slot`` beyond ``length`` positions (stale values past it are masked, never read)."""
@@ -48,14 +50,12 @@ class StaticKVCache:
     def move(self, src: int, dst: int) -> None:
         """Copy slot ``src``'s filled positions into slot ``dst`` (compaction when a sequence leaves)."""
         n = self.lengths[src]
-        for k, v in zip(self.k, self.v):
-            k[dst, :, :n].copy_(k[src, :, :n])
-            v[dst, :, :n].copy_(v[src, :, :n])
+        for t in (self.keys, self.values):
+            t[:, dst, :, :n].copy_(t[:, src, :, :n])
         self.lengths[dst] = n
 
     def copy_prefix(self, src: "StaticKVCache", src_slot: int, dst_slot: int, length: int) -> None:
         """Copy the first ``length`` positions of ``src``'s slot into this cache's slot (prefix reuse)."""
-        for k, v, sk, sv in zip(self.k, self.v, src.k, src.v):
-            k[dst_slot, :, :length].copy_(sk[src_slot, :, :length])
-            v[dst_slot, :, :length].copy_(sv[src_slot, :, :length])
+        for t, s in ((self.keys, src.keys), (self.values, src.values)):
+            t[:, dst_slot, :, :length].copy_(s[:, src_slot, :, :length])
         self.lengths[dst_slot] = length

@@ -125,6 +125,24 @@ def test_packed_int4_model_decodes_like_its_own_forward(tiny_llama):
     assert got.tokens == _hf_greedy(model, ids, 8)
 
 
+def test_fused_int4_pack_equals_the_separate_layers(tiny_llama):
+    from autolite.quant import WeightOnly
+    from autolite.runtime.decode import FusedInt4
+
+    model, tok, family = tiny_llama
+    model = autolite.compress(model, [WeightOnly(bits=4, group_size=32)], tokenizer=tok, family=family)
+    decoder = Decoder(model, family, compile=False)
+    assert all(len(layer.fused) == 2 for layer in decoder.layers)  # q/k/v and gate/up
+    attn = model.model.layers[0].self_attn
+    pack = decoder.layers[0].qkv
+    assert isinstance(pack, FusedInt4) and attn.q_proj._kernel_weight is None  # no second kernel table
+    for rows in (1, 3, 20):  # kernel path, and above kernel_max_rows the original layers
+        h = torch.randn(1, rows, attn.q_proj.in_features)
+        with torch.inference_mode():
+            for got, layer in zip(pack(h), (attn.q_proj, attn.k_proj, attn.v_proj)):
+                torch.testing.assert_close(got, layer(h), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_compiled_step_matches_hf(name):

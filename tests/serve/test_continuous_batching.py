@@ -133,3 +133,17 @@ def test_shutdown_drains_every_running_request(srv):
     responses = srv.run(go())
     assert [r.status_code for r in responses] == [200] * 3
     assert all(r.json()["usage"]["completion_tokens"] == 40 for r in responses)
+
+
+@pytest.mark.parametrize("args, expected", [((), False), (("--continuous-batching",), True)])
+def test_serve_flag_turns_continuous_batching_on(run_cli, monkeypatch, args, expected):
+    from types import SimpleNamespace
+
+    from autolite.serve import server
+
+    seen = {}
+    monkeypatch.setattr(server, "load_engine", lambda *a: SimpleNamespace(name="m", tasks={"generate"}, backend="torch"))
+    monkeypatch.setattr(server, "run_server", lambda engine, config, host, sock: seen.update(config=config))
+    code, _, err = run_cli("serve", "random:tiny-llama", "--port", "0", *args)
+    assert code == 0, err
+    assert seen["config"].continuous_batching is expected
