@@ -41,7 +41,8 @@ POOLS = ("mean", "cls")  # what an exit head reads: the mean of the real tokens'
 
 @dataclasses.dataclass
 class EarlyExit(PassConfig):
-    """Exit heads after ``layers`` (0-based; None: every layer but the last), rows leaving the batch.
+    """Exit heads after ``layers`` (0-based, -1: on the embeddings, a bag-of-words exit that runs no layer;
+    None: every layer but the last), rows leaving the batch.
 
     ``threshold``: exit when the head's max softmax probability reaches it (in (0, 1]); None calibrates it
     on the held-out ``holdout`` fraction of the calibration texts to lose at most ``max_drop`` accuracy
@@ -70,8 +71,9 @@ class EarlyExit(PassConfig):
         check_threshold(self.name, "threshold", self.threshold)
         check_budget(self.name, self.max_drop, self.holdout)
         if self.layers is not None and (not isinstance(self.layers, (list, tuple)) or not self.layers or any(
-                not isinstance(i, int) or i < 0 for i in self.layers)):
-            raise RecipeError(f"early-exit: layers must be a non-empty list of layer indices >= 0, got {self.layers!r}")
+                not isinstance(i, int) or i < -1 for i in self.layers)):
+            raise RecipeError(f"early-exit: layers must be a non-empty list of layer indices >= -1 (-1: on the "
+                              f"embeddings), got {self.layers!r}")
         if not isinstance(self.epochs, int) or self.epochs < 0 or not self.lr > 0:
             raise RecipeError("early-exit: epochs must be an integer >= 0 and lr > 0")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
@@ -118,8 +120,9 @@ class EarlyExitEncoder(nn.Module):
         exit_logits, left_at = None, torch.full((b,), len(self.layer) - 1, dtype=torch.long)
         hidden, mask = hidden_states, attention_mask
         threshold = float(self.exit_threshold)
-        for i, layer in enumerate(self.layer):
-            hidden = layer(hidden, mask, **kwargs)  # (R, T', H), R rows still in the batch
+        for i in range(-1, len(self.layer)):  # -1: the embeddings, before any layer
+            if i >= 0:
+                hidden = self.layer[i](hidden, mask, **kwargs)  # (R, T', H), R rows still in the batch
             head = self.exits[str(i)] if str(i) in self.exits and not self.training else None
             if head is None:
                 continue

@@ -73,6 +73,12 @@ def test_threshold_outside_unit_interval_is_an_error(value):
         EarlyExit(threshold=value)
 
 
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_dropout_outside_its_range_is_an_error(value):
+    with pytest.raises(RecipeError, match=r"dropout must be in \[0, 1\)"):
+        EarlyExit(dropout=value)
+
+
 def test_model_without_classifier_is_an_error(tokenizer):
     model, tok, _ = autolite.load("random:tiny-gpt2")
     with pytest.raises(RecipeError, match="classif"):
@@ -82,3 +88,15 @@ def test_model_without_classifier_is_an_error(tokenizer):
 def test_exit_layer_past_the_last_is_an_error(tokenizer):
     with pytest.raises(RecipeError, match="below the last layer"):
         autolite.compress(tiny_classifier(), [EarlyExit(layers=[3])], calib=calib_texts(), tokenizer=tokenizer)
+
+
+def test_embedding_exit_runs_no_layer(tokenizer):
+    model = tiny_classifier()
+    ctx = PassContext(tokenizer=tokenizer, calib=calib_texts(), labels=[i % 3 for i in range(48)])
+    small = autolite.compress(model, [EarlyExit(layers=[-1, 1], epochs=2, threshold=0.01)], ctx=ctx)
+    seen = []
+    small.bert.encoder.layer[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        logits = small(**tokenizer(calib_texts(8), padding=True, return_tensors="pt")).logits
+    assert logits.shape == (8, 3) and not seen  # every row left on the embeddings: no layer ran
+    assert small.bert.encoder.last_exit_layers.tolist() == [-1] * 8

@@ -117,3 +117,11 @@ def test_server_counts_rows_per_path(bert):
     reply, before = asyncio.run(body())
     assert reply.status_code == 200 and len(reply.json()["data"]) == 3
     assert rows("fast") - before["fast"] == 1 and rows("main") - before["main"] == 2
+
+
+def test_saved_fast_path_with_default_labels_is_accepted(bert, tmp_path):
+    model, tok = bert  # default LABEL_i names: transformers leaves id2label out of config.json
+    autolite.save_model(model, tok, tmp_path / "copy")
+    unit = autolite.compress(copy.deepcopy(model), [Route(fast=str(tmp_path / "copy"), max_tokens=6, cascade=False)],
+                             calib=TEXTS, tokenizer=tok)
+    assert isinstance(unit, RoutedForSequenceClassification)
