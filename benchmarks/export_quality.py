@@ -74,7 +74,8 @@ def llamacpp_quantize(src: Path, dst: Path, ftype: str) -> None:
 
 
 def gguf_rows(model, tok, texts, ids, work: Path, save) -> None:
-    """Append rows to ``save.rows`` (saved after each): F32, llama.cpp's own Q4_0/Q4_1/Q8_0, then autolite's."""
+    """Append rows to ``save.rows`` (saved after each): F32, then per format llama.cpp's own RTN and our GPTQ,
+    then our INT8 and RTN rows."""
     import autolite
     from autolite.quant import WeightOnly
     from benchmarks.llamacpp_util import llamacpp_perplexity
@@ -85,31 +86,42 @@ def gguf_rows(model, tok, texts, ids, work: Path, save) -> None:
     rows.append({"name": "F32 GGUF", "format": "f32", "source": "autolite export", "ppl_llamacpp":
                  llamacpp_perplexity(fp32.path / "model.gguf", ids), "logits_rel_l2": fp32.validation.rel_l2})
     save()
+    configs = [("autolite GPTQ w4g32 sym", "q4_0", WeightOnly(bits=4, group_size=32, method="gptq")),
+               ("autolite GPTQ w4g32 asym", "q4_1", WeightOnly(bits=4, group_size=32, method="gptq", symmetric=False)),
+               ("autolite INT8 per channel", "q8_0", WeightOnly(bits=8, group_size=None)),
+               ("autolite RTN w4g32 sym", "q4_0", WeightOnly(bits=4, group_size=32)),
+               ("autolite RTN w4g32 asym", "q4_1", WeightOnly(bits=4, group_size=32, symmetric=False))]
+    # most valuable first (a run cut short keeps them): each llama.cpp RTN file, then ours of that format
     for ftype in ("q4_0", "q4_1", "q8_0"):
         dst = work / f"llamacpp-{ftype}.gguf"
         llamacpp_quantize(fp32.path / "model.gguf", dst, ftype)
         rows.append({"name": f"llama.cpp {ftype.upper()} (RTN)", "format": ftype, "source": "llama.cpp quantize",
                      "ppl_llamacpp": llamacpp_perplexity(dst, ids)})
         save()
-    configs = [("autolite GPTQ w4g32 sym", "q4_0", WeightOnly(bits=4, group_size=32, method="gptq")),
-               ("autolite GPTQ w4g32 asym", "q4_1", WeightOnly(bits=4, group_size=32, method="gptq", symmetric=False)),
-               ("autolite INT8 per channel", "q8_0", WeightOnly(bits=8, group_size=None)),
-               ("autolite RTN w4g32 sym", "q4_0", WeightOnly(bits=4, group_size=32)),
-               ("autolite RTN w4g32 asym", "q4_1", WeightOnly(bits=4, group_size=32, symmetric=False))]
-    for name, fmt, config in configs:
-        start = time.perf_counter()
-        quantized = autolite.compress(model, [config], tokenizer=tok)
-        seconds = time.perf_counter() - start
-        out = autolite.export(quantized, tok, work / name.replace(" ", "-"), format="gguf", float_type="f32",
-                              max_texts=8)
-        assert out.precision.startswith(fmt), (name, out.precision)
-        rows.append({"name": name, "format": fmt, "source": "autolite export", "quantize_s": round(seconds, 1),
-                     "ppl_torch": torch_ppl(quantized, tok, texts),
-                     "ppl_llamacpp": llamacpp_perplexity(out.path / "model.gguf", ids),
-                     "logits_rel_l2": out.validation.rel_l2, "top1_agreement": out.validation.extra.get("top1_agreement"),
-                     "notes": out.notes})
-        log.info("%s", rows[-1])
+        for name, fmt, config in (c for c in configs if c[1] == ftype and "GPTQ" in c[0]):
+            rows.append(_autolite_row(model, tok, texts, ids, work, name, fmt, config))
+            save()
+    for name, fmt, config in (c for c in configs if "GPTQ" not in c[0]):
+        rows.append(_autolite_row(model, tok, texts, ids, work, name, fmt, config))
         save()
+
+
+def _autolite_row(model, tok, texts, ids, work: Path, name: str, fmt: str, config: Any) -> dict[str, Any]:
+    """One autolite quantization exported to GGUF: perplexity in torch and in llama.cpp, logits agreement."""
+    import autolite
+    from benchmarks.llamacpp_util import llamacpp_perplexity
+
+    start = time.perf_counter()
+    quantized = autolite.compress(model, [config], tokenizer=tok)
+    seconds = time.perf_counter() - start
+    out = autolite.export(quantized, tok, work / name.replace(" ", "-"), format="gguf", float_type="f32", max_texts=8)
+    assert out.precision.startswith(fmt), (name, out.precision)
+    row = {"name": name, "format": fmt, "source": "autolite export", "quantize_s": round(seconds, 1),
+           "ppl_torch": torch_ppl(quantized, tok, texts), "ppl_llamacpp": llamacpp_perplexity(out.path / "model.gguf", ids),
+           "logits_rel_l2": out.validation.rel_l2, "top1_agreement": out.validation.extra.get("top1_agreement"),
+           "notes": out.notes}
+    log.info("%s", row)
+    return row
 
 
 def greedy_torch(model, tok, prompt: str, tokens: int = 24) -> str:
