@@ -51,7 +51,6 @@ def _register_verbs() -> None:
     if _state["registered"]:
         return
     _state["registered"] = True
-
     for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity, qat, optimize,
                    generate):
         module.register(app)

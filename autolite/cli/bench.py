@@ -29,7 +29,6 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
                              ("metric", "FP32 eager", result["recipe"]["name"]), comparison_rows(result)))
     if roofline:
         _print_roofline(result["roofline"])
-
         console.print(f"  {floor_line(result['roofline'].get('floor') or {}, result['baseline']['median_ms'])}")
     if "routing" in result:
         _print_routing(result["routing"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from pathlib import Path
 
 import typer
@@ -52,9 +53,6 @@ def compress(model: str = MODEL_ARG, recipe: str = RECIPE_OPT, data: Path = DATA
 
 
 def _measure(baseline, small, tokenizer, family, model, recipe, ctx, batch, seq, runs, data):
-    import datetime
-
-
     with progress_bar("measuring before/after (interleaved)", total=runs) as advance:
         result = compare(baseline, small, tokenizer, family, batch=batch, seq=seq, runs=runs,
                          data=load_texts(data, split="heldout" if data is None else "all",

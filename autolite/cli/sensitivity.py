@@ -44,7 +44,6 @@ def sensitivity(model: str = MODEL_ARG, data: Path = DATA_OPT,
     with progress_bar(f"loading {model}"):
         net, tokenizer, family = autolite.load(model)
     if budget is not None:  # fail before the analysis when no allocation can meet the budget
-
         check_budget(net, sens.sensitivity_units(net, family, granularity), list(widths), group_size, budget)
     units = len(sens.sensitivity_units(net, family, granularity))
     with progress_bar(f"probing {units} units x {len(widths)} widths", total=units * len(widths)) as advance:
