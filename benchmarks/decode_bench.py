@@ -307,7 +307,10 @@ def _save(result: dict[str, Any], path: Path) -> None:
 NOTES = [
     "- Our decode step: a functional forward over the model's own modules with a static KV cache, compiled once "
     "(`torch.compile(fullgraph=True)`) unless the run says eager; INT4 rows run `aten._weight_int4pack_mm_for_cpu`, INT8 rows "
-    "`aten._weight_int8pack_mm` inside the graph; the INT8 head/embedding of w4g64/w8 is INT8 per row.",
+    "`aten._weight_int8pack_mm` inside the graph; the INT8 head/embedding of w4g64/w8 is INT8 per row (llama.cpp's "
+    "file: Q4_1 blocks, Q8_0 token embedding used as the tied head: the same bytes per step). In the INT4 model q/k/v "
+    "and gate/up run as one kernel call each (their codes stacked: 4 calls per layer instead of 7); one-query "
+    "attention is products and sums fused by the compiler (no SDPA call).",
     "- Activation skipping (TEAL-style): per-linear thresholds calibrated on the corpus calib split; at decode each "
     "linear reads only the weight rows of its active inputs (sparse-COO input times the transposed FP32 weight, inside one "
     "custom op). Perplexity is measured with the thresholds applied at every position (what decode computes); "
