@@ -356,7 +356,8 @@ TOKEN_DROP_TEXT = [
     "a batch: it composes with INT8 dynamic linears and `torch.compile` (tested); it does not run under the ONNX "
     "Runtime/OpenVINO passes (the TorchScript export would freeze the keep counts to the traced length: a one-line "
     "error says so). `restore` output puts each dropped token's last state back; `kept-mean` fills dropped positions "
-    "with the mean of the kept ones, so mean pooling sees only kept tokens (compare their cosine rows above).", ""]
+    "with the mean of the kept ones, so mean pooling sees only kept tokens (the results table compares their cosine "
+    "when token-drop was measured).", ""]
 
 # technique -> (baseline, speed-up) on the fixed b32x128/b1x128 rows; early exit, routing and the combined row are
 # judged on the test texts as they come (dynamic_adaptive's sections), where length and exits can act
