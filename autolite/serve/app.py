@@ -22,7 +22,8 @@ from autolite.serve import schemas as S
 from autolite.serve.batcher import Batcher, ShuttingDownError
 from autolite.serve.decode_batcher import DecodeBatcher, decode_batcher_for
 from autolite.serve.engine import Engine, GenerateParams
-from autolite.serve.http import FastJSONResponse, FastRoute, LimitAndMeasure, TooManyTextsError, check_api_key, install_error_handlers
+from autolite.serve.http import (FastJSONResponse, FastRoute, LimitAndMeasure, TooManyTextsError, check_api_key,
+                                 install_error_handlers)
 from autolite.serve.metrics import ServeMetrics
 from autolite.serve.stream import stream_completions
 
@@ -48,7 +49,7 @@ class ServeConfig:
     truncate: bool = False
     normalize: bool = True
     api_key: str | None = None
-    recipe: str = "auto"  # applied on load (serve.server.serving_recipe): auto = fast-dense for encoders, none, a preset
+    recipe: str = "auto"  # applied on load (serve.server.serving_recipe): auto, none, a preset or recipe file
     continuous_batching: bool = False  # decoders: autolite's decode loop, rows join/leave between steps
     decode_slots: int = 8  # rows of its KV cache (concurrent generations)
     decode_compile: bool = True  # torch.compile its one-token step (at start-up)
@@ -241,7 +242,8 @@ def _add_ops_routes(app: FastAPI, engine: Engine, state: dict[str, Any], metrics
     async def health() -> JSONResponse:
         """Liveness and readiness (no API key needed): 200 while serving, 503 while starting or draining."""
         batcher = state["batcher"]
-        body = {"status": state["status"], "model": engine.name, "backend": engine.backend, "tasks": sorted(engine.tasks),
+        body = {"status": state["status"], "model": engine.name, "backend": engine.backend,
+                "tasks": sorted(engine.tasks),
                 "queue_depth": batcher.depth if batcher else 0, "workers": state["workers"]}
         return JSONResponse(body, status_code=200 if state["status"] == "ok" else 503)
 
