@@ -243,6 +243,14 @@ def _shortfall(data: dict) -> list[str]:
         return lines
     fastest = max(over, key=lambda t: t["speedup"])
     lost = opt["fp32"]["val_acc"] - fastest["val_acc"]
+    pruned = [t for t in over if any(t["params"].get(k) for k in ("layers", "heads", "ffn"))]
+    kept = [t for t in opt["trials"] if t["state"] == "complete" and t["val_acc"] >= budget
+            and any(t["params"].get(k) for k in ("layers", "heads", "ffn"))]
+    if pruned and not kept:
+        best = max(pruned, key=lambda t: t["val_acc"])
+        lines += [f"No pruned structure kept validation accuracy within budget: the closest, `{best['label']}` "
+                  f"({best['speedup']:.2f}x in its trial), lost {opt['fp32']['val_acc'] - best['val_acc']:.2f} "
+                  f"points after {opt['space']['recover_steps']} distillation steps.", ""]
     return lines + [
         f"The fastest candidate the search measured, `{fastest['label']}` ({fastest['speedup']:.2f}x in its trial), "
         f"lost {lost:.2f} points on validation (budget {opt['max_drop']:g}), so it was not picked; "
