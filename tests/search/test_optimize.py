@@ -3,6 +3,7 @@ import json
 import pytest
 
 import autolite
+from autolite.config import PassConfig
 from autolite.errors import AutoliteError, BackendUnavailableError, DataError, RecipeError
 from autolite.search import optimize
 
@@ -25,7 +26,7 @@ def test_search_end_to_end(searched):
     model, _, _ = autolite.load(out)
     assert type(model).__name__ == "BertForSequenceClassification"
     recipe = autolite.load_recipe(str(out / "recipe.yaml"))
-    assert [p.to_dict() for p in recipe.passes] == pick["recipe"]
+    assert [p.to_dict() for p in recipe.passes] == [PassConfig.from_dict(p).to_dict() for p in pick["recipe"]]
 
 
 def test_resume_continues_the_journal_and_ctrl_c_keeps_the_best(searched, labeled_csv, monkeypatch):
