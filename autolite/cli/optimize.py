@@ -5,7 +5,9 @@ from pathlib import Path
 
 import typer
 
-from autolite.cli.common import MODEL_ARG, flag, non_negative, rows_table
+from autolite.cli.common import MODEL_ARG, flag, non_negative, rows_table, console, err_console
+from autolite.report.html import summary_rows
+from autolite.search import optimize as run
 
 
 def optimize(model: str = MODEL_ARG,
@@ -28,10 +30,6 @@ def optimize(model: str = MODEL_ARG,
              cores_per_trial: int = typer.Option(2, "--cores-per-trial", min=1, help="Cores (threads) per Ray trial."),
              ) -> None:
     """Search pruning x dynamic inference x precision/backend for MODEL under an accuracy budget; save the pick."""
-    from autolite.cli import console, err_console
-    from autolite.report.html import summary_rows
-    from autolite.search import optimize as run
-
     result = run(model, str(data), str(out), test=str(test) if test else None, calib=str(calib) if calib else None,
                  max_drop=max_drop,
                  objective=objective, batch=batch, seq=seq, minutes=minutes, trials=trials,

@@ -18,6 +18,7 @@ from autolite.eval.bench import forward_fn, interleaved, model_size
 from autolite.export.hf import write_model_files
 from autolite.io import atomic_dir
 from autolite.report.html import write_html, write_markdown
+from autolite.runtime.hardware import probe
 from autolite.search.data import accuracy
 from autolite.search.insight import layer_latency, layer_sensitivity
 from autolite.search.space import describe, is_dense
@@ -98,8 +99,6 @@ def measure(worker, model, pick_params, dense, splits, setup) -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    from autolite.runtime.hardware import probe
-
     info = probe()
     return {"summary": dict(info.summary_rows()), "cpu": info.cpu_model, "logical_cores": info.logical_cores}
 

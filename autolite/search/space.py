@@ -19,6 +19,7 @@ from autolite.config import PassConfig, known_passes
 from autolite.errors import RecipeError
 from autolite.passes import import_builtin_passes
 from autolite.runtime.fast_dense import DEFAULT_CANDIDATES, candidate_passes
+from autolite.runtime.precision import native_dtypes
 
 # every candidate fast-dense measures (ONNX Runtime, OpenVINO, INT8 engines, compile), plus two presets it leaves out
 BACKENDS = list(DEFAULT_CANDIDATES) + [b for b in ("bf16", "int8-static") if b not in DEFAULT_CANDIDATES]
@@ -35,8 +36,6 @@ GRAPH_PASSES = ("onnxruntime", "openvino")  # backends that run one exported gra
 
 def native_backends() -> list[str]:
     """The dense candidates this machine runs natively (BF16 only with native BF16 support)."""
-    from autolite.runtime.precision import native_dtypes
-
     bf16 = "bf16" in native_dtypes(torch.device("cpu"))
     return [b for b in BACKENDS if bf16 or "bf16" not in b]
 

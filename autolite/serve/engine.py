@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from autolite.arch import ArchSpec
-from autolite.errors import AutoliteError
+from autolite.errors import AutoliteError, NumericsError
 from autolite.eval.forward import ensure_pad_token, model_device, run_model
 from autolite.passes import applied_recipe
 from autolite.runtime.external import runner_of
+from autolite.serve.stream import StreamPayload, BatchStreamer, CancelledRows
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 512
@@ -131,8 +132,6 @@ class Engine:
         if task == "classify":
             return self.classify(batch_ids)
         if task == "generate":
-            from autolite.serve.stream import StreamPayload
-
             sinks = [p.sink if isinstance(p, StreamPayload) else None for p in batch_ids]
             ids = [p.ids if isinstance(p, StreamPayload) else p for p in batch_ids]
             return self.generate(ids, key[1], sinks if any(sinks) else None)
@@ -197,8 +196,6 @@ class Engine:
         if sinks is not None:
             from transformers import StoppingCriteriaList
 
-            from autolite.serve.stream import BatchStreamer, CancelledRows
-
             options.update(streamer=BatchStreamer(sinks, self.tokenizer, eos),
                            stopping_criteria=StoppingCriteriaList([CancelledRows(sinks)]))
         out = self.model.generate(**inputs, max_new_tokens=params.max_new_tokens, use_cache=True,
@@ -225,6 +222,4 @@ def _pass_name(entry: dict[str, Any]) -> str:
 
 def _check_finite(tensor: torch.Tensor) -> None:
     if not torch.isfinite(tensor).all():
-        from autolite.errors import NumericsError
-
         raise NumericsError("the model produced NaN/inf for this input")

@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from autolite.data import load_texts
 from autolite.errors import AutoliteError
+from autolite.serve.server import is_loopback
 
 log = logging.getLogger(__name__)
 DEFAULT_PATH = "/v1/embeddings"
@@ -49,8 +51,6 @@ def _pct(values: np.ndarray, q: float) -> float:
 
 def check_loopback_url(url: str) -> str:
     """The full request URL (default path /v1/embeddings); refuses anything but http(s) on loopback."""
-    from autolite.serve.server import is_loopback
-
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AutoliteError(f"'{url}' is not an http(s) URL like http://127.0.0.1:8000")
@@ -67,8 +67,6 @@ def default_bodies(url: str, texts: list[str] | None = None, max_new_tokens: int
     ``encoding_format`` (embeddings only): ``float`` (JSON numbers) or ``base64`` (what OpenAI's SDK asks for).
     """
     if texts is None:
-        from autolite.data import load_texts
-
         texts = short_sentences(load_texts(None).texts)
     if url.rstrip("/").endswith("/v1/completions"):
         return [{"prompt": t, "max_tokens": max_new_tokens, "temperature": 0} for t in texts]

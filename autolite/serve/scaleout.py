@@ -24,6 +24,8 @@ from typing import Any
 
 from autolite.errors import AutoliteError, BackendUnavailableError
 from autolite.serve.app import ServeConfig
+from autolite.serve.app import create_app
+from autolite.serve.server import load_engine
 
 log = logging.getLogger(__name__)
 APP_NAME = "autolite"
@@ -66,13 +68,9 @@ def build_application(model: str, config: ServeConfig, device: str, options: Ray
         """One replica: the engine is loaded in the actor, the app (and its batcher) built from it."""
 
         def __init__(self, model: str, config: ServeConfig, device: str) -> None:
-            from autolite.serve.server import load_engine
-
             self.config, self.engine = config, load_engine(model, config, device)
 
         def __serve_build_asgi_app__(self) -> Any:
-            from autolite.serve.app import create_app
-
             return create_app(self.engine, self.config)
 
     deployment = serve.deployment(

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import autolite
 from autolite.errors import AutoliteError, BackendUnavailableError
 from autolite.passes import PassContext, applied_recipe, compress_, load_recipe
+from autolite.runtime.hardware import choose_backend, probe
 from autolite.serve.app import ServeConfig, create_app
 from autolite.serve.engine import Engine
 
@@ -31,9 +33,6 @@ TUNE_SHAPE = (32, 128)
 def load_engine(spec: str, config: ServeConfig, device: str = "auto") -> Engine:
     """Load ``spec`` (anything :func:`autolite.load` takes) onto ``device`` (auto = the probe's choice) and apply
     the serving recipe (``config.recipe``; see :func:`serving_recipe`)."""
-    import autolite
-    from autolite.runtime.hardware import choose_backend, probe
-
     if device not in ("auto", "cpu", "cuda"):
         raise AutoliteError(f"device must be auto, cpu or cuda, not '{device}'")
     if config.recipe not in (AUTO_RECIPE, NO_RECIPE):
