@@ -5,7 +5,11 @@ from pathlib import Path
 
 import typer
 
+from autolite.cli.common import console, err_console
 from autolite.cli.common import MODEL_ARG, THREADS_OPT, flag, write_json_atomic
+from autolite.loading import load
+from autolite.runtime.decode import Decoder, check_request, generate as run
+from autolite.runtime.sampling import Sampling
 
 
 def generate(
@@ -22,12 +26,6 @@ def generate(
 ) -> None:
     """Continue PROMPT with MODEL (Llama-like or GPT-2) and print the text and decode tokens/s."""
     import torch
-
-    from autolite.cli import console, err_console
-    from autolite.loading import load
-    from autolite.runtime.decode import Decoder, check_request
-    from autolite.runtime.decode import generate as run
-    from autolite.runtime.sampling import Sampling
 
     sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop))
     if threads is not None:

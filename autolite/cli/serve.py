@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import typer
 
+from autolite.cli.common import err_console
 from autolite.cli.common import MODEL_ARG, flag, non_negative, positive
+from autolite.errors import AutoliteError
+from autolite.serve.app import ServeConfig
+from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray
+from autolite.serve.server import bind_socket, check_host, load_engine, run_server
 
 
 def serve(model: str = MODEL_ARG,
@@ -42,11 +47,6 @@ def serve(model: str = MODEL_ARG,
           ray_address: str = typer.Option(None, help="With --ray: 'auto' or HOST:PORT joins a running Ray cluster "
                                                      "(default: start a local one).")) -> None:
     """Serve MODEL over HTTP: /v1/embeddings, /v1/classify, /v1/completions, /health, /metrics."""
-    from autolite.cli import err_console
-    from autolite.serve.app import ServeConfig
-    from autolite.errors import AutoliteError
-    from autolite.serve.server import bind_socket, check_host, load_engine, run_server
-
     config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          timeout_s=timeout, workers=workers, threads=threads, pin=pin, max_body_bytes=max_body_bytes,
                          max_texts=max_texts, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
@@ -54,8 +54,6 @@ def serve(model: str = MODEL_ARG,
                          continuous_batching=continuous_batching)
     check_host(host, api_key)
     if ray:
-        from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray
-
         if port == 0:
             raise AutoliteError("--ray needs a fixed --port (Ray Serve's HTTP proxy binds it), not 0")
         require_ray()

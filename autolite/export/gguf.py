@@ -22,9 +22,8 @@ import gguf
 import torch
 
 from autolite.errors import NumericsError
-from autolite.export import gguf_blocks as blocks
-from autolite.export import llamacpp
-from autolite.export.common import ExportResult, UnsupportedExportError
+from autolite.export import gguf_blocks as blocks, llamacpp
+from autolite.export.common import ExportResult, UnsupportedExportError, rope_theta
 from autolite.export.validate import Validation
 from autolite.io import atomic_dir
 
@@ -73,8 +72,6 @@ def check_gguf(model: torch.nn.Module, float_type: str) -> str:
 
 
 def _write_hparams(writer: Any, config: Any, arch: str, tensors: list) -> None:
-    from autolite.export.common import rope_theta
-
     writer.add_name(getattr(config, "_name_or_path", "") or config.model_type)
     writer.add_file_type(blocks.file_type(tensors))
     writer.add_quantization_version(2)

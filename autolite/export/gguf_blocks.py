@@ -22,6 +22,10 @@ from torch import nn
 
 from autolite.export.common import UnsupportedExportError
 from autolite.export.validate import Tolerance, Validation
+from autolite.quant import common
+from autolite.quant.embedding import Int8Embedding, TiedInt8Head
+from autolite.quant.formats import unpack_int4
+from autolite.quant.layers import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
 BLOCK = 32
 READBACK = Tolerance(max_rel_l2=1e-3)  # F16 rounding of float matrices alone gives ~3e-4
@@ -89,10 +93,6 @@ def _rope_permutation(config: Any, arch: str, base: str) -> Callable[[np.ndarray
 
 
 def _module_tensors(module: nn.Module, base: str, float_type: str, permute) -> list[GTensor]:
-    from autolite.quant import common
-    from autolite.quant.embedding import Int8Embedding, TiedInt8Head
-    from autolite.quant.layers import WeightOnlyInt4Linear, WeightOnlyInt8Linear
-
     keep = permute or (lambda a: a)
     out: list[GTensor] = []
     if isinstance(module, WeightOnlyInt4Linear):
@@ -140,8 +140,6 @@ def _nibbles(codes: np.ndarray) -> np.ndarray:
 
 
 def _int4(module: nn.Module, base: str, permute) -> GTensor:
-    from autolite.quant.formats import unpack_int4
-
     out_f, in_f = module.out_features, module.in_features
     reps = module.group // BLOCK  # a group of 32k weights = k blocks sharing its scale and zero
     codes = permute(unpack_int4(module.weight_packed).numpy())

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from autolite.arch import family_of
 from autolite.errors import BackendUnavailableError
 from autolite.export.validate import Tolerance, Validation, torch_outputs, validate
 
@@ -84,8 +85,6 @@ def runner(llm: Any):
 def validate_logits(path: Path, model: torch.nn.Module, tokenizer: Any, max_texts: int,
                     max_rel_l2: float) -> Validation:
     """Load ``path`` in llama.cpp and compare its next-token logits with ``model`` on the corpus."""
-    from autolite.arch import family_of
-
     family = family_of(model)
     llm = load(path)
     try:

@@ -27,7 +27,11 @@ import torch
 from autolite.arch.base import base_model
 from autolite.errors import BackendUnavailableError
 from autolite.export.common import (ExportResult, UnsupportedExportError, add_top_level_rope_theta, require_plain)
-from autolite.export.validate import Tolerance, torch_outputs, validate
+from autolite.arch import family_of
+from autolite.eval.forward import mean_pool
+from autolite.export.hf import write_model_files
+from autolite.export.mlx_quant import dequantized_twin, packed_modules, mlx_arrays, quantized_twin
+from autolite.export.validate import Tolerance, torch_outputs, validate, validate_quantized
 from autolite.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -53,8 +57,6 @@ def export_mlx(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, b
                group_size: int = 64, validate: bool = True, family: Any = None, overwrite: bool = False,
                max_texts: int | None = None) -> ExportResult:
     """Export to MLX (quantized when ``bits`` is given) and validate the export in MLX."""
-    from autolite.arch import family_of
-
     family = family or family_of(model)
     twin = _check(model, family, bits, group_size)
     require_mlx()
@@ -85,8 +87,6 @@ def export_mlx(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, b
 
 def _check(model: torch.nn.Module, family: Any, bits: int | None, group_size: int) -> torch.nn.Module | None:
     """Raise for what MLX cannot take; for a model with autolite's packed layers, its dequantized twin."""
-    from autolite.export.mlx_quant import dequantized_twin, packed_modules
-
     if bits is not None and bits not in BITS or group_size not in GROUP_SIZES:
         raise UnsupportedExportError(f"MLX export supports bits {' or '.join(map(str, BITS))} with group size "
                                      f"{' or '.join(map(str, GROUP_SIZES))} (MLX affine group-wise), or no bits "
@@ -112,8 +112,6 @@ def _check(model: torch.nn.Module, family: Any, bits: int | None, group_size: in
 
 def _packed_label(model: torch.nn.Module) -> str:
     """E.g. ``autolite-w4g32+w8`` for the packed layers a model holds."""
-    from autolite.export.mlx_quant import mlx_arrays, packed_modules
-
     kinds = sorted({f"w{q['bits']}" + (f"g{q['group_size']}" if q["bits"] == 4 else "")
                     for q in (mlx_arrays(m)[1] for m in packed_modules(model).values())})
     return "autolite-" + "+".join(kinds)
@@ -162,7 +160,7 @@ def _write_encoder(model, tokenizer, family, directory: Path, bits, group_size, 
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from autolite.export import mlx_bert
+    from autolite.export import mlx_bert  # lazy: mlx_bert imports mlx, an optional dependency (export extra)
 
     config = model.config.to_dict()
     config["mlx_bert"] = encoder_args(model, family)
@@ -194,8 +192,6 @@ def _write_decoder(model, tokenizer, directory: Path, bits, group_size, packed=N
     ``packed``'s own INT4/INT8 weights into the float ``model`` = its twin), save mlx-lm's layout."""
     from mlx_lm.utils import load, quantize_model, save
 
-    from autolite.export.hf import write_model_files
-
     with tempfile.TemporaryDirectory(prefix="autolite-mlx-") as src:
         # mlx-lm's GPT-2 reads the hub checkpoint's names (h.0..., no "transformer." prefix): save the base
         write_model_files(base_model(model) if model.config.model_type == "gpt2" else model, tokenizer, Path(src))
@@ -226,8 +222,6 @@ def _load_packed(mlx_model: Any, packed: torch.nn.Module) -> dict[str, Any]:
     import mlx.core as mx
     import mlx.nn as nn
 
-    from autolite.export.mlx_quant import mlx_arrays, packed_modules
-
     gpt2 = packed.config.model_type == "gpt2"  # mlx-lm's GPT-2 names the body "model", not "transformer"
     layers = {("model" + name[len("transformer"):] if gpt2 else name): mlx_arrays(m)
               for name, m in packed_modules(packed).items()}
@@ -246,13 +240,11 @@ def _runner(directory: Path, family: Any):
     """``batch -> outputs`` of the export, run in MLX."""
     import mlx.core as mx
 
-    from autolite.eval.forward import mean_pool
-
     def to_torch(array) -> torch.Tensor:
         return torch.from_numpy(np.array(array.astype(mx.float32)))
 
     if family.kind == "encoder":
-        from autolite.export import mlx_bert
+        from autolite.export import mlx_bert  # lazy: mlx_bert imports mlx, an optional dependency (export extra)
 
         model, _ = mlx_bert.load(directory)
 
@@ -271,10 +263,6 @@ def validate_mlx(run, model, tokenizer, family, precision: str, max_texts, bits=
     """Compare the MLX export with the torch model (encoders: mean-pooled embedding first); a quantized
     export is also compared with its torch twin (:mod:`autolite.export.mlx_quant`); an export of autolite's
     own INT4/INT8 weights (``packed``; ``model`` is then their FP32 dequantized twin) must match it."""
-    from autolite.eval.forward import mean_pool
-    from autolite.export.mlx_quant import quantized_twin
-    from autolite.export.validate import validate_quantized
-
     def outputs_of(torch_model):
         def reference(batch):
             out = torch_outputs(torch_model, family, batch)

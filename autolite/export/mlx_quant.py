@@ -12,6 +12,10 @@ import numpy as np
 import torch
 
 from autolite.export.common import UnsupportedExportError
+from autolite.quant import common
+from autolite.quant.embedding import Int8Embedding, TiedInt8Head
+from autolite.quant.formats import unpack_int4
+from autolite.quant.layers import WeightOnlyInt4Linear, WeightOnlyInt8Linear, QuantizedLinearBase
 
 
 def mlx_round_trip(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -55,18 +59,12 @@ MLX_GROUPS = (32, 64, 128)
 
 def packed_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """autolite's packed weight-only layers and INT8 embeddings by name (tied heads excluded)."""
-    from autolite.quant.embedding import Int8Embedding
-    from autolite.quant.layers import WeightOnlyInt4Linear, WeightOnlyInt8Linear
-
     kinds = (WeightOnlyInt4Linear, WeightOnlyInt8Linear, Int8Embedding)
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
 
 
 def _codes_and_params(module: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """``(u (out, in) uint, scale, bias (out, groups) float32, group, bits)`` of one packed module."""
-    from autolite.quant.formats import unpack_int4
-    from autolite.quant.layers import WeightOnlyInt4Linear
-
     if isinstance(module, WeightOnlyInt4Linear):
         u = unpack_int4(module.weight_packed).numpy().astype(np.uint32)
         scale = module.weight_scale.float().numpy()
@@ -100,10 +98,6 @@ def dequantized_twin(model: torch.nn.Module) -> torch.nn.Module:
     GPT-2 ``Conv1D``, ``nn.Embedding``) with autolite's dequantized weights, so HF code can save it and the
     torch reference runs the very weights the export holds, in FP32."""
     from transformers.pytorch_utils import Conv1D
-
-    from autolite.quant import common
-    from autolite.quant.embedding import Int8Embedding, TiedInt8Head
-    from autolite.quant.layers import QuantizedLinearBase
 
     twin = copy.deepcopy(model)
     packed = packed_modules(twin)
