@@ -54,6 +54,13 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
+def last_full_state(out: Any, rows: int) -> torch.Tensor | None:
+    """The last hidden state holding every row of the batch, or None: an early-exit encoder (rows leave the
+    batch, possibly before any layer) records fewer rows or no state at all."""
+    states = getattr(out, "hidden_states", None) or ()
+    return states[-1] if states and states[-1].shape[0] == rows else None
+
+
 @torch.no_grad()
 def run_model(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.Tensor]) -> Outputs:
     """Run ``model`` on a tokenized batch and collect pooled embeddings and logits in FP32."""
@@ -63,7 +70,7 @@ def run_model(model: torch.nn.Module, family: ArchSpec, batch: dict[str, torch.T
         out = model(**inputs, output_hidden_states=True)
         hidden = getattr(out, "last_hidden_state", None)
         if hidden is None:
-            hidden = out.hidden_states[-1]
+            hidden = last_full_state(out, inputs["attention_mask"].shape[0])
         logits = getattr(out, "logits", None)
     elif family.kind == "seq2seq":
         out = model(**inputs)
