@@ -55,6 +55,8 @@ class HeadSelectAttention(nn.Module):
     """A BERT attention block (``self`` q/k/v, ``output`` dense + LayerNorm; same state-dict keys) that runs
     only the ``keep`` highest-scoring heads of each batch."""
 
+    reads_float_weights = True  # slices q/k/v rows and o columns per batch: quantization passes leave them float
+
     def __init__(self, attention: nn.Module) -> None:
         super().__init__()
         self.self = attention.self

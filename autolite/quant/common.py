@@ -70,6 +70,12 @@ def head_names(model: nn.Module) -> set[str]:
     return names
 
 
+def float_weight_readers(model: nn.Module) -> tuple[str, ...]:
+    """Name prefixes of modules that read their linears' float weights directly (``reads_float_weights``, e.g.
+    runtime head selection slicing q/k/v rows): the linears below them stay float so those modules keep working."""
+    return tuple(f"{name}." for name, module in model.named_modules() if getattr(module, "reads_float_weights", False))
+
+
 def target_linears(model: nn.Module, *, include_head: bool = False, skip: list[str] | None = None,
                    layers: list[str] | None = None) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(fqn, module)`` of every linear to quantize.
@@ -80,8 +86,9 @@ def target_linears(model: nn.Module, *, include_head: bool = False, skip: list[s
     patterns = [re.compile(p) for p in (skip or [])]
     heads = set() if include_head else head_names(model)
     wanted = set(layers) if layers is not None else None
+    float_only = float_weight_readers(model)
     for name, module in list(model.named_modules()):
-        if not is_linear(module):
+        if not is_linear(module) or name.startswith(float_only):
             continue
         if wanted is not None:
             if name in wanted:
