@@ -3,7 +3,9 @@
     python benchmarks/readme_numbers.py           # rewrites the block between the README's numbers markers
 
 Sources: benchmarks/results/optimize/fortunes.json (optimize_bench.py), benchmarks/results/dynamic/*.json
-(dynamic_bench.py), benchmarks/results/peers/*.json (peers.py). Each table names its machine and load.
+(dynamic_bench.py), benchmarks/results/peers/*.json (peers.py), benchmarks/results/decode/decode.json
+(decode_bench.py), benchmarks/results/serve/serve_batching.json (serve_batching.py). Each table names its machine
+and load.
 """
 from __future__ import annotations
 
@@ -90,8 +92,54 @@ def peer_rows() -> list[str]:
     return lines + [""] if count else []
 
 
+def decode_rows() -> list[str]:
+    data = _read(RESULTS / "decode" / "decode.json")
+    rows = (data or {}).get("speed", {}).get("rows", {})
+    llama = next((r["tok_s"] for n, r in rows.items() if n.startswith("llama.cpp")), None)
+    if not rows or not llama:
+        return []
+    machine, speed = data["machine"], data["speed"]
+    ppl = data.get("perplexity", {}).get("rows", {})
+    lines = [f"Decode, {data['model']} batch 1, {speed['tokens']} greedy tokens, {speed['threads']} threads "
+             f"({machine['cpu_model']}, load average {_load(machine.get('load_avg_1_5_15'))} -> "
+             f"{_load(machine.get('load_avg_1_5_15_end'))}; `python {data['command']}`):", "",
+             "| decoder | tok/s | vs llama.cpp | perplexity vs FP32 |", "|---|---:|---:|---:|"]
+    for name, row in rows.items():
+        key = name.removeprefix("ours ")
+        change = ppl.get(key, {}).get("vs_fp32") if name.startswith("ours") else None
+        lines.append(f"| {name} | {row['tok_s']:.1f} | {row['tok_s'] / llama:.2f}x | "
+                     f"{'-' if change is None else f'{100 * change:+.2f}%'} |")
+    batching = data.get("batching", {})
+    if "speedup_8_vs_1" in batching:
+        lines += ["", f"Continuous batching: 8 streams give {batching['speedup_8_vs_1']:.2f}x one stream's "
+                      f"aggregate tokens/s."]
+    return lines + [""]
+
+
+def serving_rows() -> list[str]:
+    data = _read(RESULTS / "serve" / "serve_batching.json")
+    if not data:
+        return []
+    lines = [f"Serving embeddings ({data['args']['concurrency']} clients, one short sentence per request; "
+             f"{data['machine']}, load {data['load']['before']} -> {data['load']['after']}; `{data['command']}`):",
+             "", "| served model (backend) | batch-1 server req/s | best batched req/s | bare forward seq/s "
+             "| batched / bare forward | errors |", "|---|---:|---:|---:|---:|---:|"]
+    for model in data["models"]:
+        rows = [r for r in model["rows"] if r.get("server") == "autolite"]
+        single = [r for r in rows if r["max_batch_size"] == 1]
+        best = max((r for r in rows if r["max_batch_size"] > 1), key=lambda r: r["throughput_rps"], default=None)
+        if not single or best is None:
+            continue
+        forward = model["forward"]["seq_per_s"]
+        lines.append(f"| {model['model']} ({best['backend']}) | {single[0]['throughput_rps']:.0f} | "
+                     f"{best['throughput_rps']:.0f} | {forward:.0f} | {best['throughput_rps'] / forward:.0%} | "
+                     f"{sum(r['errors'] for r in rows)} |")
+    return lines + [""]
+
+
 def render() -> str:
-    return "\n".join([BEGIN, *optimize_rows(), *dynamic_rows(), *peer_rows(), END])
+    return "\n".join([BEGIN, *optimize_rows(), *dynamic_rows(), *peer_rows(), *decode_rows(), *serving_rows(),
+                      END])
 
 
 def main() -> None:
