@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import typer
 
-from autolite.cli.common import err_console
-from autolite.cli.common import MODEL_ARG, flag, non_negative, positive
+from autolite.cli.common import MODEL_ARG, err_console, flag, non_negative, positive
 from autolite.errors import AutoliteError
 from autolite.serve.app import ServeConfig
 from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray
-from autolite.serve.server import bind_socket, check_host, load_engine, run_server
+from autolite.serve import server  # called through the module: tests replace load_engine / run_server
 
 
 def serve(model: str = MODEL_ARG,
@@ -52,7 +51,7 @@ def serve(model: str = MODEL_ARG,
                          max_texts=max_texts, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
                          truncate=truncate, normalize=normalize, api_key=api_key, recipe=recipe,
                          continuous_batching=continuous_batching)
-    check_host(host, api_key)
+    server.check_host(host, api_key)
     if ray:
         if port == 0:
             raise AutoliteError("--ray needs a fixed --port (Ray Serve's HTTP proxy binds it), not 0")
@@ -63,13 +62,13 @@ def serve(model: str = MODEL_ARG,
                           highlight=False)
         serve_with_ray(model, config, host, port, device, options)
         return
-    sock = bind_socket(host, port)  # a busy port fails here, before the model loads
+    sock = server.bind_socket(host, port)  # a busy port fails here, before the model loads
     with sock:
-        engine = load_engine(model, config, device)
+        engine = server.load_engine(model, config, device)
         err_console.print(f"serving {engine.name} ({', '.join(sorted(engine.tasks))}; {engine.backend}) on "
                           f"http://{host}:{sock.getsockname()[1]} (batch <= {max_batch_size}, wait <= "
                           f"{max_wait_ms:g} ms); SIGTERM or Ctrl-C drains and exits", highlight=False)
-        run_server(engine, config, host, sock=sock)
+        server.run_server(engine, config, host, sock=sock)
 
 
 def register(app: typer.Typer) -> None:
