@@ -5,9 +5,6 @@ import typer
 
 from autolite.cli.common import MODEL_ARG, err_console, flag, non_negative, positive
 from autolite.errors import AutoliteError
-from autolite.serve.app import ServeConfig
-from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray
-from autolite.serve import server  # called through the module: tests replace load_engine / run_server
 
 
 def serve(model: str = MODEL_ARG,
@@ -46,6 +43,11 @@ def serve(model: str = MODEL_ARG,
           ray_address: str = typer.Option(None, help="With --ray: 'auto' or HOST:PORT joins a running Ray cluster "
                                                      "(default: start a local one).")) -> None:
     """Serve MODEL over HTTP: /v1/embeddings, /v1/classify, /v1/completions, /health, /metrics."""
+    # `server` is called through its module: tests replace load_engine / run_server
+    from autolite.serve import server  # lazy: FastAPI + uvicorn (~0.4 s) that no other verb needs at start-up
+    from autolite.serve.app import ServeConfig  # lazy: as above
+    from autolite.serve.scaleout import RayOptions, require_ray, serve_with_ray  # lazy: as above
+
     config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          timeout_s=timeout, workers=workers, threads=threads, pin=pin, max_body_bytes=max_body_bytes,
                          max_texts=max_texts, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
