@@ -19,7 +19,7 @@ from autolite.config import PassConfig, known_passes
 from autolite.errors import RecipeError
 from autolite.passes import import_builtin_passes
 from autolite.runtime.fast_dense import DEFAULT_CANDIDATES, candidate_passes
-from autolite.runtime.precision import native_dtypes
+from autolite.runtime.hardware import native_dtypes
 
 # every candidate fast-dense measures (ONNX Runtime, OpenVINO, INT8 engines, compile), plus two presets it leaves out
 BACKENDS = list(DEFAULT_CANDIDATES) + [b for b in ("bf16", "int8-static") if b not in DEFAULT_CANDIDATES]
