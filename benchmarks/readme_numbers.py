@@ -57,8 +57,29 @@ def _accuracy(row: dict[str, Any]) -> str:
     return f"{100 * acc:.1f}% ({100 * (acc - dense):+.1f} pt vs its dense model)"
 
 
+def adaptive_rows() -> list[str]:
+    """Dynamic inference on the test texts as they come (each batch padded to its own longest text)."""
+    lines = ["Dynamic inference on the same task, on the test texts as they come (each batch padded to its longest "
+             "text, vs FP32 eager on the same batches; `python benchmarks/dynamic_bench.py`, 1 torch thread):", "",
+             "| technique | batch 32 | batch 1 | test accuracy (FP32 -> row) | load average |",
+             "|---|---:|---:|---:|---:|"]
+    count = 0
+    for name in DYNAMIC:
+        data = _read(RESULTS / "dynamic" / "adaptive" / f"{name}.json")
+        for row in (data or {}).get("rows", []):
+            speed = row.get("speedup", {})
+            if "b32" not in speed:
+                continue
+            lines.append(f"| {row['name']} | {speed['b32']:.2f}x | {speed.get('b1', 0):.2f}x | "
+                         f"{100 * row['fp32_test_accuracy']:.1f}% -> {100 * row['test_accuracy']:.1f}% "
+                         f"({100 * (row['test_accuracy'] - row['fp32_test_accuracy']):+.2f} pt) | "
+                         f"{_load(data.get('load_average_1m'))} |")
+            count += 1
+    return lines + [""] if count else []
+
+
 def dynamic_rows() -> list[str]:
-    lines = ["Dynamic inference on the same task (speed-up vs the same model's dense path / vs FP32 eager; "
+    lines = ["The same techniques on full 128-token rows (speed-up vs the same model's dense path / vs FP32 eager; "
              "`python benchmarks/dynamic_bench.py`, 1 torch thread, shared machine):", "",
              "| technique | b32x128 | b1x128 | test accuracy |", "|---|---:|---:|---:|"]
     count = 0
@@ -138,7 +159,8 @@ def serving_rows() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join([BEGIN, *optimize_rows(), *dynamic_rows(), *peer_rows(), *decode_rows(), *serving_rows(),
+    return "\n".join([BEGIN, *optimize_rows(), *adaptive_rows(), *dynamic_rows(), *peer_rows(), *decode_rows(),
+                      *serving_rows(),
                       END])
 
 
