@@ -18,18 +18,23 @@ def bench(model: str = MODEL_ARG, recipe: str = RECIPE_OPT,
           device: str = typer.Option("cpu", help="cpu, cuda or auto (CUDA when present)."),
           roofline: bool = flag(False, "--roofline", help="Also report GFLOP/s and GB/s per layer kind "
                                         "of the candidate against this machine's measured peaks."),
+          decode_tokens: int = typer.Option(64, "--decode-tokens", min=0, max=4096,
+                                            help="Decoders: also time batch-1 greedy decode of this many tokens "
+                                                 "on autolite's own decode loop (compiled step); 0 skips it."),
           json_out: Path = JSON_OPT) -> None:
     """Measure latency, throughput, memory, size and fidelity of MODEL+recipe against FP32 eager."""
     with progress_bar(f"bench {model} [{recipe}] (load, compress, warm-up, {runs} interleaved runs)",
                       total=runs) as advance:
         result = bench_model(model, recipe, batch=batch, seq=seq, runs=runs, warmup=warmup,
                              threads=threads, data=data, device=device, roofline=roofline,
-                             progress=advance)
+                             decode_tokens=decode_tokens, progress=advance)
     console.print(rows_table(f"{model}: FP32 eager vs recipe '{result['recipe']['name']}'",
                              ("metric", "FP32 eager", result["recipe"]["name"]), comparison_rows(result)))
     if roofline:
         _print_roofline(result["roofline"])
         console.print(f"  {floor_line(result['roofline'].get('floor') or {}, result['baseline']['median_ms'])}")
+    if "decode" in result:
+        _print_decode(result["decode"], result["recipe"]["name"])
     if "routing" in result:
         _print_routing(result["routing"])
     for note in result["notes"]:
@@ -46,6 +51,14 @@ def _print_roofline(roofline: dict) -> None:
              f"INT8 GEMM {peaks.get('int8_gemm_gops', 0):.0f} GOP/s, "
              f"copy {peaks['bandwidth_gbs']:.1f} GB/s)")
     console.print(rows_table(title, headers, [tuple(row) for row in roofline["rows"]]))
+
+
+def _print_decode(decode: dict, name: str) -> None:
+    console.print(f"  decode, batch 1, {decode['new_tokens']} greedy tokens after a {decode['prompt_tokens']}-token "
+                  f"prompt (autolite decode loop, {'compiled' if decode['compiled'] else 'eager'} step, "
+                  f"{decode['threads']} threads, median of {decode['runs']}): FP32 "
+                  f"{decode['baseline']['tokens_per_s']:.1f} tok/s, {name} {decode['candidate']['tokens_per_s']:.1f} "
+                  f"tok/s ({decode['speedup']:.2f}x)", markup=False)
 
 
 def _print_routing(routing: dict) -> None:

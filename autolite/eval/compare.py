@@ -1,26 +1,30 @@
 """Baseline vs candidate in one process: interleaved timing, memory, size, fidelity."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import logging
-from typing import Any, Callable
+import statistics
+from typing import Any, Callable, Iterator
 
 import torch
 
 import autolite
 from autolite.arch import ArchSpec
 from autolite.data import load_texts
-from autolite.errors import BackendUnavailableError
+from autolite.errors import AutoliteError, BackendUnavailableError
 from autolite.eval.bench import (Timing, bench_inputs, first_call_seconds, forward_fn, interleaved, model_size,
                                  peak_memory_mb)
 from autolite.eval.fidelity import evaluate
 from autolite.eval.forward import model_device
 from autolite.passes import PassContext, compress, load_recipe
+from autolite.runtime.decode import Decoder, generate
 from autolite.runtime.hardware import probe
 from autolite.runtime.roofline import dense_floor, measure_peaks, profile, roofline_rows
 
 log = logging.getLogger(__name__)
+DECODE_PROMPT = "The history of the city began"
 
 
 def compare(baseline: torch.nn.Module, candidate: torch.nn.Module, tokenizer: Any, family: ArchSpec, *,
@@ -48,10 +52,46 @@ def compare(baseline: torch.nn.Module, candidate: torch.nn.Module, tokenizer: An
     }
 
 
+def decode_speed(models: dict[str, torch.nn.Module], tokenizer: Any, family: ArchSpec, *, tokens: int = 64,
+                 runs: int = 3, compile: bool = True, prompt: str = DECODE_PROMPT) -> dict[str, Any]:
+    """Batch-1 greedy decode tokens/s of each model on autolite's own decode loop (:mod:`autolite.runtime.decode`:
+    static KV cache, compiled step), exactly ``tokens`` new tokens (EOS ignored), interleaved after one warm-up
+    (which compiles); the median of ``runs`` per model, prefill not counted."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    decoders = {name: Decoder(model, family, compile=compile) for name, model in models.items()}
+    caches = {name: d.new_cache(1, len(ids) + tokens) for name, d in decoders.items()}
+    samples: dict[str, list[float]] = {name: [] for name in decoders}
+    with _eos_ignored(tokenizer):
+        for run in range(runs + 1):
+            for name, decoder in decoders.items():
+                out = generate(decoder, tokenizer, ids, tokens, cache=caches[name])
+                if run:  # the first round warms up (and compiles)
+                    samples[name].append(out.tokens_per_s)
+    result: dict[str, Any] = {"prompt_tokens": len(ids), "new_tokens": tokens, "runs": runs, "compiled": compile,
+                              "threads": torch.get_num_threads()}
+    for name, values in samples.items():
+        result[name] = {"tokens_per_s": statistics.median(values), "samples": values}
+    if "baseline" in samples and "candidate" in samples:
+        result["speedup"] = result["candidate"]["tokens_per_s"] / result["baseline"]["tokens_per_s"]
+    return result
+
+
+@contextlib.contextmanager
+def _eos_ignored(tokenizer: Any) -> Iterator[None]:
+    """Generation runs its full length (a speed measurement must not stop at a random model's EOS)."""
+    eos = tokenizer.eos_token_id
+    tokenizer.eos_token_id = None
+    try:
+        yield
+    finally:
+        tokenizer.eos_token_id = eos
+
+
 def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs: int = 10, warmup: int = 2,
                 threads: int | None = None, data: Any = None, device: str = "cpu", roofline: bool = False,
-                progress: Callable[[], None] | None = None) -> dict[str, Any]:
-    """``autolite bench``: load ``spec``, compress a copy with ``recipe``, compare it with FP32 eager."""
+                decode_tokens: int = 64, progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    """``autolite bench``: load ``spec``, compress a copy with ``recipe``, compare it with FP32 eager; for a
+    decoder (Llama-like or GPT-2, on CPU) also batch-1 decode tokens/s on autolite's decode loop."""
     if threads:
         torch.set_num_threads(threads)
     recipe = load_recipe(recipe)
@@ -65,6 +105,14 @@ def bench_model(spec: str, recipe: Any, *, batch: int = 8, seq: int = 128, runs:
                      data=load_texts(data, split="heldout") if data is None else calib, progress=progress)
     if roofline:
         result["roofline"] = roofline_of(candidate, tokenizer, family, batch, seq)
+    if decode_tokens and family.kind == "decoder" and resolve_device(device).type != "cpu":
+        ctx.note("decode tokens/s not measured: autolite's decode loop is measured on CPU only")
+    elif decode_tokens and family.kind == "decoder":
+        try:
+            result["decode"] = decode_speed({"baseline": baseline, "candidate": candidate}, tokenizer, family,
+                                            tokens=decode_tokens)
+        except AutoliteError as exc:  # e.g. a family or layer the decode loop does not run
+            ctx.note(f"decode tokens/s not measured: {exc}")
     if hasattr(candidate, "path_report"):  # a routed unit (autolite.dynamic.router): shares, per-path latency
         texts = calib if data is not None else load_texts(None, split="heldout")
         result["routing"] = candidate.path_report(tokenizer, texts.texts, labels=texts.labels, batch=batch)
