@@ -9,9 +9,11 @@ those, and race each against the leader so a loser stops after a run or two.
    their predicted time, ``floor / the share of its floor the candidate reached in earlier searches on this
    machine`` (cached; on a fresh machine: lowest floor first); one whose floor is above the leader's median
    is skipped unbuilt ("cannot win").
-3. **Race** (successive halving over runs): each round doubles the candidate's runs (1, 2, 4, ... up to
-   ``runs``) and the candidate stops as soon as its fastest run is slower than the leader's median. The FP32
-   baseline (the slowest model, only needed for the reported speedups) runs once next to each candidate.
+3. **Race** (successive halving over runs): a candidate is first warmed up until its call time settles
+   (:func:`warm_up`: OpenVINO's first calls at a new shape are several times slower than its steady state, and
+   one warm-up call had it timed at a third of its speed), then each round doubles the candidate's runs (1, 2,
+   4, ... up to ``runs``) and the candidate stops as soon as its fastest run is slower than the leader's median.
+   The FP32 baseline (the slowest model, only needed for the reported speedups) runs once next to each candidate.
 4. **Fidelity** is checked before a candidate is timed (a candidate out of bounds is never timed), and the
    whole search respects ``budget_s``: once spent, the remaining candidates are skipped with that reason.
 """
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 FLOOR_SLACK = 0.7  # another backend's GEMM may beat torch's measured peak by up to ~1/0.7
 PEAKS_VERSION = 1
 INT8_PASSES = {"int8-dynamic", "int8-static"}
+WARMUP_MAX_CALLS = 8  # a candidate's untimed calls before its race, at most
+WARMUP_SETTLED_CALLS = 2  # ... ending once this many calls in a row are
+WARMUP_SETTLED = 1.15  # ... within this factor of the fastest warm-up call after the first
+WARMUP_MAX_S = 6.0  # ... or once the calls after the first took this long (batch 32 on a large model)
 
 
 def time_once(name: str, fn: Callable[[], Any]) -> float:
@@ -244,13 +250,33 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
     return measured
 
 
-def _timed(name: str, fn: Callable[[], Any], race: Race, batch: int, seq: int) -> dict[str, Any]:
-    """Warm ``fn`` up (compiles) and race it; a backend that cannot run this shape is skipped with why."""
-    try:
+def warm_up(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Call ``fn`` until its time settles; returns the warm-up calls' ms. The first call compiles or builds
+    kernels; OpenVINO's next few at a new shape are still several times slower than its steady state, so
+    warming stops only when the last ``WARMUP_SETTLED_CALLS`` calls are each within ``WARMUP_SETTLED`` of
+    the fastest so far, or after ``WARMUP_MAX_CALLS`` calls or ``WARMUP_MAX_S`` seconds past the first."""
+    times: list[float] = []
+    while len(times) < WARMUP_MAX_CALLS:
+        start = clock()
         fn()
+        times.append((clock() - start) * 1000.0)
+        settled = times[-WARMUP_SETTLED_CALLS:]
+        if len(times) > WARMUP_SETTLED_CALLS and max(settled) <= min(times[1:]) * WARMUP_SETTLED:
+            break
+        if sum(times[1:]) > WARMUP_MAX_S * 1000.0:
+            break
+    return times
+
+
+def _timed(name: str, fn: Callable[[], Any], race: Race, batch: int, seq: int) -> dict[str, Any]:
+    """Warm ``fn`` up until its time settles and race it; a backend that cannot run this shape is skipped with
+    why."""
+    try:
+        warm = warm_up(fn)
     except Exception as exc:  # noqa: BLE001 - engines raise their own types; the candidate is skipped, said why
         return {"skipped": f"cannot run batch {batch} x seq {seq}: {str(exc).splitlines()[0][:200]}", "ok": False}
     verdict = race.run(name, fn)
+    verdict["warmup_calls"] = len(warm)
     verdict["speedup"] = round(race.baseline_median() / verdict["median_ms"], 3)
     verdict["baseline_ms"] = round(race.baseline_median(), 2)
     return verdict

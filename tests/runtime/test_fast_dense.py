@@ -190,3 +190,23 @@ def test_candidates_that_need_a_compile_are_tried_after_the_cheap_ones(load_mode
                       budget_s=1e-6)
     assert "int8-dynamic" in calls and "int8-dynamic+compile" not in calls  # the cheap build went first
     assert "budget" in result["measured"]["int8-dynamic+compile"]["skipped"]
+
+
+def _clock(call_ms: list[float]):
+    """A clock under which the n-th call of the warmed function takes ``call_ms[n]`` milliseconds."""
+    ticks = iter([t for ms in call_ms for t in (0.0, ms / 1000.0)])
+    return lambda: next(ticks)
+
+
+def test_warm_up_goes_on_until_the_call_time_settles():
+    calls = []
+    # like OpenVINO at a new shape: the first call builds, the next few are still several times slower
+    times = dense_search.warm_up(lambda: calls.append(1), clock=_clock([900, 300, 120, 100, 104, 100, 100, 100]))
+    assert len(calls) == 5 and times == pytest.approx([900, 300, 120, 100, 104])
+
+
+def test_warm_up_is_bounded_in_calls_and_time():
+    falling = [1000.0 / (i + 1) for i in range(20)]  # never settles
+    assert len(dense_search.warm_up(lambda: None, clock=_clock(falling))) == dense_search.WARMUP_MAX_CALLS
+    slow = [50.0, dense_search.WARMUP_MAX_S * 1000.0 + 1, 4000.0, 3000.0]  # one call past the first is too long
+    assert len(dense_search.warm_up(lambda: None, clock=_clock(slow))) == 2
