@@ -31,7 +31,7 @@ from autolite.arch import family_of
 from autolite.eval.forward import mean_pool
 from autolite.export.hf import write_model_files
 from autolite.export.mlx_quant import dequantized_twin, packed_modules, mlx_arrays, quantized_twin
-from autolite.export.validate import Tolerance, torch_outputs, validate, validate_quantized
+from autolite.export.validate import Tolerance, Validation, torch_outputs, validate, validate_quantized
 from autolite.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,19 @@ def _runner(directory: Path, family: Any):
 
     model, _ = load(str(directory))
     return lambda batch: {"logits": to_torch(model(mx.array(batch["input_ids"].numpy())))}
+
+
+def compare_with_model(directory: str | Path, model: torch.nn.Module, tokenizer: Any, *,
+                       tolerance: Tolerance | None = None, max_texts: int | None = DEFAULT_TEXTS) -> Validation:
+    """Run a written MLX decoder export and ``model`` (any torch decoder, e.g. autolite's INT4 model on its own
+    kernels) on the held-out texts; their logits' difference (raises ``NumericsError`` beyond ``tolerance``)."""
+    require_mlx()
+    family = family_of(model)
+    run = _runner(Path(directory), family)
+    with _right_padding(tokenizer):
+        return validate(run, lambda batch: {"logits": torch_outputs(model, family, batch)["logits"]}, tokenizer,
+                        tolerance or Tolerance(), what="mlx", against=f"{type(model).__name__} in torch",
+                        max_texts=max_texts)
 
 
 def validate_mlx(run, model, tokenizer, family, precision: str, max_texts, bits=None, group_size=64, packed=False):
