@@ -1,4 +1,6 @@
 """GGUF export: autolite's INT4/INT8 codes land in ggml blocks unchanged (read back with gguf's own reader)."""
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,9 @@ def test_gguf_q4_1_and_q8_0_blocks_hold_our_codes(tmp_path, small_llama):
         checked[tensor.tensor_type.name] += 1
     assert checked == {"Q4_1": 14, "Q8_0": 1}
     assert "q4_1" in result.precision and result.validation.passed and "output.weight" in stored
+    if importlib.util.find_spec("llama_cpp"):  # the round trip: llama.cpp runs our Q4_1/Q8_0 file
+        assert "llama.cpp" in result.validation.against and result.validation.extra["top1_agreement"] > 0.95
+
 
 def test_gguf_symmetric_int4_is_exact_q4_0(tmp_path, small_llama):
     """Symmetric INT4 (zero 8) is Q4_0's own form, and a group of 64 is two 32-blocks: nothing is rounded."""
