@@ -6,19 +6,43 @@ saved as JSON under benchmarks/results/. Usage:
     python benchmarks/run_all.py                 # every case
     python benchmarks/run_all.py --only minilm   # cases whose name contains "minilm"
     python benchmarks/run_all.py --render        # only re-render the markdown from saved JSON
+
+A model spec ending in ``#encoder`` (``random:t5-small#encoder``) times the encoder stack of a seq2seq
+model alone (``T5EncoderModel`` with the model's encoder weights), in this script's own harness: the same
+interleaved timing as ``autolite bench``, fidelity as the cosine of mean-pooled encoder states.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import datetime
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+import autolite
+from autolite.data import load_texts
+from autolite.errors import ArgumentError
+from autolite.eval import metrics
+from autolite.eval.bench import Timing, bench_inputs, first_call_seconds, forward_fn, interleaved, model_size
+from autolite.eval.forward import batches, run_model
+from autolite.io import write_json_atomic
+from autolite.passes import PassContext, compress, load_recipe
+from autolite.runtime.hardware import probe
+
+import tables  # benchmarks/tables.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 TABLE_END = "<!-- end of the generated table: sections below are kept on re-render -->"
+DYNAMIC = [RESULTS / "dynamic" / f"{name}.json" for name in ("early-exit", "combined", "route")]
 
 # name -> (model, recipe, batch, seq, runs)
 CASES = {
@@ -39,42 +63,129 @@ CASES = {
     "minilm-ort-int8-b1": ("minilm", "ort-int8", 1, 128, 20),
     "minilm-int8-dynamic-b8": ("minilm", "int8-dynamic", 8, 128, 10),
     "minilm-fast-dense-b32": ("minilm", "fast-dense", 32, 128, 10),
+    "minilm-fp16-b32": ("minilm", "fp16", 32, 128, 10),
+    "minilm-w4g64-b32": ("minilm", "w4g64", 32, 128, 10),
+    # end to end: pruning (layers, heads, FFN) + the engine, against FP32 eager of the unpruned model
+    "e2e-bert-base-b32": ("random:bert-base", "recipes/bert-base-e2e.yaml", 32, 128, 5),
+    "e2e-bert-base-b1": ("random:bert-base", "recipes/bert-base-e2e.yaml", 1, 128, 10),
+    "e2e-roberta-large-b32": ("random:roberta-large", "recipes/roberta-large-e2e.yaml", 32, 128, 5),
+    "e2e-roberta-large-b1": ("random:roberta-large", "recipes/roberta-large-e2e.yaml", 1, 128, 10),
+    "e2e-t5-small-encoder-b32": ("random:t5-small#encoder", "recipes/t5-small-encoder-e2e.yaml", 32, 128, 5),
+    "e2e-t5-small-encoder-b1": ("random:t5-small#encoder", "recipes/t5-small-encoder-e2e.yaml", 1, 128, 10),
 }
+ENCODER_SUFFIX = "#encoder"
 
 
 def run_case(name: str, model: str, recipe: str, batch: int, seq: int, runs: int) -> None:
+    """One case in a fresh process (``autolite bench``, or this script's encoder-stack harness)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
-    cmd = [sys.executable, "-m", "autolite.cli", "bench", model, "--recipe", recipe, "--batch", str(batch),
-           "--seq", str(seq), "--runs", str(runs), "--json", str(out)]
-    print("$ autolite " + " ".join(cmd[3:-2]), flush=True)
+    if model.endswith(ENCODER_SUFFIX):
+        cmd = [sys.executable, __file__, "--encoder-case", name]
+    else:
+        cmd = [sys.executable, "-m", "autolite.cli", "bench", model, "--recipe", recipe, "--batch", str(batch),
+               "--seq", str(seq), "--runs", str(runs), "--json", str(out)]
+    print(f"$ {name}: {model} [{recipe}] {batch}x{seq}, {runs} runs", flush=True)
+    before = loadavg()
     subprocess.run(cmd, check=True, cwd=ROOT)
+    data = json.loads(out.read_text())
+    data["load"] = {"before": before, "after": loadavg(), "what": "1-minute load average at start and end"}
+    write_json_atomic(out, data)
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else -1.0
+
+
+def encoder_stack(spec: str) -> tuple[torch.nn.Module, Any, Any]:
+    """``T5EncoderModel`` holding the encoder weights of seq2seq model ``spec``, its tokenizer, and its
+    family seen as an encoder (the passes then find the encoder layers only)."""
+    full, tokenizer, family = autolite.load(spec.removesuffix(ENCODER_SUFFIX))
+    if family.kind != "seq2seq":
+        raise ArgumentError(f"{spec}: '{ENCODER_SUFFIX}' takes a seq2seq model; this one is {family.kind}")
+    encoder = transformers.T5EncoderModel(full.config)
+    encoder.load_state_dict({k: v for k, v in full.state_dict().items() if k.startswith(("shared.", "encoder."))},
+                            strict=False)
+    return encoder.eval(), tokenizer, dataclasses.replace(family, name=f"{family.name}-encoder", kind="encoder")
+
+
+def bench_encoder_stack(spec: str, recipe: str, batch: int, seq: int, runs: int, warmup: int = 2) -> dict[str, Any]:
+    """``autolite bench``'s measurement for an encoder stack: FP32 eager vs the recipe, interleaved."""
+    recipe = load_recipe(recipe)
+    baseline, tokenizer, family = encoder_stack(spec)
+    calib = load_texts(None, split="calib")
+    ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels, shape=(batch, seq))
+    candidate = compress(copy.deepcopy(baseline), recipe, tokenizer=tokenizer, family=family, ctx=ctx)
+    inputs = bench_inputs(tokenizer, family, batch, seq)
+    fns = {"baseline": forward_fn(baseline, family, inputs), "candidate": forward_fn(candidate, family, inputs)}
+    first = {name: first_call_seconds(fn) for name, fn in fns.items()}
+    samples = interleaved(fns, runs=runs, warmup=warmup)
+    timing = {name: Timing(samples[name], batch, first[name], None, *model_size(model)).to_dict()
+              for name, model in (("baseline", baseline), ("candidate", candidate))}
+    return {"batch": batch, "seq": seq, "threads": torch.get_num_threads(), **timing,
+            "speedup": timing["baseline"]["median_ms"] / timing["candidate"]["median_ms"],
+            "size_ratio": timing["baseline"]["size_mb"] / timing["candidate"]["size_mb"],
+            "fidelity": encoder_cosine(candidate, baseline, tokenizer, family, seq),
+            "model": spec, "family": family.name, "recipe": recipe.to_dict(), "notes": ctx.notes,
+            "machine": probe().to_dict(), "autolite_version": autolite.__version__,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def encoder_cosine(model: torch.nn.Module, reference: torch.nn.Module, tokenizer: Any, family: Any,
+                   seq: int, texts: int = 64) -> dict[str, Any]:
+    """Mean cosine of mean-pooled final states against ``reference`` on held-out corpus texts."""
+    data = load_texts(None, split="heldout").head(texts)
+    total, rows = 0.0, 0
+    for batch in batches(tokenizer, data.texts, 16, seq):
+        mine, theirs = run_model(model, family, batch), run_model(reference, family, batch)
+        total += float(metrics.cosine_per_row(mine.embeddings, theirs.embeddings).sum())
+        rows += mine.embeddings.shape[0]
+    return {"texts": rows, "data": "corpus:heldout", "kind": "encoder", "cosine": total / rows}
 
 
 def render() -> None:
-    rows = []
-    machine = None
-    for path in sorted(RESULTS.glob("*.json")):
-        data = json.loads(path.read_text())
-        machine = machine or data["machine"]
+    """docs/BENCHMARKS.md: the original's tables, then every case, then the sections other scripts wrote."""
+    results = bench_results()
+    lines = [
+        "# Benchmarks", "",
+        "Generated by `make bench` (`python benchmarks/run_all.py`, then `python benchmarks/make_docs.py`) from "
+        "the JSON in `benchmarks/results/`; do not edit above the end marker. Every speed-up is measured in one "
+        "process against FP32 eager PyTorch on the same inputs (interleaved, medians after warm-up), on the "
+        "machine named in its row: rows from different machines are not comparable with each other.", "",
+        *tables.e2e_table(results), *tables.precision_table(results),
+        *tables.technique_table(_read(RESULTS / "optimize" / "fortunes.json"),
+                                {p.stem: json.loads(p.read_text()) for p in DYNAMIC if p.exists()}),
+        *tables.batching_table(_read(RESULTS / "serve" / "serve_batching.json")),
+        *tables.energy_table(results), *case_table(results)]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text("\n".join(lines + ["", TABLE_END]) + _hand_written_tail())
+    print(f"wrote {DOC}")
+
+
+def bench_results() -> dict[str, dict[str, Any]]:
+    """The cases' JSON by name (other scripts' JSON in the same folder, without a baseline, is skipped)."""
+    loaded = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))}
+    return {name: data for name, data in loaded.items() if "baseline" in data and "candidate" in data}
+
+
+def case_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per `run_all.py` case."""
+    lines = ["## Every case", "",
+             "| case | model | recipe | batch x seq | FP32 eager ms | candidate ms | speed-up | fidelity vs FP32 | "
+             "machine, load | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, data in results.items():
         fid = data["fidelity"]
         quality = (f"cosine {fid['cosine']:.5f}" if "cosine" in fid else
                    f"ppl {fid.get('perplexity_rel_change', 0) * 100:+.2f}%" if "perplexity" in fid else "-")
-        rows.append(f"| {data['model']} | {data['recipe']['name']} | {data['batch']}x{data['seq']} | "
-                    f"{data['baseline']['median_ms']:.1f} | {data['candidate']['median_ms']:.1f} | "
-                    f"**{data['speedup']:.2f}x** | {quality} | {'; '.join(data.get('notes', [])) or '-'} |")
-    header = [
-        "# Benchmarks", "",
-        "Generated by `python benchmarks/run_all.py` (each row one `autolite bench` run: FP32 eager baseline "
-        "and candidate timed interleaved in one process, medians after warm-up; raw JSON in "
-        "`benchmarks/results/`).", "",
-        f"Machine: {_machine_line(machine)}", "",
-        "| model | recipe | batch x seq | FP32 eager ms | candidate ms | speed-up | fidelity vs FP32 | notes |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text("\n".join(header + rows + ["", TABLE_END]) + _hand_written_tail())
-    print(f"wrote {DOC}")
+        lines.append(f"| {name} | {data['model']} | {data['recipe']['name']} | {data['batch']}x{data['seq']} | "
+                     f"{data['baseline']['median_ms']:.1f} | {data['candidate']['median_ms']:.1f} | "
+                     f"**{data['speedup']:.2f}x** | {quality} | {tables.machine_name(data['machine'], data['threads'])}; "
+                     f"{tables.load_text(data)} | {'; '.join(data.get('notes', [])) or '-'} |")
+    return lines
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _hand_written_tail() -> str:
@@ -83,20 +194,15 @@ def _hand_written_tail() -> str:
     return old.split(TABLE_END, 1)[1] if TABLE_END in old else "\n"
 
 
-def _machine_line(machine: dict | None) -> str:
-    if not machine:
-        return "unknown"
-    isa = [k for k, v in machine.get("isa", {}).items() if v and k in ("avx512f", "avx512_vnni", "avx512_bf16",
-                                                                       "amx_bf16", "amx_int8")]
-    return (f"{machine.get('cpu_model')}, {machine.get('usable_cores')} cores, "
-            f"ISA: {', '.join(isa) or 'none of AVX-512/AMX'}; torch {machine['libraries'].get('torch')}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="run only cases whose name contains this")
     parser.add_argument("--render", action="store_true", help="only render docs/BENCHMARKS.md")
+    parser.add_argument("--encoder-case", default="", help=argparse.SUPPRESS)  # run_case's own subprocess
     args = parser.parse_args()
+    if args.encoder_case:
+        write_json_atomic(RESULTS / f"{args.encoder_case}.json", bench_encoder_stack(*CASES[args.encoder_case]))
+        return
     if not args.render:
         for name, case in CASES.items():
             if args.only in name:
