@@ -40,8 +40,10 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
+# Every case of benchmarks/run_all.py (~1 h on 2 cores), then the docs from the JSON; a subset: make bench ONLY=e2e-
+ONLY ?=
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py --only '$(ONLY)'
 	$(BIN)/python benchmarks/make_docs.py
 
 # The peers (PyTorch compile, ONNX Runtime, OpenVINO) against autolite, same machine, one run; long on 2 cores

@@ -1,6 +1,7 @@
 """Render the docs' speed tables from the benchmark JSON, so no speed number is typed by hand.
 
-    python benchmarks/make_docs.py      # docs/PEERS.md and docs/_readme_speed.md from benchmarks/results/peers/
+    python benchmarks/make_docs.py      # docs/PEERS.md and docs/_readme_speed.md from benchmarks/results/peers/,
+                                        # docs/BENCHMARKS.md from benchmarks/results/ (run_all.render)
 
 ``render_peers`` is also what benchmarks/peers.py calls after a run. docs/_readme_speed.md is a short snippet
 (one row per model and shape: FP32 eager, the best peer, fast-dense) for the README to include.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+import run_all  # benchmarks/run_all.py, beside this script: renders docs/BENCHMARKS.md
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "peers"
@@ -123,6 +126,7 @@ def main() -> None:
     (ROOT / "docs" / "PEERS.md").write_text(render_peers(paths))
     (ROOT / "docs" / "_readme_speed.md").write_text(render_readme_speed(paths))
     print("wrote docs/PEERS.md and docs/_readme_speed.md")
+    run_all.render()
 
 
 if __name__ == "__main__":
