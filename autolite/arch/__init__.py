@@ -1,6 +1,7 @@
 """Model families: one module per family; a registry from HF ``model_type`` to its :class:`ArchSpec`."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
@@ -14,7 +15,7 @@ FAMILIES: list[ArchSpec] = [*bert.SPECS, *t5.SPECS, *gpt2.SPECS, *llama.SPECS]
 _BY_MODEL_TYPE = {mt: spec for spec in FAMILIES for mt in spec.model_types}
 
 __all__ = ["ArchSpec", "AttentionView", "FFNView", "LayerView", "FAMILIES", "base_model",
-           "family_for", "family_of", "is_conv1d", "supported_model_types"]
+           "encoder_view", "family_for", "family_of", "is_conv1d", "supported_model_types"]
 
 
 def supported_model_types() -> list[str]:
@@ -27,7 +28,7 @@ def family_for(model_type: str | None, config: Any = None) -> ArchSpec:
     (``autolite.arch.generic``); anything else is a one-line error that lists what is supported."""
     spec = _BY_MODEL_TYPE.get(model_type or "")
     if spec is not None:
-        return spec
+        return encoder_view(spec) if spec.kind == "seq2seq" and _encoder_stack(config) else spec
     families = "; ".join(f"{s.name} ({s.members})" for s in FAMILIES)
     if is_text_model_type(model_type):
         return generic_spec(model_type, config, families)
@@ -35,9 +36,21 @@ def family_for(model_type: str | None, config: Any = None) -> ArchSpec:
 
 
 def family_of(model: nn.Module) -> ArchSpec:
-    """The family of a loaded HF model."""
+    """The family of a loaded HF model; the encoder stack of a seq2seq family alone (``T5EncoderModel``) is
+    that family seen as an encoder (:func:`encoder_view`)."""
     config = getattr(model, "config", None)
     return family_for(getattr(config, "model_type", None), _with_class(config, model))
+
+
+def encoder_view(spec: ArchSpec) -> ArchSpec:
+    """A seq2seq family's encoder stack as an encoder family (the passes then find the encoder layers only)."""
+    return dataclasses.replace(spec, name=f"{spec.name}-encoder", kind="encoder")
+
+
+def _encoder_stack(config: Any) -> bool:
+    """True when the model class is a seq2seq family's encoder stack alone (``T5EncoderModel``)."""
+    names = (config.get("architectures") if isinstance(config, dict) else getattr(config, "architectures", None))
+    return bool(names) and all(str(name).endswith("EncoderModel") for name in names)
 
 
 def _with_class(config: Any, model: nn.Module) -> dict[str, Any]:

@@ -111,14 +111,23 @@ def _nncf_int8(ov_model: Any, config: OpenVino) -> Any:
         raise BackendUnavailableError(f"NNCF could not quantize this model: {str(exc).splitlines()[0]}") from exc
 
 
+GRAPH_NAMES = ("input_ids", "attention_mask", "last_hidden_state", "logits")
+
+
+def port_name(port: Any) -> str:
+    """The exported graph's name of a port: OpenVINO merges tensor names (a T5 encoder's output also carries
+    the name of the op that made it), and ``get_any_name`` may return any of them."""
+    names = port.get_names()
+    return next((name for name in GRAPH_NAMES if name in names), port.get_any_name())
+
+
 class OpenVinoRunner(Runner):
     """Holds the compiled model and one infer request."""
 
     kind = "OpenVINO"
 
     def __init__(self, compiled: Any, how: str) -> None:
-        super().__init__([p.get_any_name() for p in compiled.inputs], [p.get_any_name() for p in compiled.outputs],
-                         how)
+        super().__init__([port_name(p) for p in compiled.inputs], [port_name(p) for p in compiled.outputs], how)
         self.compiled, self.request = compiled, compiled.create_infer_request()
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
 """OpenVINO backend: FP32 matches torch, default precision and NNCF INT8 keep fidelity, save -> load rebuilds
-the same model (bit-identical), the torch weights are memory-mapped (no second resident copy), clear errors."""
+the same model (bit-identical), the torch weights are memory-mapped (no second resident copy), clear errors;
+the T5 encoder stack alone runs in OpenVINO and ONNX Runtime and reloads identical."""
 from __future__ import annotations
 
 import copy
@@ -7,12 +8,15 @@ import sys
 
 import pytest
 import torch
+import transformers
 
 import autolite
+from autolite.arch import family_of
 from autolite.errors import BackendUnavailableError
 from autolite.passes import PassContext
-from autolite.runtime.external import MAPPED_ATTR
+from autolite.runtime.external import MAPPED_ATTR, runner_of
 from autolite.runtime.openvino import OpenVino, is_openvino
+from autolite.runtime.ort import OnnxRuntime
 
 pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'autolite[peers]'")
 
@@ -54,6 +58,36 @@ def test_fidelity_and_reload_is_identical(load_model, texts, tmp_path, cache_dir
     assert is_openvino(loaded)
     with torch.no_grad():
         assert torch.equal(before, loaded(**batch).logits)
+
+
+def _t5_encoder(load_model):
+    """The encoder stack of tiny-t5 alone (``T5EncoderModel`` with its weights), as peers.py times it."""
+    full, tok, _ = load_model("tiny-t5")
+    encoder = transformers.T5EncoderModel(full.config)
+    encoder.load_state_dict({k: v for k, v in full.state_dict().items() if k.startswith(("shared.", "encoder."))},
+                            strict=False)
+    return encoder.eval(), tok
+
+
+@pytest.mark.parametrize("config", [OpenVino(precision="int8"), OnnxRuntime(precision="int8")],
+                         ids=["openvino-int8", "onnxruntime-int8"])
+def test_t5_encoder_stack_runs_in_the_engines_and_reloads_identical(load_model, texts, tmp_path, config):
+    pytest.importorskip("nncf", reason="NNCF is an optional extra: pip install 'autolite[peers]'")
+    encoder, tok = _t5_encoder(load_model)
+    family = family_of(encoder)
+    assert (family.name, family.kind) == ("t5-encoder", "encoder")
+    built = autolite.compress(copy.deepcopy(encoder), [config], tokenizer=tok, family=family,
+                              ctx=PassContext(family=family, tokenizer=tok, calib=texts))
+    assert runner_of(built) is not None
+    assert autolite.evaluate(built, tok, reference=encoder, data=texts, family=family)["cosine"] > 0.99
+    batch = _padded(tok, texts)
+    with torch.no_grad():
+        before = built(**batch).last_hidden_state
+    autolite.save_model(built, tok, tmp_path / "t5-encoder")
+    loaded, _, loaded_family = autolite.load(tmp_path / "t5-encoder")
+    assert loaded_family.kind == "encoder" and runner_of(loaded) is not None
+    with torch.no_grad():
+        assert torch.equal(before, loaded(**batch).last_hidden_state)
 
 
 def test_decoder_is_refused_clearly(load_model):
