@@ -8,6 +8,12 @@ moves into its slot, so the active rows stay ``0 .. n-1`` and the step reads onl
 their text token by token through their :class:`~autolite.serve.stream.TokenSink` (final text and reason
 before the answer), so ``stream_completions`` works over this batcher as over the static one.
 
+The step loop keeps per-token work off the model's critical path: one batched argmax for the greedy
+rows and one ``tolist`` per step (no per-row tensor reads), and every event a step produces (stream
+deltas, answers) handed to the event loop in one ``call_soon_threadsafe`` per step, not one per token
+and row: each hand-off wakes the event-loop thread, which on a machine with as many cores as intra-op
+threads takes a core from the step's threads.
+
 Prefix reuse: the prompts' KV are kept in a small LRU store (a cache of its own). A new prompt that
 shares at least ``min_prefix`` leading tokens with a stored one copies those positions into its slot and
 prefills only the rest (a system prompt or chat template is computed once). The KV of a position
@@ -23,7 +29,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
@@ -118,7 +124,8 @@ class DecodeBatcher:
         self.max_queue, self.timeout_s = max_queue, timeout_s
         self.metrics = metrics or ServeMetrics()
         self.rows: list[_Request] = []  # active, row i in cache slot i
-        self.tokens = torch.zeros(slots, dtype=torch.long)  # each row's last token
+        self.tokens: list[int] = []  # each active row's last token
+        self.outbox = _Outbox()
         self.waiting: deque[_Request] = deque()
         self.max_rows_seen = 0
         self._cond = threading.Condition()
@@ -175,7 +182,7 @@ class DecodeBatcher:
         for rows in sorted({1, min(2, self.cache.shape.slots)}):
             for row in range(rows):
                 self.decoder.prefill(self.cache, row, [self.eos or 0] * 4)
-            self.decoder.step(self.cache, self.tokens[:rows].clone())
+            self.decoder.step(self.cache, torch.zeros(rows, dtype=torch.long))
             for row in range(rows):
                 self.cache.reset(row)
 
@@ -195,25 +202,36 @@ class DecodeBatcher:
                     self._admit(request)
                 if self.rows:
                     self._step()
-            except Exception as exc:  # a failure ends every row in flight with the error, the loop goes on
+            except Exception as exc:  # a failed step ends every row in flight with the error, the loop goes on
                 log.exception("decode step failed")
                 for request in self.rows:
-                    _reply(request, exc=exc)
-                self.rows = []
+                    self._reply(request, exc=exc)
+                self.rows, self.tokens = [], []
+            finally:
+                self.outbox.flush()  # this iteration's events: one wake-up per event loop
 
     def _admit(self, request: _Request) -> None:
+        """Prefill ``request`` into the next row and take its first token (a failed prefill fails it alone)."""
+        try:
+            self._prefill(request)
+        except Exception as exc:  # noqa: BLE001 - answered to this request only
+            log.warning("prefill failed: %s", exc)
+            self._reply(request, exc=exc)
+
+    def _prefill(self, request: _Request) -> None:
         if request.cancelled:
             return
         if time.perf_counter() - request.enqueued > self.timeout_s:
             self.metrics.rejected.labels("timeout").inc()
-            _reply(request, exc=RequestTimeoutError(f"no decode slot within {self.timeout_s:g} s"))
+            self._reply(request, exc=RequestTimeoutError(f"no decode slot within {self.timeout_s:g} s"))
             return
         row = len(self.rows)
         reused = self.prefixes.reuse(self.cache, row, request.ids)
         logits = self.decoder.prefill(self.cache, row, request.ids[reused:], start=reused)
         self.prefixes.save(self.cache, row, request.ids)
+        first = int(next_tokens(logits[None], request.sampling, request.generator)[0])
         self.rows.append(request)
-        self.tokens[row] = next_tokens(logits[None], request.sampling, request.generator)[0]
+        self.tokens.append(first)
         self.metrics.tokens.inc(len(request.ids) - reused)
         self._take(row)
 
@@ -221,20 +239,19 @@ class DecodeBatcher:
         n = len(self.rows)
         self.max_rows_seen = max(self.max_rows_seen, n)
         started = time.perf_counter()
-        logits = self.decoder.step(self.cache, self.tokens[:n].clone())  # (n, V)
+        logits = self.decoder.step(self.cache, torch.tensor(self.tokens, dtype=torch.long))  # (n, V)
         self.metrics.observe_batch(n, n, n, time.perf_counter() - started)
-        greedy = logits.argmax(-1)  # (n,)
+        chosen = logits.argmax(-1).tolist()  # every row greedy: one argmax, one read; sampled rows below
         for row, request in enumerate(self.rows):
             if not request.sampling.greedy:
-                self.tokens[row] = next_tokens(logits[row:row + 1], request.sampling, request.generator)[0]
-            else:
-                self.tokens[row] = greedy[row]
+                chosen[row] = int(next_tokens(logits[row:row + 1], request.sampling, request.generator)[0])
+        self.tokens = chosen
         for row in reversed(range(n)):  # leaving rows move the last row down: go from the end
             self._take(row)
 
     def _take(self, row: int) -> None:
         """Append row's new token; finish the row on EOS, its limit or a cancelled client."""
-        request, token = self.rows[row], int(self.tokens[row])
+        request, token = self.rows[row], self.tokens[row]
         reason = None
         if request.cancelled or (request.sink is not None and request.sink.cancelled):
             reason = "cancelled"
@@ -243,7 +260,8 @@ class DecodeBatcher:
         else:
             request.out.append(token)
             if request.sink is not None:
-                request.sink.update(self.tokenizer.decode(request.out, skip_special_tokens=True))
+                self._stream(request.sink, request.sink.delta(self.tokenizer.decode(request.out,
+                                                                                    skip_special_tokens=True)))
             if len(request.out) >= request.params.max_new_tokens:
                 reason = "length"
         if reason is None:
@@ -252,8 +270,8 @@ class DecodeBatcher:
         if reason != "cancelled":
             text = self.tokenizer.decode(request.out, skip_special_tokens=True)
             if request.sink is not None:
-                request.sink.finish(text, reason)
-            _reply(request, {"text": text, "tokens": len(request.out), "finish_reason": reason})
+                self._stream(request.sink, request.sink.final(text, reason))
+            self._reply(request, {"text": text, "tokens": len(request.out), "finish_reason": reason})
 
     def _leave(self, row: int) -> None:
         last = len(self.rows) - 1
@@ -262,23 +280,49 @@ class DecodeBatcher:
             self.tokens[row] = self.tokens[last]
             self.rows[row] = self.rows[last]
         self.rows.pop()
+        self.tokens.pop()
         self.cache.reset(last)
 
+    def _stream(self, sink: TokenSink, event: Any) -> None:
+        if event is not None:
+            self.outbox.post(sink.loop, sink.queue.put_nowait, event)
 
-def _reply(request: _Request, result: Any = None, exc: BaseException | None = None) -> None:
-    """Resolve the request's future on its event loop (after any sink events already queued)."""
-    def resolve() -> None:
-        if request.future.done():
-            return
-        if exc is not None:
-            request.future.set_exception(exc)
-        else:
-            request.future.set_result(result)
+    def _reply(self, request: _Request, result: Any = None, exc: BaseException | None = None) -> None:
+        """Resolve the request's future on its event loop (after its sink events, posted before)."""
+        self.outbox.post(request.future.get_loop(), _resolve, request.future, result, exc)
 
-    try:
-        request.future.get_loop().call_soon_threadsafe(resolve)
-    except RuntimeError:  # the loop is closed: nobody is waiting
-        pass
+
+class _Outbox:
+    """Calls for event loops, collected by the worker thread during one iteration and handed over together:
+    one ``call_soon_threadsafe`` (one wake-up) per event loop and iteration, the calls run in posting order."""
+
+    def __init__(self) -> None:
+        self.calls: dict[asyncio.AbstractEventLoop, list[tuple[Callable, tuple]]] = {}
+
+    def post(self, loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:
+        self.calls.setdefault(loop, []).append((fn, args))
+
+    def flush(self) -> None:
+        calls, self.calls = self.calls, {}
+        for loop, batch in calls.items():
+            try:
+                loop.call_soon_threadsafe(_run_all, batch)
+            except RuntimeError:  # the loop is closed: nobody is waiting
+                pass
+
+
+def _run_all(calls: list[tuple[Callable, tuple]]) -> None:
+    for fn, args in calls:
+        fn(*args)
+
+
+def _resolve(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():  # cancelled: its client went away
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def decode_batcher_for(engine: Any, *, slots: int, compile: bool, max_new_tokens: int, max_queue: int,

@@ -43,16 +43,27 @@ class TokenSink:
 
     def update(self, text: str) -> None:
         """The prompt's whole completion so far; hands over what is new (holding back a partial character)."""
-        if text.endswith("\ufffd") or not text.startswith(self.sent) or len(text) == len(self.sent):
-            return
-        delta, self.sent = text[len(self.sent):], text
-        self._put((self.index, delta, None))
+        event = self.delta(text)
+        if event is not None:
+            self._put(event)
 
     def finish(self, text: str, reason: str) -> None:
         """The final completion: hand over what is left, with the finish reason."""
+        self._put(self.final(text, reason))
+
+    def delta(self, text: str) -> Event | None:
+        """The event :meth:`update` hands over for ``text`` (None: nothing new), for a caller that posts it
+        itself (the continuous batcher posts a whole step's events in one event-loop wake-up)."""
+        if text.endswith("\ufffd") or not text.startswith(self.sent) or len(text) == len(self.sent):
+            return None
+        delta, self.sent = text[len(self.sent):], text
+        return self.index, delta, None
+
+    def final(self, text: str, reason: str) -> Event:
+        """The event :meth:`finish` hands over."""
         delta = text[len(self.sent):] if text.startswith(self.sent) else ""
         self.sent = text
-        self._put((self.index, delta, reason))
+        return self.index, delta, reason
 
     def _put(self, event: Event) -> None:
         try:
