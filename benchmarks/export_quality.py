@@ -227,7 +227,8 @@ def render(parts: dict[str, dict[str, Any]]) -> str:
 def _header(part: dict[str, Any]) -> str:
     m = part["machine"]
     state = "" if part.get("complete") else " **Partial run: the rows below are those finished.**"
-    return (f"Machine: {m['cpu']}, {m['cores']} cores, shared (load average {m['load_average']} at the last row); "
+    start = f"{part['load_average_start']} at the start, " if "load_average_start" in part else ""
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, shared (load average {start}{m['load_average']} at the end); "
             f"torch {m['torch']}, llama-cpp-python {part['llama_cpp_python']}. {part['timestamp']}, "
             f"`{part['command']}`.{state}")
 
@@ -311,6 +312,7 @@ def measure(part: str) -> None:
     texts, ids = heldout_ids(tok)
     header = {"timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": f"benchmarks/export_quality.py --part {part}", "llama_cpp_python": llama_cpp.__version__,
+              "load_average_start": [round(x, 2) for x in os.getloadavg()],
               "model": "SmolLM2-135M-Instruct (autolite `smollm2`: FP32 dequantized from the bundled Q4_1 GGUF)",
               "held_out": f"{len(texts)} held-out corpus sentences, {sum(len(i) - 1 for i in ids)} predicted "
                           "tokens, each text from a fresh context."}
