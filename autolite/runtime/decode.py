@@ -11,7 +11,10 @@ together. Each row attends to its own positions ``0 .. pos`` only (no padding an
 
 ``Decoder.step`` (one new token per row) is compiled once with ``torch.compile(fullgraph=True)`` (rows
 and attention window become dynamic after their first change, so at most a few compiles); prefill runs
-eagerly in chunks of ``prefill_chunk`` tokens (the quantized layers take their dense path there).
+eagerly in chunks of ``prefill_chunk`` tokens (the quantized layers take their dense path there). On CPU
+the step is compiled with inductor's C++ wrapper (``cpp_wrapper``): the graph's ~300 kernel and packed-kernel
+calls per token are made from C++ instead of a Python wrapper function, which at batch 1 is a measurable share
+of a small model's step; a graph the C++ wrapper cannot build falls back to the Python wrapper (logged).
 """
 from __future__ import annotations
 
@@ -135,7 +138,8 @@ class Decoder:
 
     FAMILIES = ("llama", "gpt2")
 
-    def __init__(self, model: nn.Module, family: ArchSpec, *, compile: bool = True, prefill_chunk: int = 64) -> None:
+    def __init__(self, model: nn.Module, family: ArchSpec, *, compile: bool = True, prefill_chunk: int = 64,
+                 cpp_wrapper: bool | None = None) -> None:
         if family.kind != "decoder" or family.name not in self.FAMILIES:
             raise UnsupportedArchitectureError(f"the decode loop runs Llama-like decoders and GPT-2, not {family.name}")
         self.model, self.family, self.prefill_chunk = model.eval(), family, prefill_chunk
@@ -152,8 +156,28 @@ class Decoder:
         self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
         self._rope = None if self.is_gpt2 else self._rope_table(base)
         _prepare_kernels(model, self.layers)
-        self._step = torch.compile(_own_code(self._forward), fullgraph=True) if compile else self._forward
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.cpp_wrapper = on_cpu if cpp_wrapper is None else cpp_wrapper
+        self._step = self._compiled_step() if compile else self._forward
         self.compiled = compile
+
+    def _compiled_step(self) -> Callable:
+        """``_forward`` compiled with fullgraph, on a code object of its own, with the C++ wrapper when asked."""
+        options = {"cpp_wrapper": True} if self.cpp_wrapper else None
+        return torch.compile(_own_code(self._forward), fullgraph=True, options=options)
+
+    def _run_step(self, *args: torch.Tensor) -> torch.Tensor:
+        """The compiled step; a graph the C++ wrapper fails to build is compiled again with the Python one."""
+        try:
+            return self._step(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            if not (self.compiled and self.cpp_wrapper):
+                raise
+            log.warning("decode step: the C++ wrapper failed (%s); compiling with the Python wrapper",
+                        str(exc).splitlines()[0][:200])
+            self.cpp_wrapper = False
+            self._step = self._compiled_step()
+            return self._step(*args)
 
     def _rope_table(self, base: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin ``(max_positions, head_dim)`` from the model's own rotary module (any rope scaling)."""
@@ -257,7 +281,7 @@ class Decoder:
         ids = tokens[:, None]  # (B, 1)
         for t in (ids, pos):
             torch._dynamo.maybe_mark_dynamic(t, 0)
-        logits = self._step(ids, pos, *self._views(cache, slice(0, rows), max(cache.lengths[:rows]) + 1))
+        logits = self._run_step(ids, pos, *self._views(cache, slice(0, rows), max(cache.lengths[:rows]) + 1))
         for row in range(rows):
             cache.lengths[row] += 1
         return logits

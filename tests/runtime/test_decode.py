@@ -165,6 +165,26 @@ def test_each_decoder_compiles_into_its_own_cache(tiny_llama):
     assert codes[0] is not codes[1] and codes[0] is not Decoder._forward.__code__
 
 
+def test_step_uses_the_cpp_wrapper_on_cpu_and_falls_back_when_it_fails(tiny_llama, monkeypatch):
+    model, tok, family = tiny_llama
+    assert Decoder(model, family).cpp_wrapper and not Decoder(model, family, cpp_wrapper=False).cpp_wrapper
+    decoder = Decoder(model, family)
+
+    def broken(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("C++ compile error"), None)
+
+    decoder._step = broken  # what a graph the C++ wrapper cannot build raises on its first call
+    monkeypatch.setattr(decoder, "_compiled_step", lambda: decoder._forward)  # the Python-wrapper compile, eager here
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    cache = decoder.new_cache(1, 64)
+    decoder.prefill(cache, 0, ids[:-1])
+    logits = decoder.step(cache, torch.tensor(ids[-1:]))
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(logits[0], ref, atol=1e-4, rtol=1e-4)
+    assert not decoder.cpp_wrapper
+
+
 def test_generate_cli(run_cli, tmp_path):
     import json
 
