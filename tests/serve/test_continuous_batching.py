@@ -147,3 +147,28 @@ def test_serve_flag_turns_continuous_batching_on(run_cli, monkeypatch, args, exp
     code, _, err = run_cli("serve", "random:tiny-llama", "--port", "0", *args)
     assert code == 0, err
     assert seen["config"].continuous_batching is expected
+
+
+def test_a_failed_prefill_fails_only_its_request(llama):
+    model, tok, family = llama
+    batcher = _batcher(model, tok, family)
+    prefill = batcher.decoder.prefill
+
+    def flaky(cache, slot, ids, start=0):
+        if ids[:1] == [9]:
+            raise RuntimeError("prefill broke")
+        return prefill(cache, slot, ids, start)
+
+    batcher.decoder.prefill = flaky
+
+    async def go():
+        await batcher.start()
+        results = await asyncio.gather(batcher.submit(("generate", GREEDY), [[9, 10, 11]], [3]),
+                                       batcher.submit(("generate", GREEDY), [[5, 6, 7]], [3]),
+                                       return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    bad, good = asyncio.run(go())
+    assert isinstance(bad, RuntimeError) and "prefill broke" in str(bad)
+    assert good[0]["text"] == _solo(model, tok, family, [5, 6, 7], 6)
