@@ -14,7 +14,7 @@ Q8_0 of it, token embedding kept F32 like ours. autolite's GPTQ and RTN INT4 g32
 -> Q4_1) and INT8 (-> Q8_0) are exported with ``autolite export --format gguf``. Perplexity: every file run in
 llama.cpp on the corpus's held-out split (never used for calibration), token ids from the same tokenizer; the
 torch models' perplexity from ``autolite.evaluate`` on the same texts.
-MLX: autolite's GPTQ w4g64 exported as it is; logits rel L2 vs our INT4 model (its own packed kernels, and its
+MLX: the w4g64 preset (GPTQ) exported as it is; logits rel L2 vs our INT4 model (its own forward, and its
 dequantized FP32 twin) and mlx-lm's greedy answer to the capital question vs our INT4 model's (HF ``generate``,
 the same prompt token ids), and the old path (MLX re-quantizing the FP32 model).
 GPTQ calibrates on the corpus's calibration split only (disjoint from the held-out texts measured here); the
@@ -33,12 +33,17 @@ import platform
 import sys
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import autolite
+from autolite.data import corpus
+from autolite.export.mlx import compare_with_model
 from autolite.io import write_json_atomic
+from autolite.loading import cache_root
 from autolite.quant import WeightOnly
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,16 +63,12 @@ def machine() -> dict[str, Any]:
 
 
 def heldout_ids(tok: Any) -> tuple[list[str], list[list[int]]]:
-    from autolite.data import corpus
-
     texts = corpus("heldout").texts
     return texts, [tok(t, truncation=True, max_length=128).input_ids for t in texts]
 
 
 def runtimes() -> dict[str, str]:
     """Versions of the optional runtimes the exports are run in."""
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {}
     for name in ("llama-cpp-python", "mlx", "mlx-lm", "gguf"):
         try:
@@ -78,20 +79,15 @@ def runtimes() -> dict[str, str]:
 
 
 def torch_ppl(model: torch.nn.Module, tok: Any, texts: list[str]) -> float:
-    import autolite
-
     return float(autolite.evaluate(model, tok, data=texts)["perplexity"])
 
 
 def quantized(model, tok, label: str, config: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``model`` compressed by ``config`` (GPTQ on the corpus's calibration split), cached by ``label``; the
     model and ``{"quantize_s", "calibration"}`` from when it was made."""
-    import autolite
-    from autolite.data import corpus
-    from autolite.loading import cache_root
-
     path = cache_root() / "export_quality" / f"smollm2-{label}"
-    if not (path / "quantize.json").is_file():
+    made = json.loads((path / "quantize.json").read_text()) if (path / "quantize.json").is_file() else {}
+    if made.get("config") != json.loads(json.dumps(config.to_dict())):  # not cached, or cached for another config
         log.info("quantizing %s, cached at %s", label, path)
         calib = corpus("calib")
         start = time.perf_counter()
@@ -99,7 +95,7 @@ def quantized(model, tok, label: str, config: Any) -> tuple[torch.nn.Module, dic
         made = {"quantize_s": round(time.perf_counter() - start, 1), "calibration": f"{calib.source}, "
                 f"{len(calib.texts)} sentences (disjoint from the held-out split)", "config": config.to_dict()}
         autolite.save_model(small, tok, path, overwrite=True, extra_files={"quantize.json": json.dumps(made)})
-    return autolite.load(str(path))[0], json.loads((path / "quantize.json").read_text())
+    return autolite.load(str(path))[0], made
 
 
 def llamacpp_quantize(src: Path, dst: Path, ftype: str) -> None:
@@ -130,8 +126,7 @@ def _label(name: str) -> str:
 def gguf_rows(model, tok, texts, ids, work: Path, save) -> None:
     """Append rows to ``save.rows`` (saved after each): F32, then per format llama.cpp's own RTN and our GPTQ,
     then our INT8 and RTN rows."""
-    import autolite
-    from benchmarks.llamacpp_util import llamacpp_perplexity
+    from benchmarks.llamacpp_util import llamacpp_perplexity  # needs the llamacpp extra
 
     rows = save.rows
     rows.append({"name": "FP32 torch", "format": "fp32", "source": "torch", "ppl_torch": torch_ppl(model, tok, texts)})
@@ -139,7 +134,6 @@ def gguf_rows(model, tok, texts, ids, work: Path, save) -> None:
     rows.append({"name": "F32 GGUF", "format": "f32", "source": "autolite export", "ppl_llamacpp":
                  llamacpp_perplexity(fp32.path / "model.gguf", ids), "logits_rel_l2": fp32.validation.rel_l2})
     save()
-    configs = GGUF_CONFIGS
     # most valuable first (a run cut short keeps them): each llama.cpp RTN file, then ours of that format
     for ftype in ("q4_0", "q4_1", "q8_0"):
         dst = work / f"llamacpp-{ftype}.gguf"
@@ -147,18 +141,17 @@ def gguf_rows(model, tok, texts, ids, work: Path, save) -> None:
         rows.append({"name": f"llama.cpp {ftype.upper()} (RTN)", "format": ftype, "source": "llama.cpp quantize",
                      "ppl_llamacpp": llamacpp_perplexity(dst, ids)})
         save()
-        for name, fmt, config in (c for c in configs if c[1] == ftype and "GPTQ" in c[0]):
+        for name, fmt, config in (c for c in GGUF_CONFIGS if c[1] == ftype and "GPTQ" in c[0]):
             rows.append(_autolite_row(model, tok, texts, ids, work, name, fmt, config))
             save()
-    for name, fmt, config in (c for c in configs if "GPTQ" not in c[0]):
+    for name, fmt, config in (c for c in GGUF_CONFIGS if "GPTQ" not in c[0]):
         rows.append(_autolite_row(model, tok, texts, ids, work, name, fmt, config))
         save()
 
 
 def _autolite_row(model, tok, texts, ids, work: Path, name: str, fmt: str, config: Any) -> dict[str, Any]:
     """One autolite quantization exported to GGUF: perplexity in torch and in llama.cpp, logits agreement."""
-    import autolite
-    from benchmarks.llamacpp_util import llamacpp_perplexity
+    from benchmarks.llamacpp_util import llamacpp_perplexity  # needs the llamacpp extra
 
     small, made = quantized(model, tok, _label(name), config)
     out = autolite.export(small, tok, work / _label(name), format="gguf", float_type="f32", max_texts=8)
@@ -189,9 +182,6 @@ def greedy_mlx(directory: Path, ids: list[int], tokens: int = 24) -> list[int]:
 
 def mlx_rows(model, tok, work: Path) -> list[dict[str, Any]]:
     """Our GPTQ INT4 exported as it is (logits vs our model; the capital answer), and the old RTN path."""
-    import autolite
-    from autolite.export.mlx import compare_with_model
-
     prompt = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
                                      tokenize=False)
     ids = tok(prompt, add_special_tokens=False).input_ids
@@ -241,7 +231,8 @@ def _header(part: dict[str, Any]) -> str:
     m = part["machine"]
     state = "" if part.get("complete") else " **Partial run: the rows below are those finished.**"
     start = f"{part['load_average_start']} at the start, " if "load_average_start" in part else ""
-    versions = ", ".join(f"{k} {v}" for k, v in part.get("runtimes", {"llama-cpp-python": part["llama_cpp_python"]}).items())
+    found = part.get("runtimes") or {"llama-cpp-python": part["llama_cpp_python"]}
+    versions = ", ".join(f"{name} {v}" for name, v in found.items())
     return (f"Machine: {m['cpu']}, {m['cores']} cores, shared (load average {start}{m['load_average']} at the end); "
             f"torch {m['torch']}, {versions}. {part['timestamp']}, "
             f"`{part['command']}`.{state}")
@@ -311,19 +302,16 @@ class Saver:
 
 def prepare(part: str) -> None:
     """Only make (and cache) the part's quantized models: GPTQ takes minutes, none of it is measured."""
-    import autolite
-
     torch.manual_seed(0)
     model, tok, _ = autolite.load("smollm2")
-    for label, config in [(_label(name), config) for name, _, config in GGUF_CONFIGS] if part == "gguf" else [MLX_CONFIG]:
+    configs = [(_label(name), config) for name, _, config in GGUF_CONFIGS] if part == "gguf" else [MLX_CONFIG]
+    for label, config in configs:
         log.info("%s: %s", label, quantized(model, tok, label, config)[1])
 
 
 def measure(part: str) -> None:
     sys.path.insert(0, str(ROOT))
-    import llama_cpp
-
-    import autolite
+    import llama_cpp  # optional dependency (the llamacpp extra): its version goes into the JSON
 
     torch.manual_seed(0)
     model, tok, _ = autolite.load("smollm2")

@@ -50,14 +50,14 @@ def test_mlx_packed_rejects_bits_and_encoders(tmp_path, load_model):
 
 @pytest.mark.slow
 def test_mlx_smollm2_gptq_answers_as_our_int4(tmp_path):
-    """SmolLM2 w4g64 GPTQ exported as it is: logits match our INT4 model on its own packed kernels (rel L2 <
-    1e-3) and mlx-lm's greedy tokens for the capital question are the ones our INT4 model gives."""
+    """SmolLM2 with the w4g64 preset (GPTQ, INT8 embedding) exported as it is: logits match our INT4 model's own
+    forward (rel L2 < 1e-3) and mlx-lm's greedy tokens for the capital question are the ones our model gives."""
     from mlx_lm import load, stream_generate
 
     from autolite.export.validate import Tolerance
 
     model, tok, _ = autolite.load("smollm2")
-    quantized = autolite.compress(model, [WeightOnly(bits=4, group_size=64, method="gptq")], tokenizer=tok)
+    quantized = autolite.compress(model, "w4g64", tokenizer=tok)
     result = autolite.export(quantized, tok, tmp_path / "mlx", format="mlx", max_texts=8)
     assert result.validation.passed and result.validation.rel_l2 < 1e-3
     own = compare_with_model(tmp_path / "mlx", quantized, tok, tolerance=Tolerance(max_rel_l2=1e-3), max_texts=8)
