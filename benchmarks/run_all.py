@@ -8,14 +8,13 @@ saved as JSON under benchmarks/results/. Usage:
     python benchmarks/run_all.py --render        # only re-render the markdown from saved JSON
 
 A model spec ending in ``#encoder`` (``random:t5-small#encoder``) times the encoder stack of a seq2seq
-model alone (``T5EncoderModel`` with the model's encoder weights), in this script's own harness: the same
-interleaved timing as ``autolite bench``, fidelity as the cosine of mean-pooled encoder states.
+model alone (``T5EncoderModel`` with the model's encoder weights), measured as ``autolite bench`` measures
+(``autolite.eval.compare``: interleaved timing, memory, cosine of mean-pooled states vs FP32).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import datetime
 import json
 import subprocess
@@ -27,11 +26,10 @@ import torch
 import transformers
 
 import autolite
+from autolite.arch import encoder_view
 from autolite.data import load_texts
 from autolite.errors import ArgumentError
-from autolite.eval import metrics
-from autolite.eval.bench import Timing, bench_inputs, first_call_seconds, forward_fn, interleaved, model_size
-from autolite.eval.forward import batches, run_model
+from autolite.eval.compare import compare
 from autolite.io import write_json_atomic
 from autolite.passes import PassContext, compress, load_recipe
 from autolite.runtime.hardware import probe
@@ -98,49 +96,30 @@ def loadavg() -> float:
 
 
 def encoder_stack(spec: str) -> tuple[torch.nn.Module, Any, Any]:
-    """``T5EncoderModel`` holding the encoder weights of seq2seq model ``spec``, its tokenizer, and its
-    family seen as an encoder (the passes then find the encoder layers only)."""
+    """``T5EncoderModel`` holding the encoder weights of seq2seq model ``spec``, its tokenizer and family (the
+    seq2seq family's encoder view: the passes find the encoder layers only)."""
     full, tokenizer, family = autolite.load(spec.removesuffix(ENCODER_SUFFIX))
     if family.kind != "seq2seq":
         raise ArgumentError(f"{spec}: '{ENCODER_SUFFIX}' takes a seq2seq model; this one is {family.kind}")
     encoder = transformers.T5EncoderModel(full.config)
     encoder.load_state_dict({k: v for k, v in full.state_dict().items() if k.startswith(("shared.", "encoder."))},
                             strict=False)
-    return encoder.eval(), tokenizer, dataclasses.replace(family, name=f"{family.name}-encoder", kind="encoder")
+    return encoder.eval(), tokenizer, encoder_view(family)
 
 
 def bench_encoder_stack(spec: str, recipe: str, batch: int, seq: int, runs: int, warmup: int = 2) -> dict[str, Any]:
-    """``autolite bench``'s measurement for an encoder stack: FP32 eager vs the recipe, interleaved."""
+    """``autolite bench`` on an encoder stack: FP32 eager vs the recipe, interleaved (``compare``)."""
     recipe = load_recipe(recipe)
     baseline, tokenizer, family = encoder_stack(spec)
     calib = load_texts(None, split="calib")
     ctx = PassContext(family=family, tokenizer=tokenizer, calib=calib.texts, labels=calib.labels, shape=(batch, seq))
     candidate = compress(copy.deepcopy(baseline), recipe, tokenizer=tokenizer, family=family, ctx=ctx)
-    inputs = bench_inputs(tokenizer, family, batch, seq)
-    fns = {"baseline": forward_fn(baseline, family, inputs), "candidate": forward_fn(candidate, family, inputs)}
-    first = {name: first_call_seconds(fn) for name, fn in fns.items()}
-    samples = interleaved(fns, runs=runs, warmup=warmup)
-    timing = {name: Timing(samples[name], batch, first[name], None, *model_size(model)).to_dict()
-              for name, model in (("baseline", baseline), ("candidate", candidate))}
-    return {"batch": batch, "seq": seq, "threads": torch.get_num_threads(), **timing,
-            "speedup": timing["baseline"]["median_ms"] / timing["candidate"]["median_ms"],
-            "size_ratio": timing["baseline"]["size_mb"] / timing["candidate"]["size_mb"],
-            "fidelity": encoder_cosine(candidate, baseline, tokenizer, family, seq),
-            "model": spec, "family": family.name, "recipe": recipe.to_dict(), "notes": ctx.notes,
-            "machine": probe().to_dict(), "autolite_version": autolite.__version__,
-            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def encoder_cosine(model: torch.nn.Module, reference: torch.nn.Module, tokenizer: Any, family: Any,
-                   seq: int, texts: int = 64) -> dict[str, Any]:
-    """Mean cosine of mean-pooled final states against ``reference`` on held-out corpus texts."""
-    data = load_texts(None, split="heldout").head(texts)
-    total, rows = 0.0, 0
-    for batch in batches(tokenizer, data.texts, 16, seq):
-        mine, theirs = run_model(model, family, batch), run_model(reference, family, batch)
-        total += float(metrics.cosine_per_row(mine.embeddings, theirs.embeddings).sum())
-        rows += mine.embeddings.shape[0]
-    return {"texts": rows, "data": "corpus:heldout", "kind": "encoder", "cosine": total / rows}
+    result = compare(baseline, candidate, tokenizer, family, batch=batch, seq=seq, runs=runs, warmup=warmup,
+                     data=load_texts(None, split="heldout"))
+    result.update(model=spec, family=family.name, recipe=recipe.to_dict(), notes=ctx.notes,
+                  machine=probe().to_dict(), autolite_version=autolite.__version__,
+                  timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return result
 
 
 def render() -> None:

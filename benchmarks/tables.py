@@ -32,6 +32,7 @@ def machine_name(machine: dict[str, Any] | None, threads: Any = None) -> str:
 
 
 def load_text(data: dict[str, Any]) -> str:
+    """The 1-minute load average at the start and end of a case (it counts other people's nice-19 jobs too)."""
     load = data.get("load") or {}
     if not load:
         return "load not recorded"
@@ -76,7 +77,8 @@ def e2e_table(results: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["## End to end: pruning + the engine vs FP32 eager", "",
              f"Target (issue 18): >= {E2E_TARGET:g}x FP32 eager on each seed model. Each row is one run: the "
              "unpruned model in FP32 eager PyTorch and the recipe's model timed interleaved in one process on "
-             "the same tokens (medians after warm-up). Random weights with the real shapes, so **the cosine is "
+             "the same tokens (medians after warm-up), at normal priority under the benchmark lock; the load "
+             "average also counts other work at the lowest priority (nice 19). Random weights with the real shapes, so **the cosine is "
              "fidelity to the unpruned FP32 model, not accuracy**: pruning random weights says nothing about "
              "task accuracy. For what pruning costs on a trained task see the technique table below, "
              "docs/OPTIMIZE.md and docs/DYNAMIC.md (MiniLM fine-tuned on the fortunes task).", ""]
