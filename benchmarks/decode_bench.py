@@ -64,14 +64,16 @@ def build_models(spec: str, args: argparse.Namespace) -> dict[str, tuple[torch.n
     base, tok, family = autolite.load(spec)
     models = {"fp32": (base, tok, family)}
     recipes: dict[str, Any] = {"w8": W8, "w4g64": [{**W4[0], "method": args.w4_method}]}
-    recipes.update({f"fp32+skip{int(s * 100)}": [ActivationSparsity(sparsity=s, calib_tokens=args.calib_tokens).to_dict()]
+    recipes.update({f"fp32+skip{int(s * 100)}": [ActivationSparsity(sparsity=s, calib_tokens=args.calib_tokens,
+                                                                      allocation=args.allocation).to_dict()]
                     for s in args.sparsities})
     if args.only == "batching":  # the INT4 model only
         recipes = {"w4g64": recipes["w4g64"]}
     elif args.rows:  # a subset (fp32 is always measured: the reference)
         recipes = {label: recipe for label, recipe in recipes.items() if label.replace("fp32+", "") in args.rows}
     for label, recipe in recipes.items():
-        suffix = f"-{args.w4_method}" if label == "w4g64" else f"-c{args.calib_tokens}" if "skip" in label else ""
+        suffix = (f"-{args.w4_method}" if label == "w4g64" else f"-c{args.calib_tokens}-{args.allocation}"
+                  if "skip" in label else "")
         path = cache_root() / "decode_bench" / f"{spec.replace(':', '_')}-{label}{suffix}"
         if not (path / "config.json").is_file():
             log.info("compressing %s (%s), cached at %s", spec, label, path)
@@ -362,10 +364,12 @@ NOTES = [
     "file: Q4_1 blocks, Q8_0 token embedding used as the tied head: the same bytes per step). In the INT4 model q/k/v "
     "and gate/up run as one kernel call each (their codes stacked: 4 calls per layer instead of 7); one-query "
     "attention is products and sums fused by the compiler (no SDPA call).",
-    "- Activation skipping (TEAL-style): per-linear thresholds calibrated on the corpus calib split; at decode each "
-    "linear reads only the weight rows of its active inputs (sparse-COO input times the transposed FP32 weight, inside one "
-    "custom op). Perplexity is measured with the thresholds applied at every position (what decode computes); "
-    "prefill stays dense.",
+    "- Activation skipping (TEAL-style): per-linear thresholds calibrated on the corpus calib split; skipN = N% of "
+    "the block weights skipped, split over the linears by calibrated skip error unless the command says "
+    "`--allocation uniform` (N% of every linear's inputs). At decode each linear reads only the weight rows of its "
+    "active inputs: `embedding_bag` (sum, inputs as per-sample weights) over the active rows of the transposed FP32 "
+    "weight, one bag per thread, inside one custom op. Perplexity is measured with the thresholds applied at every "
+    "position (what decode computes); prefill stays dense.",
     "- Perplexity: `autolite.evaluate` on the held-out corpus split, never used for calibration.",
     "- llama.cpp: llama-cpp-python on the bundled SmolLM2 Q4_1 GGUF, one `llama_decode` per token, same threads; "
     "under CPU contention its spinning thread barrier degrades more than torch's threads do.",
@@ -412,6 +416,8 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="*", default=[0.25, 0.4, 0.5])
     parser.add_argument("--ppl-texts", type=int, default=64)
     parser.add_argument("--calib-tokens", type=int, default=4096, help="activation-sparsity calibration tokens")
+    parser.add_argument("--allocation", default="sensitivity", choices=["uniform", "sensitivity"],
+                        help="activation-sparsity split over the linears")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--batch-tokens", type=int, default=64)
     parser.add_argument("--eager", action="store_true", help="do not compile our step")

@@ -4,7 +4,7 @@ Each linear of the decoder blocks gets a threshold, calibrated on calibration te
 fraction of its input activations falls below it in magnitude. At decode (a call of at most
 ``max_rows`` tokens) the layer keeps the inputs above the threshold and multiplies them by only the
 matching rows of its weight, stored transposed ``(in, out)`` so those rows are contiguous: the memory
-read shrinks with the sparsity (a sparse-COO input times the dense weight reads only the active rows). Longer calls
+read shrinks with the sparsity (an ``embedding_bag`` over the active rows). Longer calls
 (prefill, evaluation) stay dense unless :func:`sparse_everywhere` is on, which applies the same
 threshold mask densely, to measure the quality of what decode computes.
 
@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import logging
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autolite.config import PassConfig
@@ -29,18 +31,29 @@ from autolite.quant.sequential import calibration_windows
 log = logging.getLogger(__name__)
 SAMPLE_PER_LAYER = 200_000  # activation magnitudes kept per layer for the quantile
 SAMPLE_PER_CALL = 16_384  # ... of which at most this many from one calibration forward (bounded memory)
+GRID = tuple(i / 20 for i in range(1, 19))  # the sparsities a linear can get from the sensitivity split
+ERROR_TOKENS = 1024  # calibration tokens for the skip-error estimates of the sensitivity split
 
 
 @torch.library.custom_op("autolite::sparse_input_linear", mutates_args=())
 def sparse_input_linear(x: torch.Tensor, weight_t: torch.Tensor, threshold: float) -> torch.Tensor:
     """``x`` (rows, in) with entries of magnitude <= ``threshold`` zeroed, times ``weight_t`` (in, out),
-    reading only the weight rows of the active inputs: a sparse COO ``x`` times the dense weight walks the
-    nonzeros and accumulates their rows (no gathered copy of the weight; measured ~10x faster here than
-    ``index_select`` + GEMV, whose row gather is slow on this torch build)."""
+    reading only the weight rows of the active inputs: an ``embedding_bag`` (sum, the inputs as per-sample
+    weights) over the active row indices is exactly that gather-and-accumulate, in one fused multi-threaded
+    kernel (FBGEMM's) that never copies the rows. Bags run in parallel, so one row's active inputs are split
+    into one bag per thread and the partial sums added."""
+    if x.shape[0] == 1:
+        v = x[0]  # (in,)
+        idx = (v.abs() > threshold).nonzero().squeeze(1)  # (k,) active inputs
+        parts = torch.get_num_threads()
+        offsets = torch.arange(parts) * (idx.shape[0] // parts)  # (parts,) one bag per thread
+        y = F.embedding_bag(idx, weight_t, offsets, mode="sum", per_sample_weights=v[idx])  # (parts, out)
+        return y.sum(0, keepdim=True)  # (1, out)
     keep = x.abs() > threshold  # (rows, in)
-    indices = keep.nonzero().t()  # (2, nnz), row-major sorted: already coalesced
-    sparse = torch.sparse_coo_tensor(indices, x[keep], x.shape, is_coalesced=True, check_invariants=False)
-    return torch.sparse.mm(sparse, weight_t)  # (rows, out)
+    counts = keep.sum(1)  # (rows,)
+    offsets = counts.cumsum(0) - counts  # (rows,) one bag per row
+    idx = keep.nonzero()[:, 1]  # (nnz,) row-major: the bags in order
+    return F.embedding_bag(idx, weight_t, offsets, mode="sum", per_sample_weights=x[keep])  # (rows, out)
 
 
 @sparse_input_linear.register_fake
@@ -104,9 +117,11 @@ def sparse_everywhere(model: nn.Module) -> Iterator[None]:
 class ActivationSparsity(PassConfig):
     """Skip the weight rows of small activations at decode (TEAL).
 
-    ``sparsity``: the fraction of each linear's inputs to skip (0 < s < 1), thresholds calibrated per
-    layer on ``calib_tokens`` tokens of ``ctx.calib`` in windows of ``calib_seq``; ``max_rows``: calls
-    with at most this many tokens run sparse. ``thresholds`` is filled in per layer (replayed on load).
+    ``sparsity``: the fraction of the block weights whose reads are skipped (0 < s < 1); ``allocation``:
+    ``uniform`` skips that fraction of every linear's inputs, ``sensitivity`` splits it over the linears by
+    their calibrated skip error (robust linears skip more). Thresholds are calibrated per linear on
+    ``calib_tokens`` tokens of ``ctx.calib`` in windows of ``calib_seq``; ``max_rows``: calls with at most
+    this many tokens run sparse. ``thresholds`` is filled in per linear (replayed on load).
     """
 
     name = "activation-sparsity"
@@ -114,6 +129,7 @@ class ActivationSparsity(PassConfig):
     max_rows: int = 8
     calib_tokens: int = 4096
     calib_seq: int = 128
+    allocation: str = "sensitivity"
     thresholds: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -123,6 +139,8 @@ class ActivationSparsity(PassConfig):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise RecipeError(f"activation-sparsity {field} must be a positive integer, got {value!r}")
+        if self.allocation not in ("uniform", "sensitivity"):
+            raise RecipeError(f"activation-sparsity allocation must be 'uniform' or 'sensitivity', got {self.allocation!r}")
         if self.thresholds is not None and (not isinstance(self.thresholds, dict) or not all(
                 isinstance(v, (int, float)) and v >= 0 for v in self.thresholds.values())):
             raise RecipeError("activation-sparsity thresholds must map layer names to numbers >= 0")
@@ -146,32 +164,92 @@ def target_linears(model: nn.Module, ctx: PassContext) -> dict[str, nn.Module]:
     return found
 
 
-@torch.no_grad()
-def calibrate_thresholds(model: nn.Module, ctx: PassContext, linears: dict[str, nn.Module],
-                         config: ActivationSparsity) -> dict[str, float]:
-    """Per linear, the magnitude below which ``sparsity`` of its calibration inputs fall."""
-    samples: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
-
-    def hook(name: str):
-        def record(_: nn.Module, args: tuple) -> None:
-            flat = args[0].detach().reshape(-1).abs().float()
-            step = max(1, flat.numel() // SAMPLE_PER_CALL)
-            samples[name].append(flat[::step])
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
+def _calibrate(model: nn.Module, ctx: PassContext, linears: dict[str, nn.Module], config: "ActivationSparsity",
+               make_hook: Callable[[str, nn.Module], Callable], tokens: int) -> None:
+    """Run the calibration windows through the model with ``make_hook(name, module)`` as forward hooks."""
+    handles = [m.register_forward_hook(make_hook(n, m)) for n, m in linears.items()]
     try:
-        for window in calibration_windows(ctx.tokenizer, ctx.calib, config.calib_seq, config.calib_tokens):
+        for window in calibration_windows(ctx.tokenizer, ctx.calib, config.calib_seq, tokens):
             model(input_ids=window)
     finally:
         for handle in handles:
             handle.remove()
-    thresholds = {}
-    for name, parts in samples.items():
-        values = torch.cat(parts)
-        values = values[::max(1, values.numel() // SAMPLE_PER_LAYER)]  # an even spread over the windows
-        thresholds[name] = float(torch.quantile(values, config.sparsity))
-    return thresholds
+
+
+def magnitude_samples(model: nn.Module, ctx: PassContext, linears: dict[str, nn.Module],
+                      config: "ActivationSparsity") -> dict[str, torch.Tensor]:
+    """Per linear, an even sample of its calibration input magnitudes (at most ``SAMPLE_PER_LAYER``)."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
+
+    def make_hook(name: str, _: nn.Module) -> Callable:
+        def record(_m: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+            flat = args[0].detach().reshape(-1).abs().float()
+            parts[name].append(flat[::max(1, flat.numel() // SAMPLE_PER_CALL)])
+        return record
+
+    _calibrate(model, ctx, linears, config, make_hook, config.calib_tokens)
+    samples = {}
+    for name, chunks in parts.items():
+        values = torch.cat(chunks)
+        samples[name] = values[::max(1, values.numel() // SAMPLE_PER_LAYER)]  # an even spread over the windows
+    return samples
+
+
+def skip_errors(model: nn.Module, ctx: PassContext, linears: dict[str, nn.Module], config: "ActivationSparsity",
+                levels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per linear, the relative output error ``|W (x masked)|^2 / |W x|^2`` of skipping the inputs below each
+    of its threshold ``levels`` (G,), estimated as ``sum_j x_j^2 |W[:, j]|^2`` over the skipped inputs."""
+    energy = {name: torch.zeros(len(level), dtype=torch.float64) for name, level in levels.items()}
+    total = {name: torch.zeros((), dtype=torch.float64) for name in levels}
+
+    def make_hook(name: str, module: nn.Module) -> Callable:
+        weight = module.weight.detach().float()
+        column = weight.pow(2).sum(1) if type(module).__name__ == "Conv1D" else weight.pow(2).sum(0)  # (in,)
+
+        def record(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            x = args[0].detach().reshape(-1, column.numel()).float()  # (T, in)
+            bins = torch.bucketize(x.abs(), levels[name])  # (T, in): bin g holds levels[g-1] < |x| <= levels[g]
+            per_bin = torch.bincount(bins.flatten(), weights=(x.pow(2) * column).flatten().double(),
+                                     minlength=len(levels[name]) + 1)  # (G + 1,)
+            energy[name] += per_bin[:-1].cumsum(0)  # (G,) energy of the inputs at or below each level
+            total[name] += out.detach().double().pow(2).sum()
+        return record
+
+    _calibrate(model, ctx, linears, config, make_hook, min(config.calib_tokens, ERROR_TOKENS))
+    return {name: energy[name] / total[name].clamp_min(1e-30) for name in levels}
+
+
+def allocate(errors: dict[str, torch.Tensor], sizes: dict[str, int], target: float) -> dict[str, float]:
+    """Greedy split of the sparsity over the linears: repeatedly raise the one whose next ``GRID`` step adds the
+    least relative output error per skipped weight, until ``target`` of all weights (by count) are skipped."""
+    step = {name: -1 for name in errors}  # index into GRID; -1 = dense
+    goal, skipped = target * sum(sizes.values()), 0.0
+    heap = [(float(err[0]) / (sizes[name] * GRID[0]), name) for name, err in errors.items()]
+    heapq.heapify(heap)
+    while skipped < goal and heap:
+        _, name = heapq.heappop(heap)
+        g = step[name] = step[name] + 1
+        skipped += sizes[name] * (GRID[g] - (GRID[g - 1] if g else 0.0))
+        if g + 1 < len(GRID):
+            cost = float(errors[name][g + 1] - errors[name][g]) / (sizes[name] * (GRID[g + 1] - GRID[g]))
+            heapq.heappush(heap, (cost, name))
+    return {name: GRID[g] if g >= 0 else 0.0 for name, g in step.items()}
+
+
+@torch.no_grad()
+def calibrate_thresholds(model: nn.Module, ctx: PassContext, linears: dict[str, nn.Module],
+                         config: "ActivationSparsity") -> dict[str, float]:
+    """Per linear, the input magnitude to skip below: its own ``sparsity`` quantile (``uniform``), or the
+    quantile of the share :func:`allocate` gives it (``sensitivity``) so that ``sparsity`` of all weights skip."""
+    samples = magnitude_samples(model, ctx, linears, config)
+    if config.allocation == "uniform":
+        return {name: float(torch.quantile(values, config.sparsity)) for name, values in samples.items()}
+    grid = torch.tensor(GRID)
+    levels = {name: torch.quantile(values, grid) for name, values in samples.items()}  # (G,) per linear
+    errors = skip_errors(model, ctx, linears, config, levels)
+    shares = allocate(errors, {name: m.weight.numel() for name, m in linears.items()}, config.sparsity)
+    log.info("activation-sparsity shares: %s", {name: round(s, 2) for name, s in shares.items()})
+    return {name: float(torch.quantile(samples[name], shares[name])) if shares[name] > 0 else 0.0 for name in linears}
 
 
 def _swap(model: nn.Module, name: str, layer: nn.Module) -> None:
