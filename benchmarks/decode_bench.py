@@ -286,6 +286,9 @@ def _targets(result: dict[str, Any]) -> list[str]:
     if "w4g64" in ppl:
         change = ppl["w4g64"]["vs_fp32"]
         lines.append(f"- INT4 perplexity vs FP32: {change:+.2%} (target <= +2%): **{'met' if change <= 0.02 else 'not met'}**")
+    skipping = result.get("skipping")
+    if skipping:  # the skipping rows of their own runs (each with its own fp32 row)
+        rows, ppl = skipping["speed"]["rows"], skipping.get("perplexity", {}).get("rows", {})
     for label in sorted(k for k in rows if "skip" in k):
         speed = rows[label]["tok_s"] / rows["ours fp32"]["tok_s"]
         change = ppl.get(label.replace("ours ", ""), {}).get("vs_fp32")
@@ -320,6 +323,8 @@ def write_doc(result: dict[str, Any], path: Path = DOC) -> None:
              "", "| decoder | tok/s | vs HF FP32 | vs llama.cpp | perplexity | vs FP32 | peak decode MB | weights MB | "
              "greedy tokens = HF FP32 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in speed["rows"].items():
+        if "skip" in name and "skipping" in result:
+            continue  # measured again in their own run: the section below
         label = name.replace("ours ", "")
         p = ppl.get(label if name.startswith("ours") else "", {})
         vs_llama = f"{row['tok_s'] / llama:.2f}x" if llama else "-"
@@ -327,6 +332,7 @@ def write_doc(result: dict[str, Any], path: Path = DOC) -> None:
         lines.append(f"| {name} | {row['tok_s']:.1f} | {row['tok_s'] / hf:.2f}x | {vs_llama} | {perplexity} | "
                      f"{row.get('peak_decode_mb', '-')} | {row.get('weights_mb', '-')} | "
                      f"{row.get('same_tokens_as_hf_fp32', '-')} |")
+    lines += _skipping_section(result.get("skipping"))
     if "batching" in result:
         command = result.get("batching_command") or result.get("command", "")
         lines += ["", "## Continuous batching (serving DecodeBatcher, INT4 model)", "",
@@ -395,6 +401,38 @@ def speed_from_log(log_path: Path, command: str, tokens: int, eager: bool) -> di
             "from_log": f"{log_path.name} of `python {command}`, stopped after {complete} complete timed round(s)"}
 
 
+def _skipping_section(skipping: dict[str, Any] | None) -> list[str]:
+    """The activation-skipping table of its own runs: tok/s over that run's own fp32 row."""
+    if not skipping:
+        return []
+    speed, ppl = skipping["speed"], skipping.get("perplexity", {}).get("rows", {})
+    load = skipping["speed_machine"]
+    lines = ["", "## Activation skipping (its own runs)", "",
+             f"Speed: `python {skipping['speed_command']}`, median of {speed['runs']} interleaved runs, load average "
+             f"{load['load_avg_1_5_15']} at start, {load.get('load_avg_1_5_15_end', '-')} at end; perplexity: "
+             + (f"`python {skipping['perplexity_command']}`" if ppl else "not measured") + ".", "",
+             "| decoder | tok/s | vs ours fp32 (same run) | perplexity | vs FP32 |", "|---|---|---|---|---|"]
+    base = speed["rows"]["ours fp32"]["tok_s"]
+    for name, row in speed["rows"].items():
+        if name == "ours fp32" or "skip" in name:
+            p = ppl.get(name.replace("ours ", ""))
+            perplexity = f"{p['perplexity']:.2f} | {p['vs_fp32']:+.2%}" if p else "- | -"
+            lines.append(f"| {name} | {row['tok_s']:.1f} | {row['tok_s'] / base:.2f}x | {perplexity} |")
+    return lines
+
+
+def _skipping_parts(out: Path) -> dict[str, Any] | None:
+    """The skipping rows of separate ``--only speed`` / ``--only perplexity`` runs (decode-speed.json, ...)."""
+    parts: dict[str, Any] = {}
+    for section in ("speed", "perplexity"):
+        path = out.with_name(f"{out.stem}-{section}.json")
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if any("skip" in name for name in data.get(section, {}).get("rows", {})):
+            parts.update({section: data[section], f"{section}_command": data.get("command", ""),
+                          f"{section}_machine": data["machine"]})
+    return parts if "speed" in parts else None
+
+
 def _merged(out: Path) -> dict[str, Any]:
     """The main JSON, with any section measured by a separate ``--only SECTION`` run (decode-SECTION.json)."""
     result = json.loads(out.read_text())
@@ -404,6 +442,9 @@ def _merged(out: Path) -> dict[str, Any]:
         if (section not in result or newer) and part.is_file():  # batching: a later --only run replaces it
             data = json.loads(part.read_text())
             result[section], result[f"{section}_command"] = data[section], data.get("command", "")
+    skipping = _skipping_parts(out)
+    if skipping:
+        result["skipping"] = skipping
     return result
 
 
