@@ -10,7 +10,8 @@ with the seconds it took to try, ``search_s``; a corrupted entry is ignored and 
 passes are recorded in ``chosen`` so ``autolite.load`` replays them.
 
 Candidates include the ONNX Runtime backend (``ort-fp32``, ``ort-int8`` dynamic, ``ort-int8-static``
-calibrated QDQ) and OpenVINO (``openvino`` BF16 where native, ``openvino-int8`` NNCF); encoders only:
+calibrated QDQ) and OpenVINO (``openvino`` BF16 where native, ``openvino-int8`` NNCF, ``openvino-int8-static``
+the same compiled for the searched batch x seq); encoders only:
 elsewhere they are skipped with the reason in the notes. Dynamo is reset before each compiled candidate.
 """
 from __future__ import annotations
@@ -36,15 +37,17 @@ from autolite.runtime.dense_search import fresh_compile_cache, machine_key, read
 from autolite.runtime.dense_search import build as _build  # noqa: F401 - the benchmarks' candidate builder
 
 log = logging.getLogger(__name__)
-SEARCH_VERSION = 2  # bump when the search changes what a cached decision means (2: predicted floors + race)
+SEARCH_VERSION = 3  # bump when the search changes what a cached decision means (2: floors + race; 3: warm-up)
 # Likely winners first: candidates with equal floors are tried in this order (the search's budget may end it)
-DEFAULT_CANDIDATES = ["ort-int8", "openvino-int8", "ort-int8-static", "int8-dynamic", "int8-dynamic+compile",
-                      "openvino", "bf16-compile", "ort-fp32", "compile", "fp32"]
+DEFAULT_CANDIDATES = ["ort-int8", "openvino-int8", "openvino-int8-static", "ort-int8-static", "int8-dynamic",
+                      "int8-dynamic+compile", "openvino", "bf16-compile", "ort-fp32", "compile", "fp32"]
 COMBINED = {"int8-dynamic+compile": [{"pass": "int8-dynamic"},
                                      {"pass": "compile", "backend": "inductor", "freeze": True}],
             "ort-int8-static": [{"pass": "onnxruntime", "precision": "int8-static"}],
             "openvino": [{"pass": "openvino", "precision": "auto"}],
-            "openvino-int8": [{"pass": "openvino", "precision": "int8"}]}
+            "openvino-int8": [{"pass": "openvino", "precision": "int8"}],
+            # the same IR compiled for the searched batch x seq (smaller inputs padded up to it)
+            "openvino-int8-static": [{"pass": "openvino", "precision": "int8", "static": True}]}
 
 
 @dataclasses.dataclass
@@ -78,10 +81,14 @@ class FastDense(PassConfig):
             candidate_passes(name)  # raises RecipeError for an unknown name
 
 
-def candidate_passes(name: str) -> list[dict]:
-    """The pass dicts of a candidate name."""
+def candidate_passes(name: str, shape: tuple[int, int] | None = None) -> list[dict]:
+    """The pass dicts of a candidate name; a static-shape pass is given ``shape`` (batch, seq)."""
     if name in COMBINED:
-        return copy.deepcopy(COMBINED[name])
+        passes = copy.deepcopy(COMBINED[name])
+        for entry in passes:
+            if entry.get("static") and shape:
+                entry["shape"] = [int(shape[0]), int(shape[1])]
+        return passes
     return [p.to_dict() for p in load_recipe(name).passes]
 
 
@@ -112,8 +119,9 @@ def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict
     "search_cpu_s"}`` (CPU seconds of this process: the search's cost whatever else loads the machine)."""
     start, cpu = time.perf_counter(), time.process_time()
     candidates, measured = [], {}
+    shape = (config.batch, config.seq)
     for name in config.candidates:
-        passes = candidate_passes(name)
+        passes = candidate_passes(name, shape)
         if _native_ok(passes, ctx):
             candidates.append((name, passes))
         else:
@@ -126,7 +134,7 @@ def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict
     if not kept:
         raise RecipeError(f"fast-dense: no candidate kept fidelity ({measured}); loosen the bounds")
     chosen = min(kept, key=lambda n: kept[n]["median_ms"])
-    return {"chosen": chosen, "passes": candidate_passes(chosen), "measured": measured,
+    return {"chosen": chosen, "passes": candidate_passes(chosen, shape), "measured": measured,
             "search_s": round(time.perf_counter() - start, 3), "search_cpu_s": round(time.process_time() - cpu, 1)}
 
 

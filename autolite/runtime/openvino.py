@@ -42,19 +42,26 @@ class OpenVino(PassConfig):
 
     ``precision``: "auto" (OpenVINO's default: BF16 where native, else FP32), "fp32", or "int8" (NNCF
     post-training quantization on the calibration texts, at most ``calib_samples``; their token ids are
-    recorded in ``calib_ids`` so a reload rebuilds the same model).
+    recorded in ``calib_ids`` so a reload rebuilds the same model). ``static``: compile for one input shape,
+    ``shape`` = [batch, seq] (default: the shape the caller runs, recorded): smaller inputs are padded up to
+    it, larger ones run a dynamic-shape compile made when first needed.
     """
 
     name = "openvino"
     precision: str = "auto"
     calib_samples: int = 64
     calib_ids: list[list[int]] | None = None
+    static: bool = False
+    shape: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise RecipeError(f"openvino precision must be one of {PRECISIONS}, got '{self.precision}'")
         if self.calib_samples < 1:
             raise RecipeError("openvino calib_samples must be >= 1")
+        if self.shape is not None and (len(self.shape) != 2 or any(not isinstance(v, int) or v < 1
+                                                                   for v in self.shape)):
+            raise RecipeError(f"openvino shape must be [batch, seq] of positive integers, got {self.shape}")
 
 
 def check_available(model: torch.nn.Module, family: Any, int8: bool) -> None:
@@ -73,7 +80,8 @@ def ir_key(model: torch.nn.Module, config: OpenVino) -> str:
     import openvino
 
     fp32 = ort.graph_key(model, ort.OnnxRuntime(precision="fp32", optimize=False))
-    blob = repr((fp32, dataclasses.astuple(config), IR_VERSION, openvino.__version__))
+    same_ir = dataclasses.replace(config, static=False, shape=None)  # a static compile reads the same IR
+    blob = repr((fp32, dataclasses.astuple(same_ir), IR_VERSION, openvino.__version__))
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
@@ -122,29 +130,52 @@ def port_name(port: Any) -> str:
 
 
 class OpenVinoRunner(Runner):
-    """Holds the compiled model and one infer request."""
+    """Holds the compiled model and one infer request; a static-shape model (``shape``) pads smaller inputs up
+    to its shape and hands larger ones to a dynamic-shape compile (``dynamic()``, made on first need)."""
 
     kind = "OpenVINO"
 
-    def __init__(self, compiled: Any, how: str) -> None:
+    def __init__(self, compiled: Any, how: str, shape: list[int] | None = None, dynamic: Any = None) -> None:
         super().__init__([port_name(p) for p in compiled.inputs], [port_name(p) for p in compiled.outputs], how)
         self.compiled, self.request = compiled, compiled.create_infer_request()
+        self.shape, self.make_dynamic, self.fallback = shape, dynamic, None
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        results = self.request.infer(self.feeds(input_ids, attention_mask))
+        if self.shape is None:
+            return self._infer(self.request, self.compiled, input_ids, attention_mask)
+        batch, seq = input_ids.shape  # (B, T)
+        if batch > self.shape[0] or seq > self.shape[1]:
+            if self.fallback is None:
+                self.fallback = OpenVinoRunner(self.make_dynamic(), self.how)
+            return self.fallback.run(input_ids, attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        pad = (0, self.shape[1] - seq, 0, self.shape[0] - batch)  # padded tokens are masked out
+        out = self._infer(self.request, self.compiled, torch.nn.functional.pad(input_ids, pad),
+                          torch.nn.functional.pad(attention_mask, pad))
+        return {name: value[:batch, :seq] if name == "last_hidden_state" else value[:batch]
+                for name, value in out.items()}
+
+    def _infer(self, request: Any, compiled: Any, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        results = request.infer(self.feeds(input_ids, attention_mask))
         # the request reuses its output buffers on the next call: copy out
-        return {name: torch.tensor(results[port]) for name, port in zip(self.outputs, self.compiled.outputs)}
+        return {name: torch.tensor(results[port]) for name, port in zip(self.outputs, compiled.outputs)}
 
 
-def compile_ir(xml: Path, config: OpenVino) -> Any:
-    """Compile for CPU with torch's thread count, latency mode, one stream."""
+def compile_ir(xml: Path, config: OpenVino, static: bool = False) -> Any:
+    """Compile for CPU with torch's thread count, latency mode, one stream; ``static``: for ``config.shape``."""
     import openvino as ov
 
     properties = {"INFERENCE_NUM_THREADS": int(torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY",
                   "NUM_STREAMS": 1}
     if config.precision == "fp32":
         properties["INFERENCE_PRECISION_HINT"] = "f32"
-    return ov.Core().compile_model(str(xml), "CPU", properties)
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    if static:
+        model.reshape({port: ov.PartialShape(list(config.shape)) for port in model.inputs})
+    return core.compile_model(model, "CPU", properties)
 
 
 def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
@@ -153,11 +184,14 @@ def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
     key = ir_key(model, config)
     xml, how = build_ir(model, family, config, key)
     before = rss_mb()
-    compiled = compile_ir(xml, config)
+    compiled = compile_ir(xml, config, static=config.static)
     held = max(rss_mb() - before, xml.with_suffix(".bin").stat().st_size / 2**20 * 0.5)  # RSS noise floor
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-    route_forward(model, OpenVinoRunner(compiled, how))
+    shape = list(config.shape) if config.static else None
+    route_forward(model, OpenVinoRunner(compiled, how, shape, lambda: compile_ir(xml, config)))
+    if shape:
+        how += f"; compiled for the static shape {shape[0]} x {shape[1]} (smaller inputs padded up to it)"
     setattr(model, HELD_ATTR, held)
     mapped = offload_weights(model, ort.graph_key(model, ort.OnnxRuntime(precision="fp32", optimize=False)))
     return (f"{how}; compiled for CPU, inference precision {precision}; holds ~{held:.0f} MiB, {mapped} torch "
@@ -169,6 +203,11 @@ def apply_openvino(model: torch.nn.Module, config: OpenVino, ctx: PassContext) -
     check_available(model, family, config.precision == "int8")
     if config.precision == "int8":
         config = ort.with_calibration(config, ctx)
+    if config.static and config.shape is None:
+        shape = getattr(ctx, "shape", None)
+        if not shape:
+            raise RecipeError("openvino static: give shape: [batch, seq] (or run it where the shape is known)")
+        config = dataclasses.replace(config, shape=[int(shape[0]), int(shape[1])])
     how = attach(model, family, config)
     ctx.note(f"openvino {config.precision}: forward runs in OpenVINO {_version()} "
              f"({torch.get_num_threads()} threads; {how})")

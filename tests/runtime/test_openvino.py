@@ -60,6 +60,30 @@ def test_fidelity_and_reload_is_identical(load_model, texts, tmp_path, cache_dir
         assert torch.equal(before, loaded(**batch).logits)
 
 
+def test_static_shape_pads_smaller_inputs_and_compiles_larger_ones_dynamically(load_model, texts):
+    model, tok, family = load_model("tiny-bert")
+    ctx = PassContext(family=family, tokenizer=tok, calib=texts, shape=(4, 16))
+    static = autolite.compress(copy.deepcopy(model), [OpenVino(precision="fp32", static=True)], tokenizer=tok,
+                               family=family, ctx=ctx)
+    assert any("static shape 4 x 16" in note for note in ctx.notes)
+    runner = runner_of(static)
+    small, large = _padded(tok, texts[:2]), tok(texts * 3, return_tensors="pt", padding="max_length", max_length=24)
+    with torch.no_grad():
+        for batch in (small, large):
+            torch.testing.assert_close(static(**batch).logits, model(**batch).logits, atol=1e-4, rtol=1e-4)
+    assert small["input_ids"].shape[1] <= 16 and runner.fallback is not None  # the large batch needed it
+
+
+def test_static_shape_needs_a_shape(load_model):
+    from autolite.errors import RecipeError
+
+    model, tok, family = load_model("tiny-bert")
+    with pytest.raises(RecipeError, match="shape"):
+        autolite.compress(model, [OpenVino(precision="fp32", static=True)], tokenizer=tok, family=family)
+    with pytest.raises(RecipeError, match="shape"):
+        OpenVino(shape=[0, 128])
+
+
 def _t5_encoder(load_model):
     """The encoder stack of tiny-t5 alone (``T5EncoderModel`` with its weights), as peers.py times it."""
     full, tok, _ = load_model("tiny-t5")
