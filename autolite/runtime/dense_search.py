@@ -15,7 +15,8 @@ those, and race each against the leader so a loser stops after a run or two.
    4, ... up to ``runs``) and the candidate stops as soon as its fastest run is slower than the leader's median.
    The FP32 baseline (the slowest model, only needed for the reported speedups) runs once next to each candidate.
 4. **Fidelity** is checked before a candidate is timed (a candidate out of bounds is never timed), and the
-   whole search respects ``budget_s``: once spent, the remaining candidates are skipped with that reason.
+   whole search respects ``budget_s``: once spent, the remaining candidates are skipped with that reason, and
+   so is one whose last try on this machine (its build, fidelity and timing seconds, cached) would overrun it.
 """
 from __future__ import annotations
 
@@ -146,10 +147,17 @@ class Efficiency:
         share = self.data.get(name, {}).get(self.shape)
         return floor / share if isinstance(share, (int, float)) and share > 0 else floor
 
+    def cost_s(self, name: str) -> float:
+        """Seconds trying ``name`` took last time at this shape class (build, fidelity, timing); 0 if never."""
+        cost = self.data.get(name, {}).get(f"{self.shape}_s")
+        return float(cost) if isinstance(cost, (int, float)) and cost > 0 else 0.0
+
     def update(self, measured: dict[str, dict[str, Any]], floors: dict[str, float]) -> None:
         for name, verdict in measured.items():
             if "median_ms" in verdict and floors.get(name):
                 self.data.setdefault(name, {})[self.shape] = round(floors[name] / verdict["median_ms"], 4)
+            if "search_s" in verdict:
+                self.data.setdefault(name, {})[f"{self.shape}_s"] = verdict["search_s"]
         write_json_atomic(self.path, self.data, indent=1)
 
 
@@ -233,7 +241,7 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
 
     for name, passes in sorted(candidates, key=order):
         began = time.perf_counter()
-        reason = _skip_reason(floors[name], race, began - start, budget_s)
+        reason = _skip_reason(floors[name], race, began - start, history.cost_s(name), budget_s)
         candidate = reason or build(model, passes, ctx)
         if isinstance(candidate, str):
             measured[name] = {"skipped": candidate}
@@ -282,12 +290,16 @@ def _timed(name: str, fn: Callable[[], Any], race: Race, batch: int, seq: int) -
     return verdict
 
 
-def _skip_reason(floor: float, race: Race, spent: float, budget_s: float) -> str | None:
-    """Why ``name`` is not tried at all: the budget is spent, or its floor is above the leader."""
+def _skip_reason(floor: float, race: Race, spent: float, cost: float, budget_s: float) -> str | None:
+    """Why a candidate is not tried at all: the budget is spent, or would be before it is done (``cost``: the
+    seconds trying it took last time on this machine), or its floor is above the leader."""
     if race.leader is None:
         return None
     if spent > budget_s:
         return f"search budget ({budget_s:.0f} s) spent"
+    if spent + cost > budget_s:
+        return (f"search budget ({budget_s:.0f} s) would be spent before it is done: {spent:.0f} s spent, trying "
+                f"it took {cost:.0f} s last time")
     if floor >= race.leader[1]:
         return (f"cannot win: its linears alone need >= {floor:.1f} ms at this machine's measured GEMM peak, "
                 f"the leader {race.leader[0]} takes {race.leader[1]:.1f} ms")

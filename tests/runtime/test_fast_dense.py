@@ -210,3 +210,14 @@ def test_warm_up_is_bounded_in_calls_and_time():
     assert len(dense_search.warm_up(lambda: None, clock=_clock(falling))) == dense_search.WARMUP_MAX_CALLS
     slow = [50.0, dense_search.WARMUP_MAX_S * 1000.0 + 1, 4000.0, 3000.0]  # one call past the first is too long
     assert len(dense_search.warm_up(lambda: None, clock=_clock(slow))) == 2
+
+
+def test_a_candidate_that_took_longer_than_the_budget_left_last_time_is_skipped(load_model, texts, fake_clock):
+    model, tok, family = load_model("tiny-bert")
+    fake_clock({"baseline": 10.0, "int8-dynamic": 5.0, "fp32": 4.0})
+    history = dense_search.Efficiency("small")
+    history.update({"fp32": {"median_ms": 4.0, "search_s": 500.0}}, {"fp32": 1.0})  # slow to try here
+    result = _measure(model, tok, family, texts, runs=1, candidates=["int8-dynamic", "fp32"], budget_s=60)
+    assert "would be spent before it is done" in result["measured"]["fp32"]["skipped"]
+    assert result["chosen"] == "int8-dynamic"
+    assert dense_search.Efficiency("small").cost_s("int8-dynamic") > 0  # what it took is remembered
