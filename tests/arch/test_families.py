@@ -1,7 +1,8 @@
 import pytest
 import torch
+import transformers
 
-from autolite.arch import family_for, supported_model_types
+from autolite.arch import family_for, family_of, supported_model_types
 from autolite.errors import UnsupportedArchitectureError
 
 
@@ -51,3 +52,12 @@ def test_unsupported_architecture_names_supported_families():
 def test_supported_model_types_cover_the_issue_families():
     types = set(supported_model_types())
     assert {"bert", "roberta", "distilbert", "t5", "gpt2", "llama", "qwen2", "mistral", "glm"} <= types
+
+
+def test_the_encoder_stack_of_a_seq2seq_family_is_an_encoder():
+    config = transformers.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=128)
+    full, encoder = transformers.T5ForConditionalGeneration(config), transformers.T5EncoderModel(config)
+    assert family_of(full).kind == "seq2seq"
+    assert (family_of(encoder).name, family_of(encoder).kind) == ("t5-encoder", "encoder")
+    assert family_for("t5", {"architectures": ["T5EncoderModel"]}).kind == "encoder"  # a saved encoder stack
+    assert len(family_of(encoder).layers(encoder)) == 2  # its encoder layers only
