@@ -11,10 +11,11 @@ together. Each row attends to its own positions ``0 .. pos`` only (no padding an
 
 ``Decoder.step`` (one new token per row) is compiled once with ``torch.compile(fullgraph=True)`` (rows
 and attention window become dynamic after their first change, so at most a few compiles); prefill runs
-eagerly in chunks of ``prefill_chunk`` tokens (the quantized layers take their dense path there). On CPU
-the step is compiled with inductor's C++ wrapper (``cpp_wrapper``): the graph's ~300 kernel and packed-kernel
-calls per token are made from C++ instead of a Python wrapper function, which at batch 1 is a measurable share
-of a small model's step; a graph the C++ wrapper cannot build falls back to the Python wrapper (logged).
+eagerly in chunks of ``prefill_chunk`` tokens (the quantized layers take their dense path there).
+``cpp_wrapper=True`` compiles the step with inductor's C++ wrapper (kernel calls made from C++, not from a
+Python wrapper function); off by default: on SmolLM2-135M INT4 (2 threads) it measured the same tok/s as the
+Python wrapper (69.2 vs 68.1, interleaved) and its compile took ~4 min instead of ~1. A graph the C++ wrapper
+cannot build falls back to the Python wrapper (logged).
 """
 from __future__ import annotations
 
@@ -93,6 +94,50 @@ class FusedInt4(nn.Module):
         return tuple(part.reshape(*lead, -1) for part in y.split(self.sizes, dim=-1))
 
 
+class NibbleInt8Head(nn.Module):
+    """An INT8 per-row head ``x @ (q * s)ᵀ`` run by the INT4 kernel at decode: with ``q + 128 = 16 hi + lo``
+    (hi, lo in [0, 15]), ``s q = 16 s (hi - 8) + s (lo - 8) + 8 s``, so hi and lo are stacked as 2V output rows
+    of one tile-packed INT4 weight (scale 16 s and zero 0, scale s and zero 8 s: exact in BF16) and the two
+    halves summed in FP32 after. The same weights and bytes; the outputs differ from ``_weight_int8pack_mm``'s
+    only by BF16 rounding (each kernel rounds its outputs to BF16, here the two halves separately). The INT4
+    kernel reads them ~1.5x faster at one row (SmolLM2's 49152x576 head: 3.1 vs 4.5 ms, one thread), and the
+    head of a small model is a large share of its step. Calls of more than ``kernel_max_rows`` rows run the
+    original head."""
+
+    def __init__(self, head: nn.Module, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+                 ) -> None:
+        super().__init__()
+        vocab, hidden = weight_int8.shape
+        self.head, self.vocab, self.kernel_max_rows, self.bias = head, vocab, head.kernel_max_rows, bias
+        self.padded = 8 * math.ceil(vocab / 8)  # the kernel packs output rows in multiples of 16 (2 halves)
+        self.group = next(g for g in (256, 128, 64, 32) if hidden % g == 0)
+        u = F.pad(weight_int8.to(torch.int32) + 128, (0, 0, 0, self.padded - vocab))  # (Vp, E) in [0, 255]
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.cat((u >> 4, u & 15)), 1)
+        s = F.pad(scale.float(), (0, self.padded - vocab))
+        per_row = torch.stack((torch.cat((16 * s, s)), torch.cat((torch.zeros_like(s), 8 * s))), dim=-1)  # (2Vp, 2)
+        self.table = per_row.expand(hidden // self.group, -1, -1).contiguous().to(SCALE_DTYPE)  # (groups, 2Vp, 2)
+
+    @staticmethod
+    def wrap(head: nn.Module) -> nn.Module:
+        """``head`` run by the INT4 kernel when it is an INT8 per-row head on CPU, else ``head`` itself."""
+        codes = getattr(head, "embedding", head)  # TiedInt8Head reads its embedding's codes
+        weight, scale = getattr(codes, "weight_int8", None), getattr(codes, "weight_scale", None)
+        if (weight is None or scale is None or scale.dim() != 1 or weight.device.type != "cpu"
+                or weight.shape[1] % 32 or not hasattr(head, "kernel_max_rows")):
+            return head
+        return NibbleInt8Head(head, weight, scale, getattr(head, "bias", None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, lead = flatten_rows(x)  # (N, E)
+        if rows.shape[0] > self.kernel_max_rows or rows.device.type != "cpu":
+            return self.head(x)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(SCALE_DTYPE), self.packed, self.group, self.table)
+        y = (y[:, :self.vocab].float() + y[:, self.padded:self.padded + self.vocab].float()).to(x.dtype)  # (N, V)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*lead, self.vocab)
+
+
 def _projections(parts: list[nn.Module]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
     """One callable computing every linear of ``parts`` on the same input: fused when they are packed INT4."""
     if FusedInt4.fusable(parts):
@@ -139,7 +184,7 @@ class Decoder:
     FAMILIES = ("llama", "gpt2")
 
     def __init__(self, model: nn.Module, family: ArchSpec, *, compile: bool = True, prefill_chunk: int = 64,
-                 cpp_wrapper: bool | None = None) -> None:
+                 cpp_wrapper: bool = False) -> None:
         if family.kind != "decoder" or family.name not in self.FAMILIES:
             raise UnsupportedArchitectureError(f"the decode loop runs Llama-like decoders and GPT-2, not {family.name}")
         self.model, self.family, self.prefill_chunk = model.eval(), family, prefill_chunk
@@ -148,7 +193,7 @@ class Decoder:
         self.layers = [_gpt2_layer(b) for b in base.h] if self.is_gpt2 else [_llama_layer(l) for l in base.layers]
         self.embed = base.wte if self.is_gpt2 else base.embed_tokens
         self.final_norm = base.ln_f if self.is_gpt2 else base.norm
-        self.head = model.get_output_embeddings()
+        self.head = NibbleInt8Head.wrap(model.get_output_embeddings())
         views = family.layers(model)
         self.heads, self.kv_heads = views[0].attention.num_heads, views[0].attention.num_kv_heads
         self.head_dim = views[0].attention.head_dim
@@ -156,15 +201,14 @@ class Decoder:
         self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
         self._rope = None if self.is_gpt2 else self._rope_table(base)
         _prepare_kernels(model, self.layers)
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        self.cpp_wrapper = on_cpu if cpp_wrapper is None else cpp_wrapper
-        self._step = self._compiled_step() if compile else self._forward
+        self.cpp_wrapper = cpp_wrapper
+        self._step = self._compiled_step() if compile else self._step_forward
         self.compiled = compile
 
     def _compiled_step(self) -> Callable:
-        """``_forward`` compiled with fullgraph, on a code object of its own, with the C++ wrapper when asked."""
+        """``_step_forward`` compiled with fullgraph, on a code object of its own, with the C++ wrapper when asked."""
         options = {"cpp_wrapper": True} if self.cpp_wrapper else None
-        return torch.compile(_own_code(self._forward), fullgraph=True, options=options)
+        return torch.compile(_own_code(self._step_forward), fullgraph=True, options=options)
 
     def _run_step(self, *args: torch.Tensor) -> torch.Tensor:
         """The compiled step; a graph the C++ wrapper fails to build is compiled again with the Python one."""
@@ -194,9 +238,11 @@ class Decoder:
 
     # --- forward -------------------------------------------------------------------------------------------
     def _attention(self, layer: Layer, h: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
-                   v_cache: torch.Tensor) -> torch.Tensor:
-        """Self-attention of ``h`` (B, T, E) at positions ``pos`` (B, T) over the cache views (B, nkv, W, hs),
-        writing this call's K/V into them."""
+                   v_cache: torch.Tensor, new_kv: list | None = None) -> torch.Tensor:
+        """Self-attention of ``h`` (B, T, E) at positions ``pos`` (B, T) over the cache views (B, nkv, W, hs).
+        Prefill (``new_kv`` None) writes this call's K/V into the views; the decode step (one token per row)
+        only reads them and appends its K/V (B, nkv, hs) to ``new_kv``, which ``step`` writes after the graph:
+        a compiled graph that writes into its input views copies every layer's cache window twice per token."""
         b, t, _ = h.shape
         q, k, v = layer.qkv(h)
         q = q.view(b, t, self.heads, self.head_dim)  # (B, T, nh, hs)
@@ -207,6 +253,11 @@ class Decoder:
         if self._rope is not None:
             cos, sin = self._rope[0][pos][:, :, None], self._rope[1][pos][:, :, None]  # (B, T, 1, hs)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if new_kv is not None:  # T == 1
+            k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
+            new_kv.append((k[:, 0], v[:, 0]))
+            out = self._attend_one(q, k.to(q.dtype), v.to(q.dtype), k_cache.to(q.dtype), v_cache.to(q.dtype), pos)
+            return layer.o(out)  # (B, 1, E)
         rows = torch.arange(b, device=h.device)[:, None]  # (B, 1)
         k_cache[rows, :, pos] = k.to(k_cache.dtype)  # (B, T, nkv, hs) into (B, nkv, S, hs)
         v_cache[rows, :, pos] = v.to(v_cache.dtype)
@@ -216,19 +267,10 @@ class Decoder:
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked softmax attention of ``q`` (B, T, nh, hs) over ``k``/``v`` (B, nkv, W, hs), the query heads
-        of one KV head grouped (GQA without repeating K/V); (B, T, nh * hs). One query row (decode) is written
-        as products and sums, which the compiled step fuses into a few loops with no GEMM call (measured ~8x
-        faster than the SDPA CPU kernel, which costs as much as a projection at this size); longer calls
-        (prefill) use matmuls."""
+        of one KV head grouped (GQA without repeating K/V), as matmuls; (B, T, nh * hs)."""
         b, t, _, hs = q.shape
         nkv, w = k.shape[1], k.shape[2]
         rep = self.heads // nkv
-        if t == 1:
-            q = q.view(b, nkv, rep, 1, hs)
-            scores = (q * k[:, :, None]).sum(-1) * hs ** -0.5  # (B, nkv, rep, W)
-            scores = scores.masked_fill(~mask.view(b, 1, 1, w), float("-inf"))
-            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-            return (probs[..., None] * v[:, :, None]).sum(-2).reshape(b, 1, self.heads * hs)
         q = q.view(b, t, nkv, rep, hs).permute(0, 2, 3, 1, 4).reshape(b, nkv, rep * t, hs)  # (B, nkv, rep*T, hs)
         scores = (q @ k.transpose(-1, -2)).view(b, nkv, rep, t, w) * hs ** -0.5  # (B, nkv, rep, T, W)
         scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
@@ -236,17 +278,43 @@ class Decoder:
         out = (probs @ v).view(b, nkv, rep, t, hs)  # (B, nkv, rep, T, hs)
         return out.permute(0, 3, 1, 2, 4).reshape(b, t, self.heads * hs)
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
-                 ) -> torch.Tensor:
+    def _attend_one(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k: torch.Tensor,
+                    v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Attention of one query per row ``q`` (B, 1, nh, hs) over the cache ``k``/``v`` (B, nkv, W, hs) at the
+        positions before ``pos`` (B, 1) plus the row's own new ``k_new``/``v_new`` (B, 1, nkv, hs); (B, 1, nh * hs).
+        Products and sums, which the compiled step fuses into a few loops with no GEMM call (measured ~8x faster
+        than the SDPA CPU kernel, which costs as much as a projection at this size)."""
+        b, _, _, hs = q.shape
+        nkv, w = k.shape[1], k.shape[2]
+        q = q.view(b, nkv, self.heads // nkv, 1, hs)  # (B, nkv, rep, 1, hs)
+        old = (q * k[:, :, None]).sum(-1) * hs ** -0.5  # (B, nkv, rep, W)
+        seen = torch.arange(w, device=q.device)[None] < pos  # (B, W)
+        old = old.masked_fill(~seen.view(b, 1, 1, w), float("-inf"))
+        new = (q[..., 0, :] * k_new.view(b, nkv, 1, hs)).sum(-1, keepdim=True) * hs ** -0.5  # (B, nkv, rep, 1)
+        probs = torch.softmax(torch.cat((old, new), dim=-1).float(), dim=-1).to(q.dtype)  # (B, nkv, rep, W + 1)
+        out = (probs[..., :w, None] * v[:, :, None]).sum(-2) + probs[..., w:] * v_new.view(b, nkv, 1, hs)
+        return out.reshape(b, 1, self.heads * hs)  # (B, nkv, rep, hs) -> (B, 1, nh * hs)
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                 new_kv: list | None = None) -> torch.Tensor:
         """Logits (B, V) of the last position of ``ids`` (B, T) at positions ``pos`` (B, T); ``keys``/``values``:
-        the cache views (L, B, nkv, W, hs) of the rows' first W positions, every layer."""
+        the cache views (L, B, nkv, W, hs) of the rows' first W positions, every layer; ``new_kv``: see
+        :meth:`_attention`."""
         x = self.embed(ids)  # (B, T, E)
         if self.is_gpt2:
             x = x + self.model.transformer.wpe(pos)
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(layer, layer.norm1(x), pos, keys[i], values[i])
+            x = x + self._attention(layer, layer.norm1(x), pos, keys[i], values[i], new_kv)
             x = x + layer.mlp(layer.norm2(x))
         return self.head(self.final_norm(x[:, -1:]))[:, 0]  # (B, V)
+
+    def _step_forward(self, ids: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decode step (what is compiled): logits (B, V) and the new token's K and V of every layer
+        (B, L, nkv, hs); the cache views are only read."""
+        new_kv: list = []
+        logits = self._forward(ids, pos, keys, values, new_kv)
+        return logits, torch.stack([k for k, _ in new_kv], dim=1), torch.stack([v for _, v in new_kv], dim=1)
 
     @staticmethod
     def _views(cache: StaticKVCache, rows: slice, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +349,10 @@ class Decoder:
         ids = tokens[:, None]  # (B, 1)
         for t in (ids, pos):
             torch._dynamo.maybe_mark_dynamic(t, 0)
-        logits = self._run_step(ids, pos, *self._views(cache, slice(0, rows), max(cache.lengths[:rows]) + 1))
+        views = self._views(cache, slice(0, rows), max(cache.lengths[:rows]) + 1)
+        logits, new_k, new_v = self._run_step(ids, pos, *views)
+        at = (slice(None), torch.arange(rows), slice(None), pos[:, 0])  # every layer, row b at position pos[b]
+        cache.keys[at], cache.values[at] = new_k, new_v  # (B, L, nkv, hs)
         for row in range(rows):
             cache.lengths[row] += 1
         return logits

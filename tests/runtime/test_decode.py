@@ -143,6 +143,28 @@ def test_fused_int4_pack_equals_the_separate_layers(tiny_llama):
                 torch.testing.assert_close(got, layer(h), atol=1e-5, rtol=1e-5)
 
 
+def test_int8_head_runs_on_the_int4_kernel_with_the_same_numbers(tiny_llama):
+    from autolite.quant import WeightOnly
+    from autolite.runtime.decode import NibbleInt8Head
+
+    model, tok, family = tiny_llama
+    model = autolite.compress(model, [WeightOnly(bits=4, group_size=32, embedding=True)], tokenizer=tok, family=family)
+    decoder = Decoder(model, family, compile=False)
+    head = model.get_output_embeddings()
+    assert isinstance(decoder.head, NibbleInt8Head) and decoder.head.head is head
+    for rows in (1, 3, 20):  # the kernel path, and above kernel_max_rows the original head
+        h = torch.randn(1, rows, head.in_features)
+        with torch.inference_mode():
+            exact = h @ getattr(head, "embedding", head).dequantize().T  # FP32 products of the same INT8 weights
+            got, int8_kernel = decoder.head(h), head(h)
+        bf16 = 2 ** -8 * exact.abs().amax()  # both kernels round their outputs to BF16
+        assert (got - exact).abs().max() <= 2 * bf16 and (int8_kernel - exact).abs().max() <= bf16
+        if rows > head.kernel_max_rows:
+            assert torch.equal(got, int8_kernel)
+    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    assert generate(decoder, tok, ids, 8).tokens == _hf_greedy(model, ids, 8)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_compiled_step_matches_hf(name):
@@ -165,16 +187,15 @@ def test_each_decoder_compiles_into_its_own_cache(tiny_llama):
     assert codes[0] is not codes[1] and codes[0] is not Decoder._forward.__code__
 
 
-def test_step_uses_the_cpp_wrapper_on_cpu_and_falls_back_when_it_fails(tiny_llama, monkeypatch):
+def test_cpp_wrapper_step_falls_back_to_the_python_wrapper_when_it_fails(tiny_llama, monkeypatch):
     model, tok, family = tiny_llama
-    assert Decoder(model, family).cpp_wrapper and not Decoder(model, family, cpp_wrapper=False).cpp_wrapper
-    decoder = Decoder(model, family)
+    decoder = Decoder(model, family, cpp_wrapper=True)
 
     def broken(*args):
         raise torch._dynamo.exc.BackendCompilerFailed(broken, RuntimeError("C++ compile error"), None)
 
     decoder._step = broken  # what a graph the C++ wrapper cannot build raises on its first call
-    monkeypatch.setattr(decoder, "_compiled_step", lambda: decoder._forward)  # the Python-wrapper compile, eager here
+    monkeypatch.setattr(decoder, "_compiled_step", lambda: decoder._step_forward)  # the Python-wrapper compile, eager here
     ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
     cache = decoder.new_cache(1, 64)
     decoder.prefill(cache, 0, ids[:-1])
