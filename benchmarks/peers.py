@@ -4,10 +4,11 @@
     python benchmarks/peers.py --models random:bert-base minilm --shapes 32x128 1x128
     python benchmarks/peers.py --render                           # only rewrite docs/PEERS.md from the JSON
 
-Per (model, shape), in a process of its own: every contender is built and warmed, then all are timed
-round-robin with PyTorch FP32 eager (A B C ... A B C ..., medians after warm-up), so load on the machine hits them alike. Peers: PyTorch FP32
-eager, ``torch.compile`` (Inductor, freezing) in FP32 and BF16 (BF16 only where the CPU runs it natively),
-ONNX Runtime FP32 and dynamic INT8 (transformer optimizer fusions; ``quantize_dynamic``), OpenVINO (its
+Per (model, shape), in a process of its own: every contender is built and warmed until its call time settles,
+then all are timed round-robin with PyTorch FP32 eager (A B C ... A B C ..., medians after warm-up), so load
+on the machine hits them alike. A seq2seq model (T5-small) is timed as its encoder stack alone
+(``T5EncoderModel`` with its encoder weights). Peers: PyTorch FP32 eager, ``torch.compile`` (Inductor,
+freezing) in FP32 and BF16 (BF16 only where the CPU runs it natively), ONNX Runtime FP32 and dynamic INT8 (transformer optimizer fusions; ``quantize_dynamic``), OpenVINO (its
 default precision, and INT8 by NNCF post-training quantization on the calibration texts). The ONNX Runtime and
 OpenVINO peers go through the same tool calls a user makes (autolite's backend passes make exactly these
 calls). Ours: the ``default`` and ``int8-dynamic`` presets and ``fast-dense`` (its search measured fresh, at the
@@ -39,7 +40,7 @@ from autolite.arch import family_of
 from autolite.data import load_texts
 from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
 from autolite.passes import PassContext
-from autolite.runtime.dense_search import build as build_recipe
+from autolite.runtime.dense_search import build as build_recipe, warm_up
 from autolite.runtime.fast_dense import FastDense
 from autolite.runtime.hardware import probe
 from autolite.runtime.precision import native_dtypes
@@ -157,7 +158,7 @@ def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, 
             rows[name] = {"tool": tool, "side": side, "skipped": built}
             continue
         fns[name] = forward_fn(built, family, inputs)
-        fns[name]()  # compile / first call now, before the next contender resets dynamo
+        warm_up(fns[name])  # compile now, before the next contender resets dynamo; until its call time settles
         rows[name] = {"tool": tool, "side": side, "build_s": round(time.perf_counter() - start, 1), **extra,
                       "held_mb": round(model_size(built)[0], 1),
                       "cosine": cosine(built, model, tok, family, seq)}
