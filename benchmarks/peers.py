@@ -8,8 +8,9 @@ Per (model, shape), in a process of its own: every contender is built and warmed
 then all are timed round-robin with PyTorch FP32 eager (A B C ... A B C ..., medians after warm-up), so load
 on the machine hits them alike. A seq2seq model (T5-small) is timed as its encoder stack alone
 (``T5EncoderModel`` with its encoder weights). Peers: PyTorch FP32 eager, ``torch.compile`` (Inductor,
-freezing) in FP32 and BF16 (BF16 only where the CPU runs it natively), ONNX Runtime FP32 and dynamic INT8 (transformer optimizer fusions; ``quantize_dynamic``), OpenVINO (its
-default precision, and INT8 by NNCF post-training quantization on the calibration texts). The ONNX Runtime and
+freezing) in FP32 and BF16 (BF16 only where the CPU runs it natively), ONNX Runtime FP32 and dynamic INT8
+(transformer optimizer fusions; ``quantize_dynamic``), OpenVINO (its default precision, and INT8 by NNCF
+post-training quantization on the calibration texts). The ONNX Runtime and
 OpenVINO peers go through the same tool calls a user makes (autolite's backend passes make exactly these
 calls). Ours: the ``default`` and ``int8-dynamic`` presets and ``fast-dense`` (its search measured fresh, at the
 same shape, its time recorded). Each row: median ms, speedup over FP32 eager, ratio to the best peer, cosine
