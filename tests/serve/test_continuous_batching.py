@@ -172,3 +172,21 @@ def test_a_failed_prefill_fails_only_its_request(llama):
     bad, good = asyncio.run(go())
     assert isinstance(bad, RuntimeError) and "prefill broke" in str(bad)
     assert good[0]["text"] == _solo(model, tok, family, [5, 6, 7], 6)
+
+
+@pytest.mark.slow
+def test_rows_joining_and_leaving_do_not_recompile_the_step(llama):
+    import torch
+    from torch._dynamo.utils import counters
+
+    model, tok, family = llama
+    batcher = DecodeBatcher(Decoder(model, family, compile=True), tok, slots=8, max_len=256)
+    batcher.warm()  # compiles one row and a dynamic row count
+    graphs = counters["stats"]["unique_graphs"]
+    for rows in (3, 8, 5, 1, 2, 7):
+        for row in range(rows):
+            batcher.decoder.prefill(batcher.cache, row, [5, 6, 7, 8])
+        batcher.decoder.step(batcher.cache, torch.zeros(rows, dtype=torch.long))
+        for row in range(rows):
+            batcher.cache.reset(row)
+    assert counters["stats"]["unique_graphs"] == graphs
