@@ -335,8 +335,11 @@ def write_doc(result: dict[str, Any], path: Path = DOC) -> None:
     lines += _skipping_section(result.get("skipping"))
     if "batching" in result:
         command = result.get("batching_command") or result.get("command", "")
+        own = result.get("batching_machine", {})
+        load = (f", load average (1, 5, 15 min) {own['load_avg_1_5_15']} at start, {own['load_avg_1_5_15_end']} "
+                "at end" if "load_avg_1_5_15_end" in own else "")
         lines += ["", "## Continuous batching (serving DecodeBatcher, INT4 model)", "",
-                  f"Measured by `python {command}` (step {'eager' if '--eager' in command else 'compiled'}); "
+                  f"Measured by `python {command}`{load} (step {'eager' if '--eager' in command else 'compiled'}); "
                   "all streams start together, each generates its tokens greedily; TTFT from submission. The run "
                   "with the median aggregate tok/s of the interleaved rounds; `bare step`: `Decoder.step` alone over "
                   "as many rows (no batcher), median.", "",
@@ -377,6 +380,10 @@ NOTES = [
     "weight, one bag per thread, inside one custom op. Perplexity is measured with the thresholds applied at every "
     "position (what decode computes); prefill stays dense.",
     "- Perplexity: `autolite.evaluate` on the held-out corpus split, never used for calibration.",
+    "- Continuous batching: the batcher adds little to the step (1 stream through it runs at about the bare 1-row "
+    "step's rate); the 8-row step itself costs about 3x the 1-row step because the INT4 "
+    "(`_weight_int4pack_mm_for_cpu`) and INT8 (`_weight_int8pack_mm`) CPU kernels take rows in blocks of 4 (PyTorch "
+    "source: BLOCK_M = 4), so 8 rows dequantize every weight twice, and these kernels are most of the step.",
     "- llama.cpp: llama-cpp-python on the bundled SmolLM2 Q4_1 GGUF, one `llama_decode` per token, same threads; "
     "under CPU contention its spinning thread barrier degrades more than torch's threads do.",
 ]
@@ -442,6 +449,7 @@ def _merged(out: Path) -> dict[str, Any]:
         if (section not in result or newer) and part.is_file():  # batching: a later --only run replaces it
             data = json.loads(part.read_text())
             result[section], result[f"{section}_command"] = data[section], data.get("command", "")
+            result[f"{section}_machine"] = data.get("machine", {})
     skipping = _skipping_parts(out)
     if skipping:
         result["skipping"] = skipping
