@@ -370,9 +370,12 @@ NOTES = [
     "- Our decode step: a functional forward over the model's own modules with a static KV cache, compiled once "
     "(`torch.compile(fullgraph=True)`) unless the run says eager; INT4 rows run `aten._weight_int4pack_mm_for_cpu`, INT8 rows "
     "`aten._weight_int8pack_mm` inside the graph; the INT8 head/embedding of w4g64/w8 is INT8 per row (llama.cpp's "
-    "file: Q4_1 blocks, Q8_0 token embedding used as the tied head: the same bytes per step). In the INT4 model q/k/v "
+    "file: Q4_1 blocks, Q8_0 token embedding used as the tied head: the same bytes per step), and at decode the head "
+    "runs on the INT4 kernel as the two 4-bit halves of its INT8 codes (same weights, outputs within BF16 rounding; "
+    "a second copy of the head codes in that layout is held). In the INT4 model q/k/v "
     "and gate/up run as one kernel call each (their codes stacked: 4 calls per layer instead of 7); one-query "
-    "attention is products and sums fused by the compiler (no SDPA call).",
+    "attention is products and sums fused by the compiler (no SDPA call); the compiled step only reads the KV "
+    "cache and the new token's K/V of every layer is written after it.",
     "- Activation skipping (TEAL-style): per-linear thresholds calibrated on the corpus calib split; skipN = N% of "
     "the block weights skipped, split over the linears by calibrated skip error unless the command says "
     "`--allocation uniform` (N% of every linear's inputs). At decode each linear reads only the weight rows of its "
