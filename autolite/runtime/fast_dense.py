@@ -11,8 +11,9 @@ passes are recorded in ``chosen`` so ``autolite.load`` replays them.
 
 Candidates include the ONNX Runtime backend (``ort-fp32``, ``ort-int8`` dynamic, ``ort-int8-static``
 calibrated QDQ) and OpenVINO (``openvino`` BF16 where native, ``openvino-int8`` NNCF, ``openvino-int8-static``
-the same compiled for the searched batch x seq); encoders only:
-elsewhere they are skipped with the reason in the notes. Dynamo is reset before each compiled candidate.
+the same compiled for the searched batch x seq, ``openvino-int8-streams`` that in two streams at batch >= 2);
+encoders only: elsewhere they are skipped with the reason in the notes. Dynamo is reset before each compiled
+candidate.
 """
 from __future__ import annotations
 
@@ -39,15 +40,17 @@ from autolite.runtime.dense_search import build as _build  # noqa: F401 - the be
 log = logging.getLogger(__name__)
 SEARCH_VERSION = 3  # bump when the search changes what a cached decision means (2: floors + race; 3: warm-up)
 # Likely winners first: candidates with equal floors are tried in this order (the search's budget may end it)
-DEFAULT_CANDIDATES = ["ort-int8", "openvino-int8", "openvino-int8-static", "ort-int8-static", "int8-dynamic",
-                      "int8-dynamic+compile", "openvino", "bf16-compile", "ort-fp32", "compile", "fp32"]
+DEFAULT_CANDIDATES = ["ort-int8", "openvino-int8", "openvino-int8-static", "openvino-int8-streams", "ort-int8-static",
+                      "int8-dynamic", "int8-dynamic+compile", "openvino", "bf16-compile", "ort-fp32", "compile", "fp32"]
 COMBINED = {"int8-dynamic+compile": [{"pass": "int8-dynamic"},
                                      {"pass": "compile", "backend": "inductor", "freeze": True}],
             "ort-int8-static": [{"pass": "onnxruntime", "precision": "int8-static"}],
             "openvino": [{"pass": "openvino", "precision": "auto"}],
             "openvino-int8": [{"pass": "openvino", "precision": "int8"}],
             # the same IR compiled for the searched batch x seq (smaller inputs padded up to it)
-            "openvino-int8-static": [{"pass": "openvino", "precision": "int8", "static": True}]}
+            "openvino-int8-static": [{"pass": "openvino", "precision": "int8", "static": True}],
+            # ... and in two streams, each running half the batch rows on its share of the threads
+            "openvino-int8-streams": [{"pass": "openvino", "precision": "int8", "static": True, "streams": 2}]}
 
 
 @dataclasses.dataclass
@@ -122,10 +125,13 @@ def measure(model: torch.nn.Module, config: FastDense, ctx: PassContext) -> dict
     shape = (config.batch, config.seq)
     for name in config.candidates:
         passes = candidate_passes(name, shape)
-        if _native_ok(passes, ctx):
-            candidates.append((name, passes))
-        else:
+        streams = max((int(p.get("streams", 1)) for p in passes), default=1)
+        if not _native_ok(passes, ctx):
             measured[name] = {"skipped": "precision not native on this machine"}
+        elif streams > config.batch:
+            measured[name] = {"skipped": f"{streams} streams need batch >= {streams}"}
+        else:
+            candidates.append((name, passes))
     measured.update(dense_search.search(model, candidates, ctx, batch=config.batch, seq=config.seq,
                                         runs=config.runs, budget_s=config.budget_s,
                                         fidelity_ok=lambda f: _verdict(f, config, ctx.family.kind)))

@@ -44,7 +44,8 @@ class OpenVino(PassConfig):
     post-training quantization on the calibration texts, at most ``calib_samples``; their token ids are
     recorded in ``calib_ids`` so a reload rebuilds the same model). ``static``: compile for one input shape,
     ``shape`` = [batch, seq] (default: the shape the caller runs, recorded): smaller inputs are padded up to
-    it, larger ones run a dynamic-shape compile made when first needed.
+    it, larger ones run a dynamic-shape compile made when first needed. ``streams`` > 1: OpenVINO's throughput
+    mode, the threads split into that many streams, each running its share of the batch rows at once.
     """
 
     name = "openvino"
@@ -53,6 +54,7 @@ class OpenVino(PassConfig):
     calib_ids: list[list[int]] | None = None
     static: bool = False
     shape: list[int] | None = None
+    streams: int = 1
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -62,6 +64,8 @@ class OpenVino(PassConfig):
         if self.shape is not None and (len(self.shape) != 2 or any(not isinstance(v, int) or v < 1
                                                                    for v in self.shape)):
             raise RecipeError(f"openvino shape must be [batch, seq] of positive integers, got {self.shape}")
+        if self.streams < 1:
+            raise RecipeError("openvino streams must be >= 1")
 
 
 def check_available(model: torch.nn.Module, family: Any, int8: bool) -> None:
@@ -80,7 +84,7 @@ def ir_key(model: torch.nn.Module, config: OpenVino) -> str:
     import openvino
 
     fp32 = ort.graph_key(model, ort.OnnxRuntime(precision="fp32", optimize=False))
-    same_ir = dataclasses.replace(config, static=False, shape=None)  # a static compile reads the same IR
+    same_ir = dataclasses.replace(config, static=False, shape=None, streams=1)  # how it compiles: same IR
     blob = repr((fp32, dataclasses.astuple(same_ir), IR_VERSION, openvino.__version__))
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
@@ -130,51 +134,69 @@ def port_name(port: Any) -> str:
 
 
 class OpenVinoRunner(Runner):
-    """Holds the compiled model and one infer request; a static-shape model (``shape``) pads smaller inputs up
-    to its shape and hands larger ones to a dynamic-shape compile (``dynamic()``, made on first need)."""
+    """Holds the compiled model and one infer request per stream (each runs its share of the batch rows, at
+    once); a static-shape model (``shape``) pads smaller inputs up to its shape and hands larger ones to a
+    dynamic-shape compile (``dynamic()``, made on first need)."""
 
     kind = "OpenVINO"
 
-    def __init__(self, compiled: Any, how: str, shape: list[int] | None = None, dynamic: Any = None) -> None:
+    def __init__(self, compiled: Any, how: str, shape: list[int] | None = None, dynamic: Any = None,
+                 streams: int = 1) -> None:
         super().__init__([port_name(p) for p in compiled.inputs], [port_name(p) for p in compiled.outputs], how)
-        self.compiled, self.request = compiled, compiled.create_infer_request()
+        self.compiled = compiled
+        self.requests = [compiled.create_infer_request() for _ in range(streams)]
         self.shape, self.make_dynamic, self.fallback = shape, dynamic, None
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        if self.shape is None:
-            return self._infer(self.request, self.compiled, input_ids, attention_mask)
-        batch, seq = input_ids.shape  # (B, T)
-        if batch > self.shape[0] or seq > self.shape[1]:
-            if self.fallback is None:
-                self.fallback = OpenVinoRunner(self.make_dynamic(), self.how)
-            return self.fallback.run(input_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        pad = (0, self.shape[1] - seq, 0, self.shape[0] - batch)  # padded tokens are masked out
-        out = self._infer(self.request, self.compiled, torch.nn.functional.pad(input_ids, pad),
-                          torch.nn.functional.pad(attention_mask, pad))
-        return {name: value[:batch, :seq] if name == "last_hidden_state" else value[:batch]
-                for name, value in out.items()}
+        batch, seq = input_ids.shape  # (B, T)
+        if self.shape is not None and (batch > self.shape[0] or seq > self.shape[1]):
+            if self.fallback is None:
+                self.fallback = OpenVinoRunner(self.make_dynamic(), self.how, streams=len(self.requests))
+            return self.fallback.run(input_ids, attention_mask)
+        parts = [(ids, mask) for ids, mask in zip(input_ids.tensor_split(len(self.requests)),
+                                                   attention_mask.tensor_split(len(self.requests))) if len(ids)]
+        for request, (ids, mask) in zip(self.requests, parts):
+            request.start_async(self.feeds(*self._padded(ids, mask)))
+        outs = []
+        for request, (ids, _) in zip(self.requests, parts):
+            request.wait()
+            rows, tokens = ids.shape
+            # the request reuses its output buffers on the next call: copy out, drop the padding
+            got = {name: torch.tensor(request.get_output_tensor(i).data) for i, name in enumerate(self.outputs)}
+            outs.append({name: value[:rows, :tokens] if name == "last_hidden_state" else value[:rows]
+                         for name, value in got.items()})
+        return outs[0] if len(outs) == 1 else {name: torch.cat([o[name] for o in outs]) for name in self.outputs}
 
-    def _infer(self, request: Any, compiled: Any, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        results = request.infer(self.feeds(input_ids, attention_mask))
-        # the request reuses its output buffers on the next call: copy out
-        return {name: torch.tensor(results[port]) for name, port in zip(self.outputs, compiled.outputs)}
+    def _padded(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A stream's rows padded to its static shape (padded tokens are masked out); as given when dynamic."""
+        if self.shape is None:
+            return ids, mask
+        pad = (0, self.shape[1] - ids.shape[1], 0, stream_rows(self.shape[0], len(self.requests)) - ids.shape[0])
+        return torch.nn.functional.pad(ids, pad), torch.nn.functional.pad(mask, pad)
+
+
+def stream_rows(batch: int, streams: int) -> int:
+    """The batch rows one stream runs (the most ``tensor_split`` gives it)."""
+    return -(-batch // streams)
 
 
 def compile_ir(xml: Path, config: OpenVino, static: bool = False) -> Any:
-    """Compile for CPU with torch's thread count, latency mode, one stream; ``static``: for ``config.shape``."""
+    """Compile for CPU with torch's thread count, latency mode and one stream (throughput mode for
+    ``config.streams`` > 1); ``static``: for ``config.shape`` (a stream's share of its rows)."""
     import openvino as ov
 
-    properties = {"INFERENCE_NUM_THREADS": int(torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY",
-                  "NUM_STREAMS": 1}
+    properties = {"INFERENCE_NUM_THREADS": int(torch.get_num_threads()),
+                  "PERFORMANCE_HINT": "LATENCY" if config.streams == 1 else "THROUGHPUT",
+                  "NUM_STREAMS": config.streams}
     if config.precision == "fp32":
         properties["INFERENCE_PRECISION_HINT"] = "f32"
     core = ov.Core()
     model = core.read_model(str(xml))
     if static:
-        model.reshape({port: ov.PartialShape(list(config.shape)) for port in model.inputs})
+        shape = [stream_rows(config.shape[0], config.streams), config.shape[1]]
+        model.reshape({port: ov.PartialShape(shape) for port in model.inputs})
     return core.compile_model(model, "CPU", properties)
 
 
@@ -189,9 +211,11 @@ def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     shape = list(config.shape) if config.static else None
-    route_forward(model, OpenVinoRunner(compiled, how, shape, lambda: compile_ir(xml, config)))
+    route_forward(model, OpenVinoRunner(compiled, how, shape, lambda: compile_ir(xml, config), config.streams))
     if shape:
         how += f"; compiled for the static shape {shape[0]} x {shape[1]} (smaller inputs padded up to it)"
+    if config.streams > 1:
+        how += f"; {config.streams} streams, each running its share of the batch rows"
     setattr(model, HELD_ATTR, held)
     mapped = offload_weights(model, ort.graph_key(model, ort.OnnxRuntime(precision="fp32", optimize=False)))
     return (f"{how}; compiled for CPU, inference precision {precision}; holds ~{held:.0f} MiB, {mapped} torch "

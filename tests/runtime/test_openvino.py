@@ -74,6 +74,18 @@ def test_static_shape_pads_smaller_inputs_and_compiles_larger_ones_dynamically(l
     assert small["input_ids"].shape[1] <= 16 and runner.fallback is not None  # the large batch needed it
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_streams_each_run_a_share_of_the_rows(load_model, texts, static):
+    model, tok, family = load_model("tiny-bert")
+    ctx = PassContext(family=family, tokenizer=tok, calib=texts, shape=(4, 16))
+    built = autolite.compress(copy.deepcopy(model), [OpenVino(precision="fp32", static=static, streams=2)],
+                              tokenizer=tok, family=family, ctx=ctx)
+    assert any("2 streams" in note for note in ctx.notes) and len(runner_of(built).requests) == 2
+    with torch.no_grad():
+        for batch in (_padded(tok, texts[:3]), _padded(tok, texts[:1])):  # 2 + 1 rows, then 1 row on one stream
+            torch.testing.assert_close(built(**batch).logits, model(**batch).logits, atol=1e-4, rtol=1e-4)
+
+
 def test_static_shape_needs_a_shape(load_model):
     from autolite.errors import RecipeError
 
@@ -82,6 +94,8 @@ def test_static_shape_needs_a_shape(load_model):
         autolite.compress(model, [OpenVino(precision="fp32", static=True)], tokenizer=tok, family=family)
     with pytest.raises(RecipeError, match="shape"):
         OpenVino(shape=[0, 128])
+    with pytest.raises(RecipeError, match="streams"):
+        OpenVino(streams=0)
 
 
 def _t5_encoder(load_model):
