@@ -47,16 +47,18 @@ def run_table(data: dict[str, Any]) -> list[str]:
     lines = [title, "", f"Machine: {_machine(data)}; {data['runs']} interleaved rounds; load average "
              f"{load.get('loadavg_1min_before', '?')} -> {load.get('loadavg_1min_after', '?')} (1 min), CPU steal "
              f"{_fmt(load.get('cpu_steal_share'), '.1%')}. {data['timestamp']}. `{data['command']}`", "",
-             "| contender | tool | ms / batch | vs FP32 eager | vs best peer | cosine vs FP32 | memory held (MiB) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| contender | tool | ms / batch | vs FP32 eager | vs best peer | % of INT8 dense floor | cosine vs FP32 | "
+             "memory held (MiB) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    floor = data.get("floor", {}).get("int8_floor_ms")
     for name, row in rows.items():
         if "skipped" in row:
-            lines.append(f"| {name} | {row['tool']} | skipped: {row['skipped']} | | | | |")
+            lines.append(f"| {name} | {row['tool']} | skipped: {row['skipped']} | | | | | |")
             continue
         vs_best = row["median_ms"] and best and best[1]["median_ms"] / row["median_ms"]
+        share = floor / row["median_ms"] if floor and row["median_ms"] else None
         bold = "**" if name == (best and best[0]) or row["side"] == "ours" and name.endswith("fast-dense") else ""
         lines.append(f"| {bold}{name}{bold} | {row['tool']} | {row['median_ms']:.1f} | {row['speedup']:.2f}x | "
-                     f"{_fmt(vs_best, '.2f', 'x')} | {_fmt(row.get('cosine'), '.4f')} | "
+                     f"{_fmt(vs_best, '.2f', 'x')} | {_fmt(share, '.0%')} | {_fmt(row.get('cosine'), '.4f')} | "
                      f"{_fmt(row.get('held_mb'), '.0f')} |")
     busy = max(load.get("loadavg_1min_before", 0), load.get("loadavg_1min_after", 0))
     if busy > 2 * data.get("threads", 1):
