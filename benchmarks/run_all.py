@@ -182,11 +182,19 @@ def main() -> None:
     if args.encoder_case:
         write_json_atomic(RESULTS / f"{args.encoder_case}.json", bench_encoder_stack(*CASES[args.encoder_case]))
         return
-    if not args.render:
-        for name, case in CASES.items():
-            if args.only in name:
-                run_case(name, *case)
+    chosen = [] if args.render else [name for name in CASES if args.only in name]
+    if not args.render and not chosen:
+        raise SystemExit(f"no case name contains '{args.only}'; cases: {', '.join(CASES)}")
+    failed = []
+    for name in chosen:
+        try:
+            run_case(name, *CASES[name])
+        except subprocess.CalledProcessError as exc:  # one broken case must not lose the others' hour
+            print(f"case {name} failed (exit {exc.returncode}); its previous JSON, if any, is kept", flush=True)
+            failed.append(name)
     render()
+    if failed:
+        raise SystemExit(f"failed cases: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

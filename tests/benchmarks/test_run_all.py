@@ -49,3 +49,24 @@ def test_every_case_names_an_existing_recipe():
     for name, (model, recipe, *_rest) in run_all.CASES.items():
         if recipe.endswith(".yaml"):
             assert (ROOT / recipe).exists(), name
+
+
+def test_only_that_matches_nothing_says_so(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--only", "no-such-case"])
+    with pytest.raises(SystemExit, match="no case name contains 'no-such-case'"):
+        run_all.main()
+
+
+def test_a_failing_case_does_not_stop_the_others(monkeypatch):
+    ran, rendered = [], []
+
+    def fake_case(name, *_case):
+        ran.append(name)
+        if name.endswith("b32"):
+            raise run_all.subprocess.CalledProcessError(1, ["bench"])
+    monkeypatch.setattr(run_all, "run_case", fake_case)
+    monkeypatch.setattr(run_all, "render", lambda: rendered.append(True))
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--only", "e2e-bert-base"])
+    with pytest.raises(SystemExit, match="failed cases: e2e-bert-base-b32"):
+        run_all.main()
+    assert ran == ["e2e-bert-base-b32", "e2e-bert-base-b1"] and rendered == [True]
