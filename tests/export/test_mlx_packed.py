@@ -49,6 +49,7 @@ def test_mlx_packed_rejects_bits_and_encoders(tmp_path, load_model):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # GPTQ of 135M: ~1 min on 2 quiet cores, over 10 at lowest priority on busy ones
 def test_mlx_smollm2_gptq_answers_as_our_int4(tmp_path):
     """SmolLM2 with the w4g64 preset (GPTQ, INT8 embedding) exported as it is: logits match our INT4 model's own
     forward (rel L2 < 1e-3) and mlx-lm's greedy tokens for the capital question are the ones our model gives."""
