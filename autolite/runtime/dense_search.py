@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ INT8_PASSES = {"int8-dynamic", "int8-static"}
 WARMUP_MAX_CALLS = 8  # a candidate's untimed calls before its race, at most
 WARMUP_SETTLED_CALLS = 2  # ... ending once this many calls in a row are
 WARMUP_SETTLED = 1.15  # ... within this factor of the fastest warm-up call after the first
+MIN_FLOOR_MS = 1.0  # runs with smaller floors (tiny models) teach no efficiency shares
 WARMUP_MAX_S = 6.0  # ... or once the calls after the first took this long (batch 32 on a large model)
 
 
@@ -135,11 +137,14 @@ def shape_class(batch: int, seq: int) -> str:
 
 class Efficiency:
     """What share of its floor each candidate reached in earlier searches on this machine (per shape class),
-    cached: candidates are tried in order of ``floor / efficiency`` (a fresh machine: floor, then list order)."""
+    cached: candidates are tried in order of ``floor / efficiency`` (a fresh machine: floor, then list order).
+    Also the seconds trying each took, per shape class and size of the run (``gflop``, in powers of two).
+    Runs whose floors are under ``MIN_FLOOR_MS`` (tiny models: overhead, not GEMMs) teach no shares."""
 
-    def __init__(self, shape: str) -> None:
+    def __init__(self, shape: str, gflop: float = 0.0) -> None:
         self.path = cache_root() / "peaks" / f"{machine_key()}-efficiency.json"
         self.shape = shape
+        self.size = f"{shape}_s@{round(math.log2(gflop)) if gflop > 0 else 0}"
         data = read_json(self.path, ())
         self.data = data if data is not None and all(isinstance(v, dict) for v in data.values()) else {}
 
@@ -149,15 +154,15 @@ class Efficiency:
 
     def cost_s(self, name: str) -> float:
         """Seconds trying ``name`` took last time at this shape class (build, fidelity, timing); 0 if never."""
-        cost = self.data.get(name, {}).get(f"{self.shape}_s")
+        cost = self.data.get(name, {}).get(self.size)
         return float(cost) if isinstance(cost, (int, float)) and cost > 0 else 0.0
 
     def update(self, measured: dict[str, dict[str, Any]], floors: dict[str, float]) -> None:
         for name, verdict in measured.items():
-            if "median_ms" in verdict and floors.get(name):
+            if "median_ms" in verdict and floors.get(name, 0.0) >= MIN_FLOOR_MS:
                 self.data.setdefault(name, {})[self.shape] = round(floors[name] / verdict["median_ms"], 4)
             if "search_s" in verdict:
-                self.data.setdefault(name, {})[f"{self.shape}_s"] = verdict["search_s"]
+                self.data.setdefault(name, {})[self.size] = verdict["search_s"]
         write_json_atomic(self.path, self.data, indent=1)
 
 
@@ -232,10 +237,11 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
     race = Race(forward_fn(model, ctx.family, inputs), runs)
     race.baseline_fn()  # warm-up
     race.baseline_ms.append(time_once("baseline", race.baseline_fn))
-    floors = predicted_floors(candidates, linear_gflop(model, batch * seq), machine_peaks(), race.baseline_ms[0])
+    gflop = linear_gflop(model, batch * seq)
+    floors = predicted_floors(candidates, gflop, machine_peaks(), race.baseline_ms[0])
     texts = list(ctx.calib or [])[:32] or None
     measured: dict[str, dict[str, Any]] = {}
-    history = Efficiency(shape_class(batch, seq))
+    history = Efficiency(shape_class(batch, seq), gflop)
     def order(candidate: tuple[str, list[dict]]) -> tuple[bool, float]:
         return needs_compile(candidate[1]), history.predicted_ms(candidate[0], floors[candidate[0]])
 

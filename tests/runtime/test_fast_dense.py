@@ -175,7 +175,8 @@ def test_what_a_candidate_reached_before_on_this_machine_orders_the_next_search(
     calls = fake_clock({"baseline": 10.0, "int8-dynamic": 5.0, "ort-int8": 2.0})
     _measure(model, tok, family, texts, runs=1, candidates=names, budget_s=1e-6)
     assert "int8-dynamic" in calls and "ort-int8" not in calls  # the budget ended it after the first
-    dense_search.Efficiency("small").update({"ort-int8": {"median_ms": 2.0}}, {"ort-int8": 1.0})
+    dense_search.Efficiency("small").update({"ort-int8": {"median_ms": 2.0}, "int8-dynamic": {"median_ms": 10.0}},
+                                            {"ort-int8": 1.0, "int8-dynamic": 1.0})
     result = _measure(model, tok, family, texts, runs=1, candidates=names, budget_s=1e-6)
     assert result["chosen"] == "ort-int8"  # tried first now: it reached a larger share of its floor before
     assert "budget" in result["measured"]["int8-dynamic"]["skipped"]
@@ -215,9 +216,12 @@ def test_warm_up_is_bounded_in_calls_and_time():
 def test_a_candidate_that_took_longer_than_the_budget_left_last_time_is_skipped(load_model, texts, fake_clock):
     model, tok, family = load_model("tiny-bert")
     fake_clock({"baseline": 10.0, "int8-dynamic": 5.0, "fp32": 4.0})
-    history = dense_search.Efficiency("small")
-    history.update({"fp32": {"median_ms": 4.0, "search_s": 500.0}}, {"fp32": 1.0})  # slow to try here
+    gflop = dense_search.linear_gflop(model, 2 * 16)  # the size of _measure's run: costs are kept per size
+    dense_search.Efficiency("small", gflop).update({"fp32": {"search_s": 500.0}}, {})  # slow to try here
     result = _measure(model, tok, family, texts, runs=1, candidates=["int8-dynamic", "fp32"], budget_s=60)
     assert "would be spent before it is done" in result["measured"]["fp32"]["skipped"]
     assert result["chosen"] == "int8-dynamic"
-    assert dense_search.Efficiency("small").cost_s("int8-dynamic") > 0  # what it took is remembered
+    assert dense_search.Efficiency("small", gflop).cost_s("int8-dynamic") > 0  # what it took is remembered
+    assert dense_search.Efficiency("small", gflop * 64).cost_s("int8-dynamic") == 0  # not for a larger run
+    assert "int8-dynamic" not in dense_search.Efficiency("small").data or \
+        "small" not in dense_search.Efficiency("small").data["int8-dynamic"]  # a tiny floor teaches no share
