@@ -34,6 +34,7 @@ from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "int8")
 IR_VERSION = 1  # bump when the build changes what a cached IR holds
+STATIC_MIN_FILL = 0.75  # a static-shape model pads inputs filling at least this share of its shape
 
 
 @dataclasses.dataclass
@@ -43,9 +44,10 @@ class OpenVino(PassConfig):
     ``precision``: "auto" (OpenVINO's default: BF16 where native, else FP32), "fp32", or "int8" (NNCF
     post-training quantization on the calibration texts, at most ``calib_samples``; their token ids are
     recorded in ``calib_ids`` so a reload rebuilds the same model). ``static``: compile for one input shape,
-    ``shape`` = [batch, seq] (default: the shape the caller runs, recorded): smaller inputs are padded up to
-    it, larger ones run a dynamic-shape compile made when first needed. ``streams`` > 1: OpenVINO's throughput
-    mode, the threads split into that many streams, each running its share of the batch rows at once.
+    ``shape`` = [batch, seq] (default: the shape the caller runs, recorded): inputs filling most of it are
+    padded up to it, larger or much smaller ones run a dynamic-shape compile made when first needed.
+    ``streams`` > 1: OpenVINO's throughput mode, the threads split into that many streams, each running its
+    share of the batch rows at once.
     """
 
     name = "openvino"
@@ -135,8 +137,8 @@ def port_name(port: Any) -> str:
 
 class OpenVinoRunner(Runner):
     """Holds the compiled model and one infer request per stream (each runs its share of the batch rows, at
-    once); a static-shape model (``shape``) pads smaller inputs up to its shape and hands larger ones to a
-    dynamic-shape compile (``dynamic()``, made on first need)."""
+    once); a static-shape model (``shape``) pads inputs that nearly fill it (:func:`fits`) up to its shape and
+    hands the others to a dynamic-shape compile (``dynamic()``, made on first need)."""
 
     kind = "OpenVINO"
 
@@ -151,7 +153,7 @@ class OpenVinoRunner(Runner):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         batch, seq = input_ids.shape  # (B, T)
-        if self.shape is not None and (batch > self.shape[0] or seq > self.shape[1]):
+        if self.shape is not None and not fits(batch, seq, self.shape):
             if self.fallback is None:
                 self.fallback = OpenVinoRunner(self.make_dynamic(), self.how, streams=len(self.requests))
             return self.fallback.run(input_ids, attention_mask)
@@ -175,6 +177,12 @@ class OpenVinoRunner(Runner):
             return ids, mask
         pad = (0, self.shape[1] - ids.shape[1], 0, stream_rows(self.shape[0], len(self.requests)) - ids.shape[0])
         return torch.nn.functional.pad(ids, pad), torch.nn.functional.pad(mask, pad)
+
+
+def fits(batch: int, seq: int, shape: list[int]) -> bool:
+    """Whether a ``batch x seq`` input runs on the static ``shape``: not larger, and filling at least
+    ``STATIC_MIN_FILL`` of it (padding a short request up to a large shape would cost the whole shape)."""
+    return batch <= shape[0] and seq <= shape[1] and batch * seq >= STATIC_MIN_FILL * shape[0] * shape[1]
 
 
 def stream_rows(batch: int, streams: int) -> int:
@@ -213,7 +221,8 @@ def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
     shape = list(config.shape) if config.static else None
     route_forward(model, OpenVinoRunner(compiled, how, shape, lambda: compile_ir(xml, config), config.streams))
     if shape:
-        how += f"; compiled for the static shape {shape[0]} x {shape[1]} (smaller inputs padded up to it)"
+        how += (f"; compiled for the static shape {shape[0]} x {shape[1]} (inputs filling >= "
+                f"{STATIC_MIN_FILL:.0%} of it padded up to it, others run a dynamic compile)")
     if config.streams > 1:
         how += f"; {config.streams} streams, each running its share of the batch rows"
     setattr(model, HELD_ATTR, held)
