@@ -377,8 +377,8 @@ NOTES = [
     "attention is products and sums fused by the compiler (no SDPA call); the compiled step only reads the KV "
     "cache and the new token's K/V of every layer is written after it.",
     "- Activation skipping (TEAL-style): per-linear thresholds calibrated on the corpus calib split; skipN = N% of "
-    "the block weights skipped, split over the linears by calibrated skip error unless the command says "
-    "`--allocation uniform` (N% of every linear's inputs). At decode each linear reads only the weight rows of its "
+    "the block weights skipped: N% of every linear's inputs unless the command says `--allocation sensitivity` "
+    "(split over the linears by calibrated skip error). At decode each linear reads only the weight rows of its "
     "active inputs: `embedding_bag` (sum, inputs as per-sample weights) over the active rows of the transposed FP32 "
     "weight, one bag per thread, inside one custom op. Perplexity is measured with the thresholds applied at every "
     "position (what decode computes); prefill stays dense.",
@@ -468,7 +468,7 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="*", default=[0.25, 0.4, 0.5])
     parser.add_argument("--ppl-texts", type=int, default=64)
     parser.add_argument("--calib-tokens", type=int, default=4096, help="activation-sparsity calibration tokens")
-    parser.add_argument("--allocation", default="sensitivity", choices=["uniform", "sensitivity"],
+    parser.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
                         help="activation-sparsity split over the linears")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--batch-tokens", type=int, default=64)

@@ -129,7 +129,7 @@ class ActivationSparsity(PassConfig):
     max_rows: int = 8
     calib_tokens: int = 4096
     calib_seq: int = 128
-    allocation: str = "sensitivity"
+    allocation: str = "uniform"
     thresholds: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -197,10 +197,11 @@ def magnitude_samples(model: nn.Module, ctx: PassContext, linears: dict[str, nn.
 
 def skip_errors(model: nn.Module, ctx: PassContext, linears: dict[str, nn.Module], config: "ActivationSparsity",
                 levels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per linear, the relative output error ``|W (x masked)|^2 / |W x|^2`` of skipping the inputs below each
-    of its threshold ``levels`` (G,), estimated as ``sum_j x_j^2 |W[:, j]|^2`` over the skipped inputs."""
+    """Per linear, the mean over tokens of the relative output error ``|W (x masked)|^2 / |W x|^2`` of skipping
+    the inputs below each of its threshold ``levels`` (G,), ``|W (x masked)|^2`` estimated as
+    ``sum_j x_j^2 |W[:, j]|^2`` over the skipped inputs."""
     energy = {name: torch.zeros(len(level), dtype=torch.float64) for name, level in levels.items()}
-    total = {name: torch.zeros((), dtype=torch.float64) for name in levels}
+    total = dict.fromkeys(levels, 0)  # tokens seen
 
     def make_hook(name: str, module: nn.Module) -> Callable:
         weight = module.weight.detach().float()
@@ -208,15 +209,17 @@ def skip_errors(model: nn.Module, ctx: PassContext, linears: dict[str, nn.Module
 
         def record(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
             x = args[0].detach().reshape(-1, column.numel()).float()  # (T, in)
+            y_energy = out.detach().reshape(x.shape[0], -1).double().pow(2).sum(1, keepdim=True)  # (T, 1)
+            relative = (x.pow(2) * column).double() / y_energy.clamp_min(1e-30)  # (T, in) per token, so that
+            # the few tokens with massive activations do not hide the error of all others
             bins = torch.bucketize(x.abs(), levels[name])  # (T, in): bin g holds levels[g-1] < |x| <= levels[g]
-            per_bin = torch.bincount(bins.flatten(), weights=(x.pow(2) * column).flatten().double(),
-                                     minlength=len(levels[name]) + 1)  # (G + 1,)
-            energy[name] += per_bin[:-1].cumsum(0)  # (G,) energy of the inputs at or below each level
-            total[name] += out.detach().double().pow(2).sum()
+            per_bin = torch.bincount(bins.flatten(), weights=relative.flatten(), minlength=len(levels[name]) + 1)
+            energy[name] += per_bin[:-1].cumsum(0)  # (G,) error of skipping the inputs at or below each level
+            total[name] += x.shape[0]
         return record
 
     _calibrate(model, ctx, linears, config, make_hook, min(config.calib_tokens, ERROR_TOKENS))
-    return {name: energy[name] / total[name].clamp_min(1e-30) for name in levels}
+    return {name: energy[name] / max(total[name], 1) for name in levels}
 
 
 def allocate(errors: dict[str, torch.Tensor], sizes: dict[str, int], target: float) -> dict[str, float]:

@@ -16,8 +16,8 @@ CALIB = ["The quick brown fox jumps over the lazy dog.", "It was the best of tim
 @pytest.fixture(scope="module")
 def sparse_llama():
     model, tok, family = autolite.load("random:tiny-llama")
-    small = autolite.compress(model, [ActivationSparsity(sparsity=0.5, calib_tokens=512, calib_seq=32)],
-                              calib=CALIB, tokenizer=tok, family=family)
+    config = ActivationSparsity(sparsity=0.5, calib_tokens=512, calib_seq=32, allocation="sensitivity")
+    small = autolite.compress(model, [config], calib=CALIB, tokenizer=tok, family=family)
     return model, small, tok, family
 
 
