@@ -155,7 +155,7 @@ class OpenVinoRunner(Runner):
         batch, seq = input_ids.shape  # (B, T)
         if self.shape is not None and not fits(batch, seq, self.shape):
             if self.fallback is None:
-                self.fallback = OpenVinoRunner(self.make_dynamic(), self.how, streams=len(self.requests))
+                self.fallback = OpenVinoRunner(self.make_dynamic(), self.how)
             return self.fallback.run(input_ids, attention_mask)
         parts = [(ids, mask) for ids, mask in zip(input_ids.tensor_split(len(self.requests)),
                                                    attention_mask.tensor_split(len(self.requests))) if len(ids)]
@@ -219,7 +219,8 @@ def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     shape = list(config.shape) if config.static else None
-    route_forward(model, OpenVinoRunner(compiled, how, shape, lambda: compile_ir(xml, config), config.streams))
+    latency = dataclasses.replace(config, streams=1)  # the dynamic compile: latency mode, all threads, any shape
+    route_forward(model, OpenVinoRunner(compiled, how, shape, lambda: compile_ir(xml, latency), config.streams))
     if shape:
         how += (f"; compiled for the static shape {shape[0]} x {shape[1]} (inputs filling >= "
                 f"{STATIC_MIN_FILL:.0%} of it padded up to it, others run a dynamic compile)")
