@@ -3,7 +3,7 @@
     python benchmarks/readme_numbers.py           # rewrites the block between the README's numbers markers
 
 Sources: benchmarks/results/optimize/fortunes.json (optimize_bench.py), benchmarks/results/dynamic/*.json
-(dynamic_bench.py), benchmarks/results/peers/*.json (peers.py), benchmarks/results/decode/decode.json
+(dynamic_bench.py), benchmarks/results/e2e-*.json (run_all.py), benchmarks/results/peers/*.json (peers.py), benchmarks/results/decode/decode.json
 (decode_bench.py), benchmarks/results/serve/serve_batching.json (serve_batching.py). Each table names its machine
 and load.
 """
@@ -13,6 +13,9 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
+import run_all  # benchmarks/run_all.py, beside this script: the end-to-end cases' JSON
+import tables  # benchmarks/tables.py: how a case names its engine and load
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -93,6 +96,24 @@ def dynamic_rows() -> list[str]:
     return lines + [""] if count else []
 
 
+def e2e_rows() -> list[str]:
+    """The seed models' end-to-end rows (pruning + the engine vs FP32 eager of the unpruned model)."""
+    rows = [data for name, data in run_all.bench_results().items() if name.startswith("e2e-")]
+    if not rows:
+        return []
+    lines = ["End to end on the seed models: half the layers, half the heads and 3/4 of the FFN pruned, then "
+             "`fast-dense`, vs FP32 eager of the unpruned model (`python benchmarks/run_all.py --only e2e-`, "
+             "recipes `recipes/*-e2e.yaml`). Random weights with the real shapes: the cosine is fidelity to the "
+             "unpruned model, **not accuracy**; on a trained task see the optimize and dynamic tables above.", "",
+             "| model | batch x seq | engine picked | speed-up vs FP32 eager | cosine vs unpruned FP32 | machine, load |",
+             "|---|---|---|---:|---:|---|"]
+    for data in rows:
+        lines.append(f"| {data['model']} | {data['batch']} x {data['seq']} | {tables.engine_choice(data['notes'])} | "
+                     f"{data['speedup']:.2f}x | {tables.fmt(data['fidelity'].get('cosine'), '.3f')} | "
+                     f"{tables.machine_name(data['machine'], data['threads'])}; {tables.load_text(data)} |")
+    return lines + [""]
+
+
 def peer_rows() -> list[str]:
     lines = ["Against the peers (`python benchmarks/peers.py`; every contender in one process, round-robin):", "",
              "| model | batch x seq | best peer (vs FP32 eager) | fast-dense (vs FP32 eager) | fast-dense / best peer "
@@ -159,7 +180,7 @@ def serving_rows() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join([BEGIN, *optimize_rows(), *adaptive_rows(), *dynamic_rows(), *peer_rows(), *decode_rows(),
+    return "\n".join([BEGIN, *optimize_rows(), *adaptive_rows(), *dynamic_rows(), *e2e_rows(), *peer_rows(), *decode_rows(),
                       *serving_rows(),
                       END])
 
