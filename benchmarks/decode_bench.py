@@ -434,10 +434,12 @@ def _skipping_section(skipping: dict[str, Any] | None) -> list[str]:
 
 
 def _skipping_parts(out: Path) -> dict[str, Any] | None:
-    """The skipping rows of separate ``--only speed`` / ``--only perplexity`` runs (decode-speed.json, ...)."""
+    """The skipping rows of separate ``--only speed`` / ``--only perplexity`` runs: decode-skip-SECTION.json (such
+    a run's output kept apart from the other --only runs), else decode-SECTION.json."""
     parts: dict[str, Any] = {}
     for section in ("speed", "perplexity"):
-        path = out.with_name(f"{out.stem}-{section}.json")
+        path = out.with_name(f"{out.stem}-skip-{section}.json")
+        path = path if path.is_file() else out.with_name(f"{out.stem}-{section}.json")
         data = json.loads(path.read_text()) if path.is_file() else {}
         if any("skip" in name for name in data.get(section, {}).get("rows", {})):
             parts.update({section: data[section], f"{section}_command": data.get("command", ""),
