@@ -1,7 +1,8 @@
 """Activation skipping at decode (TEAL-style): the ``activation-sparsity`` pass.
 
 Each linear of the decoder blocks gets a threshold, calibrated on calibration text so that the target
-fraction of its input activations falls below it in magnitude. At decode (a call of at most
+fraction of its input activations falls below it in magnitude (``allocation="uniform"``), or its share of
+the target when the split follows calibrated skip errors (``"sensitivity"``). At decode (a call of at most
 ``max_rows`` tokens) the layer keeps the inputs above the threshold and multiplies them by only the
 matching rows of its weight, stored transposed ``(in, out)`` so those rows are contiguous: the memory
 read shrinks with the sparsity (an ``embedding_bag`` over the active rows). Longer calls
