@@ -367,6 +367,12 @@ def _save(result: dict[str, Any], path: Path) -> None:
 
 
 NOTES = [
+    "- Why the batcher's one stream is slower than the plain loop: the batcher steps in a worker thread (the event "
+    "loop holds the main thread), and the same compiled INT4 step measured about 2x slower there (15-17 ms vs 8 ms "
+    "at one row, 23:50 on the quiet machine; no recompiles). With `OMP_WAIT_POLICY=PASSIVE` the main thread is as "
+    "slow, so the likely cause is that a second OpenMP thread team (the worker's, beside the main thread's) makes "
+    "libgomp throttle the spin-wait between the step's many small parallel regions on 2 cores. Not fixed yet (one "
+    "team: the step loop on the thread that ran the model first, or its own process).",
     "- Our decode step: a functional forward over the model's own modules with a static KV cache, compiled once "
     "(`torch.compile(fullgraph=True)`) unless the run says eager; INT4 rows run `aten._weight_int4pack_mm_for_cpu`, INT8 rows "
     "`aten._weight_int8pack_mm` inside the graph; the INT8 head/embedding of w4g64/w8 is INT8 per row (llama.cpp's "
@@ -447,7 +453,7 @@ def _skipping_parts(out: Path) -> dict[str, Any] | None:
     return parts if "speed" in parts else None
 
 
-def _merged(out: Path) -> dict[str, Any]:
+def merged(out: Path) -> dict[str, Any]:
     """The main JSON, with any section measured by a separate ``--only SECTION`` run (decode-SECTION.json)."""
     result = json.loads(out.read_text())
     for section in SECTIONS:
@@ -500,7 +506,7 @@ def main() -> None:
                          "preset is the same with gptq)."],
                "speed": speed_from_log(args.from_log, args.speed_command, args.tokens, args.eager)}, main_out)
     if args.doc_only or args.from_log:
-        write_doc(_merged(main_out))
+        write_doc(merged(main_out))
         return
     out = main_out.with_name(f"{main_out.stem}-{args.only}.json") if args.only else main_out
     torch.set_num_threads(args.threads)

@@ -16,6 +16,7 @@ from typing import Any
 
 import run_all  # benchmarks/run_all.py, beside this script: the end-to-end cases' JSON
 import tables  # benchmarks/tables.py: how a case names its engine and load
+import decode_bench  # benchmarks/decode_bench.py: the decode JSON with its separately measured sections
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -135,8 +136,9 @@ def peer_rows() -> list[str]:
 
 
 def decode_rows() -> list[str]:
-    data = _read(RESULTS / "decode" / "decode.json")
-    rows = (data or {}).get("speed", {}).get("rows", {})
+    main = RESULTS / "decode" / "decode.json"
+    data = decode_bench.merged(main) if main.is_file() else {}
+    rows = data.get("speed", {}).get("rows", {})
     llama = next((r["tok_s"] for n, r in rows.items() if n.startswith("llama.cpp")), None)
     if not rows or not llama:
         return []
@@ -147,15 +149,64 @@ def decode_rows() -> list[str]:
              f"{_load(machine.get('load_avg_1_5_15_end'))}; `python {data['command']}`):", "",
              "| decoder | tok/s | vs llama.cpp | perplexity vs FP32 |", "|---|---:|---:|---:|"]
     for name, row in rows.items():
-        key = name.removeprefix("ours ")
-        change = ppl.get(key, {}).get("vs_fp32") if name.startswith("ours") else None
+        if "skip" in name and "skipping" in data:
+            continue  # measured in their own run: below
+        change = ppl.get(name.removeprefix("ours "), {}).get("vs_fp32") if name.startswith("ours") else None
         lines.append(f"| {name} | {row['tok_s']:.1f} | {row['tok_s'] / llama:.2f}x | "
                      f"{'-' if change is None else f'{100 * change:+.2f}%'} |")
+    return lines + ["", *_skipping_lines(data.get("skipping")), *_batching_lines(data)]
+
+
+def _skipping_lines(skipping: dict[str, Any] | None) -> list[str]:
+    """Activation skipping against the same FP32 model in the same run."""
+    if not skipping:
+        return []
+    rows, ppl = skipping["speed"]["rows"], skipping.get("perplexity", {}).get("rows", {})
+    base = rows["ours fp32"]["tok_s"]
+    parts = []
+    for name, row in rows.items():
+        p = ppl.get(name.removeprefix("ours "))
+        if "skip" in name and p:
+            parts.append(f"{name.split('+')[-1]} {row['tok_s'] / base:.2f}x at {100 * p['vs_fp32']:+.2f}% perplexity")
+    load = _load(skipping["speed_machine"].get("load_avg_1_5_15"))
+    return [f"Activation skipping vs the same FP32 model in one run (`python {skipping['speed_command']}`, load "
+            f"{load}): {'; '.join(parts)}.", ""] if parts else []
+
+
+def _batching_lines(data: dict[str, Any]) -> list[str]:
     batching = data.get("batching", {})
-    if "speedup_8_vs_1" in batching:
-        lines += ["", f"Continuous batching: 8 streams give {batching['speedup_8_vs_1']:.2f}x one stream's "
-                      f"aggregate tokens/s."]
-    return lines + [""]
+    if "speedup_8_vs_1" not in batching:
+        return []
+    bare = batching.get("bare_step_speedup_8_vs_1")
+    return [f"Continuous batching (INT4 model, `python {data.get('batching_command') or data['command']}`): 8 "
+            f"streams give {batching['speedup_8_vs_1']:.2f}x one stream's aggregate tokens/s"
+            + (f" (the bare decode step alone: {bare:.2f}x from 1 to 8 rows)." if bare else "."), ""]
+
+
+def export_rows() -> list[str]:
+    """GGUF perplexity in llama.cpp (ours vs llama.cpp's own quantization) and the MLX export's logits match."""
+    gguf = _read(RESULTS / "export_quality_gguf.json")
+    mlx = _read(RESULTS / "export_quality_mlx.json")
+    lines = []
+    if gguf:
+        lines += [f"Exports of SmolLM2-135M (its only offline weights are the bundled Q4_1 GGUF, dequantized: llama.cpp's "
+                  f"own Q4_1 lands back on that grid), held-out perplexity run in llama.cpp ({gguf['held_out']} "
+                  f"`python {gguf['command']}`):", "", "| GGUF | llama.cpp's own quantization | autolite exported "
+                  "(GPTQ INT4; INT8 per channel) | autolite round-to-nearest INT4 exported |", "|---|---:|---:|---:|"]
+        by = {(r["format"], r["name"].split()[1] if r["source"] == "autolite export" else "llama.cpp"): r
+              for r in gguf["rows"]}
+        for fmt in ("q4_0", "q4_1", "q8_0"):
+            own, gptq, rtn = by.get((fmt, "llama.cpp")), by.get((fmt, "GPTQ")), by.get((fmt, "RTN"))
+            ours = gptq or by.get((fmt, "INT8"))
+            cells = [f"{r['ppl_llamacpp']:.2f}" if r else "-" for r in (own, ours, rtn)]
+            lines.append(f"| {fmt.upper()} | {' | '.join(cells)} |")
+        lines.append("")
+    for row in (mlx or {}).get("rows", []):
+        if "logits_rel_l2" in row:
+            lines += [f"MLX export of the GPTQ `w4g64` model as it is (`python {mlx['command']}`): logits relative "
+                      f"L2 {row['logits_rel_l2']:.1e} against our INT4 model on {row['texts']} held-out texts; "
+                      f"mlx-lm answers \"{row['answer_mlx']}\" (ours: \"{row['answer_autolite_int4']}\").", ""]
+    return lines
 
 
 def serving_rows() -> list[str]:
@@ -181,7 +232,7 @@ def serving_rows() -> list[str]:
 
 def render() -> str:
     return "\n".join([BEGIN, *optimize_rows(), *adaptive_rows(), *dynamic_rows(), *e2e_rows(), *peer_rows(), *decode_rows(),
-                      *serving_rows(),
+                      *export_rows(), *serving_rows(),
                       END])
 
 

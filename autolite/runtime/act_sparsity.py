@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autolite.arch.base import is_conv1d
 from autolite.config import PassConfig
 from autolite.errors import RecipeError
 from autolite.passes import PassContext, register_pass
@@ -76,7 +77,7 @@ class ActSparseLinear(nn.Module):
     @classmethod
     def from_float(cls, module: nn.Module, threshold: float, max_rows: int) -> "ActSparseLinear":
         """From an ``nn.Linear`` (weight (out, in)) or a GPT-2 ``Conv1D`` (weight (in, out))."""
-        conv1d = type(module).__name__ == "Conv1D"
+        conv1d = is_conv1d(module)
         weight = module.weight.detach()
         weight_t = weight if conv1d else weight.t()
         layer = cls(weight_t.shape[0], weight_t.shape[1], module.bias is not None, threshold, max_rows, weight.dtype)
@@ -157,7 +158,7 @@ def target_linears(model: nn.Module, ctx: PassContext) -> dict[str, nn.Module]:
     found = {}
     for block in (m for m in model.modules() if id(m) in blocks):
         for sub in block.modules():
-            if isinstance(sub, nn.Linear) or type(sub).__name__ == "Conv1D":
+            if isinstance(sub, nn.Linear) or is_conv1d(sub):
                 found[names[id(sub)]] = sub
     if not found:
         raise RecipeError("activation-sparsity found no float linears in the decoder blocks (apply it before "
@@ -206,7 +207,7 @@ def skip_errors(model: nn.Module, ctx: PassContext, linears: dict[str, nn.Module
 
     def make_hook(name: str, module: nn.Module) -> Callable:
         weight = module.weight.detach().float()
-        column = weight.pow(2).sum(1) if type(module).__name__ == "Conv1D" else weight.pow(2).sum(0)  # (in,)
+        column = weight.pow(2).sum(1) if is_conv1d(module) else weight.pow(2).sum(0)  # (in,)
 
         def record(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
             x = args[0].detach().reshape(-1, column.numel()).float()  # (T, in)
@@ -275,7 +276,7 @@ def restore_activation_sparsity(model: nn.Module, config: ActivationSparsity, ct
     """Swap in empty sparse layers with the recorded thresholds (weights come from the state dict)."""
     for name, threshold in (config.thresholds or {}).items():
         module = model.get_submodule(name)
-        in_f, out_f = (module.weight.shape if type(module).__name__ == "Conv1D" else module.weight.shape[::-1])
+        in_f, out_f = (module.weight.shape if is_conv1d(module) else module.weight.shape[::-1])
         _swap(model, name, ActSparseLinear(in_f, out_f, module.bias is not None, threshold, config.max_rows,
                                            module.weight.dtype))
     return model
