@@ -36,7 +36,11 @@ def test_greedy_matches_hf_generate_token_by_token(loaded):
 def test_step_logits_match_hf_forward(loaded):
     model, tok, family = loaded
     ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
-    decoder = Decoder(model, family, compile=False)
+    _assert_step_matches_hf(Decoder(model, family, compile=False), model, ids)
+
+
+def _assert_step_matches_hf(decoder, model, ids):
+    """The decoder's step after a prefill of ``ids[:-1]`` gives the HF forward's last logits."""
     cache = decoder.new_cache(1, 64)
     decoder.prefill(cache, 0, ids[:-1])
     logits = decoder.step(cache, torch.tensor(ids[-1:]))
@@ -196,13 +200,7 @@ def test_cpp_wrapper_step_falls_back_to_the_python_wrapper_when_it_fails(tiny_ll
 
     decoder._step = broken  # what a graph the C++ wrapper cannot build raises on its first call
     monkeypatch.setattr(decoder, "_compiled_step", lambda: decoder._step_forward)  # the Python-wrapper compile, eager here
-    ids = tok(PROMPT, add_special_tokens=False)["input_ids"]
-    cache = decoder.new_cache(1, 64)
-    decoder.prefill(cache, 0, ids[:-1])
-    logits = decoder.step(cache, torch.tensor(ids[-1:]))
-    with torch.inference_mode():
-        ref = model(torch.tensor([ids])).logits[0, -1]
-    torch.testing.assert_close(logits[0], ref, atol=1e-4, rtol=1e-4)
+    _assert_step_matches_hf(decoder, model, tok(PROMPT, add_special_tokens=False)["input_ids"])
     assert not decoder.cpp_wrapper
 
 
