@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import torch
 import transformers
 
@@ -52,6 +53,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "peers"
 DOC = ROOT / "docs" / "PEERS.md"
 MODELS = ["random:bert-base", "random:roberta-large", "random:t5-small", "minilm"]
 SHAPES = ["32x128", "1x128"]
+BUILD_MEMORY_FACTOR = 5  # a contender's build peaks at about this many FP32 copies of the model (export, fusion)
 log = logging.getLogger("peers")
 
 # name -> (who makes it, "peer" | "ours", how to build it: passes, or a callable on the FP32 model)
@@ -132,6 +134,17 @@ def cpu_times() -> tuple[float, float]:
     return sum(fields), fields[7] if len(fields) > 7 else 0.0
 
 
+def memory_short(fp32_mb: float, available_mb: float | None = None) -> str | None:
+    """Why the next contender is not built, when the memory left cannot hold its build: every contender stays
+    resident to be interleaved, so a large model's later contenders would run the machine out of memory."""
+    available_mb = psutil.virtual_memory().available / 2**20 if available_mb is None else available_mb
+    needed = BUILD_MEMORY_FACTOR * fp32_mb
+    if available_mb >= needed:
+        return None
+    return (f"not built: {available_mb:.0f} MiB of memory left, its build needs about {needed:.0f} MiB (every "
+            "contender stays resident to be interleaved)")
+
+
 def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, skipped_tools: dict) -> dict:
     """Build every contender for ``spec`` at ``batch x seq`` and time them round-robin with FP32 eager."""
     model, tok, family = load_encoder(spec)
@@ -152,6 +165,11 @@ def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, 
         if package:
             skipped_tools.setdefault(tool, f"{tool} not installed (pip install 'autolite[peers]'): skipped")
             rows[name] = {"tool": tool, "side": side, "skipped": f"{package} not installed"}
+            continue
+        short = memory_short(rows["PyTorch FP32 eager"]["held_mb"])
+        if short:
+            log.warning("%s %s", name, short)
+            rows[name] = {"tool": tool, "side": side, "skipped": short}
             continue
         start = time.perf_counter()
         built, extra = build_contender(name, how, model, tok, family, ctx, (batch, seq))
