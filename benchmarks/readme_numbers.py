@@ -129,6 +129,9 @@ def peer_rows() -> list[str]:
             continue
         name, best = min(peers, key=lambda item: item[1]["median_ms"])
         load = data.get("load", {}).get("loadavg_1min_after", "?")
+        missing = [n for n, r in rows.items() if r.get("side") == "peer" and "skipped" in r]
+        if missing:
+            name += f" (not run: {', '.join(missing)})"
         lines.append(f"| {data['model']} | {data['batch']} x {data['seq']} | {name} {best['speedup']:.2f}x | "
                      f"{ours['speedup']:.2f}x | {best['median_ms'] / ours['median_ms']:.2f}x | {load} |")
         count += 1
