@@ -35,10 +35,8 @@ from typing import Any, Callable
 
 import psutil
 import torch
-import transformers
 
 import autolite
-from autolite.arch import family_of
 from autolite.data import load_texts
 from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
 from autolite.passes import PassContext
@@ -46,6 +44,7 @@ from autolite.runtime.dense_search import build as build_recipe, warm_up
 from autolite.runtime.fast_dense import FastDense
 from autolite.runtime.hardware import probe
 from autolite.runtime.precision import native_dtypes
+import run_all  # benchmarks/run_all.py: the encoder stack of a seq2seq model (this script's folder is on sys.path)
 from make_docs import render_peers  # benchmarks/make_docs.py (this script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,13 +81,10 @@ def load_encoder(spec: str) -> tuple[torch.nn.Module, Any, Any]:
     """The model, tokenizer and family; of a seq2seq model (T5) its encoder stack alone: ``T5EncoderModel``
     holding the model's encoder weights, which autolite sees as an encoder (``autolite.arch.encoder_view``)."""
     model, tok, family = autolite.load(spec)
-    if family.kind != "seq2seq" or not hasattr(transformers, "T5EncoderModel"):
+    if family.kind != "seq2seq":
         return model, tok, family
-    encoder = transformers.T5EncoderModel(model.config)
-    encoder.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("shared.", "encoder."))},
-                            strict=False)
-    encoder.eval()
-    return encoder, tok, family_of(encoder)
+    encoder, view = run_all.encoder_of(model, family)
+    return encoder, tok, view
 
 
 def missing_package(tool: str) -> str | None:

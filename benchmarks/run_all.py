@@ -101,10 +101,16 @@ def encoder_stack(spec: str) -> tuple[torch.nn.Module, Any, Any]:
     full, tokenizer, family = autolite.load(spec.removesuffix(ENCODER_SUFFIX))
     if family.kind != "seq2seq":
         raise ArgumentError(f"{spec}: '{ENCODER_SUFFIX}' takes a seq2seq model; this one is {family.kind}")
+    encoder, view = encoder_of(full, family)
+    return encoder, tokenizer, view
+
+
+def encoder_of(full: torch.nn.Module, family: Any) -> tuple[torch.nn.Module, Any]:
+    """``T5EncoderModel`` holding the encoder weights of the seq2seq model ``full``, and its family's encoder view."""
     encoder = transformers.T5EncoderModel(full.config)
     encoder.load_state_dict({k: v for k, v in full.state_dict().items() if k.startswith(("shared.", "encoder."))},
                             strict=False)
-    return encoder.eval(), tokenizer, encoder_view(family)
+    return encoder.eval(), encoder_view(family)
 
 
 def bench_encoder_stack(spec: str, recipe: str, batch: int, seq: int, runs: int, warmup: int = 2) -> dict[str, Any]:
