@@ -49,8 +49,8 @@ INT8_PASSES = {"int8-dynamic", "int8-static"}
 WARMUP_MAX_CALLS = 8  # a candidate's untimed calls before its race, at most
 WARMUP_SETTLED_CALLS = 2  # ... ending once this many calls in a row are
 WARMUP_SETTLED = 1.15  # ... within this factor of the fastest warm-up call after the first
-MIN_FLOOR_MS = 1.0  # runs with smaller floors (tiny models) teach no efficiency shares
 WARMUP_MAX_S = 6.0  # ... or once the calls after the first took this long (batch 32 on a large model)
+MIN_FLOOR_MS = 1.0  # runs with smaller floors (tiny models) teach no efficiency shares
 
 
 def time_once(name: str, fn: Callable[[], Any]) -> float:
