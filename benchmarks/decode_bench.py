@@ -34,6 +34,7 @@ import torch
 import autolite
 from autolite.data import load_texts
 from autolite.eval.bench import peak_memory_mb
+from autolite.eval.compare import eos_ignored
 from autolite.runtime.act_sparsity import ActivationSparsity, sparse_everywhere
 from autolite.runtime.decode import Decoder, generate
 
@@ -141,14 +142,9 @@ def _hf_runner(model: torch.nn.Module, ids: list[int], n: int) -> Callable[[], d
 
 
 def _our_runner(decoder: Decoder, tok: Any, ids: list[int], n: int, cache: Any) -> Callable[[], dict[str, Any]]:
-    eos = tok.eos_token_id
-
     def run() -> dict[str, Any]:
-        tok.eos_token_id = None  # exactly n tokens, like the other rows
-        try:
+        with eos_ignored(tok):  # exactly n tokens, like the other rows
             out = generate(decoder, tok, ids, n, cache=cache)
-        finally:
-            tok.eos_token_id = eos
         return {"tok_s": out.tokens_per_s, "tokens": out.tokens, "text": out.text}
     return run
 

@@ -61,7 +61,7 @@ def decode_speed(models: dict[str, torch.nn.Module], tokenizer: Any, family: Arc
     decoders = {name: Decoder(model, family, compile=compile) for name, model in models.items()}
     caches = {name: d.new_cache(1, len(ids) + tokens) for name, d in decoders.items()}
     samples: dict[str, list[float]] = {name: [] for name in decoders}
-    with _eos_ignored(tokenizer):
+    with eos_ignored(tokenizer):
         for run in range(runs + 1):
             for name, decoder in decoders.items():
                 out = generate(decoder, tokenizer, ids, tokens, cache=caches[name])
@@ -77,7 +77,7 @@ def decode_speed(models: dict[str, torch.nn.Module], tokenizer: Any, family: Arc
 
 
 @contextlib.contextmanager
-def _eos_ignored(tokenizer: Any) -> Iterator[None]:
+def eos_ignored(tokenizer: Any) -> Iterator[None]:
     """Generation runs its full length (a speed measurement must not stop at a random model's EOS)."""
     eos = tokenizer.eos_token_id
     tokenizer.eos_token_id = None
