@@ -6,7 +6,9 @@
 
 Per (model, shape), in a process of its own: every contender is built and warmed until its call time settles,
 then all are timed round-robin with PyTorch FP32 eager (A B C ... A B C ..., medians after warm-up), so load
-on the machine hits them alike. A seq2seq model (T5-small) is timed as its encoder stack alone
+on the machine hits them alike. Where the next contender's build would not fit in the memory left (a large
+model: RoBERTa-large on 24 GiB), the contenders built so far are timed and freed first, so they run in groups,
+each round-robin with its own FP32 eager; every speedup is over the eager of its group. A seq2seq model (T5-small) is timed as its encoder stack alone
 (``T5EncoderModel`` with its encoder weights). Peers: PyTorch FP32 eager, ``torch.compile`` (Inductor,
 freezing) in FP32 and BF16 (BF16 only where the CPU runs it natively), ONNX Runtime FP32 and dynamic INT8
 (transformer optimizer fusions; ``quantize_dynamic``), OpenVINO (its default precision, and INT8 by NNCF
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import gc
 import json
 import logging
 import os
@@ -38,7 +41,7 @@ import torch
 
 import autolite
 from autolite.data import load_texts
-from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
+from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size, release_free_heap
 from autolite.passes import PassContext
 from autolite.runtime.dense_search import build as build_recipe, warm_up
 from autolite.runtime.fast_dense import FastDense
@@ -131,14 +134,51 @@ def cpu_times() -> tuple[float, float]:
 
 
 def memory_short(fp32_mb: float, available_mb: float | None = None) -> str | None:
-    """Why the next contender is not built, when the memory left cannot hold its build: every contender stays
-    resident to be interleaved, so a large model's later contenders would run the machine out of memory."""
+    """Why the next contender cannot be built now: the memory left cannot hold its build (about
+    ``BUILD_MEMORY_FACTOR`` FP32 copies of the model)."""
     available_mb = psutil.virtual_memory().available / 2**20 if available_mb is None else available_mb
     needed = BUILD_MEMORY_FACTOR * fp32_mb
     if available_mb >= needed:
         return None
-    return (f"not built: {available_mb:.0f} MiB of memory left, its build needs about {needed:.0f} MiB (every "
-            "contender stays resident to be interleaved)")
+    return f"not built: {available_mb:.0f} MiB of memory left, its build needs about {needed:.0f} MiB"
+
+
+class Groups:
+    """Contenders timed round-robin with FP32 eager, in as few groups as memory allows: a contender whose
+    build would not fit next to the ones already built closes the group (it is timed, then freed) and opens
+    the next, so a large model's contenders never run the machine out of memory. Each row's speedup is over
+    the FP32 eager timed in its own group."""
+
+    def __init__(self, eager: Callable, runs: int) -> None:
+        self.eager, self.runs, self.fns, self.count = eager, runs, {}, 0
+        self.eager_samples: list[float] = []
+
+    def add(self, name: str, fn: Callable) -> None:
+        self.fns[name] = fn
+
+    def close(self, rows: dict[str, dict]) -> None:
+        """Time the open group (if any contender is in it), record its rows, free its models."""
+        if not self.fns:
+            return
+        samples = interleaved({"PyTorch FP32 eager": self.eager, **self.fns}, runs=self.runs, warmup=1)
+        eager = _median(samples["PyTorch FP32 eager"])
+        self.eager_samples += samples["PyTorch FP32 eager"]
+        for name in self.fns:
+            values = samples[name]
+            rows[name].update(median_ms=round(_median(values), 2), speedup=round(eager / _median(values), 3),
+                              samples_ms=[round(v, 2) for v in values], group=self.count,
+                              group_eager_ms=round(eager, 2))
+        log.info("timed group %d: %s", self.count, ", ".join(self.fns))
+        self.fns, self.count = {}, self.count + 1
+        gc.collect()
+        torch._dynamo.reset()
+        release_free_heap()
+
+    def room_for_one_more(self, fp32_mb: float, rows: dict[str, dict]) -> str | None:
+        """None when the next build fits; else closes the open group and says why, if it still does not fit."""
+        if memory_short(fp32_mb) and self.fns:
+            self.close(rows)
+        return memory_short(fp32_mb)
 
 
 def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, skipped_tools: dict) -> dict:
@@ -150,46 +190,45 @@ def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, 
     calib = load_texts(None, split="calib").texts
     ctx = PassContext(family=family, tokenizer=tok, calib=calib, shape=(batch, seq))
     inputs = bench_inputs(tok, family, batch, seq)
-    fns: dict[str, Callable] = {"PyTorch FP32 eager": forward_fn(model, family, inputs)}
-    rows: dict[str, dict] = {"PyTorch FP32 eager": {"tool": "PyTorch", "side": "peer",
-                                                    "held_mb": round(model_size(model)[0], 1), "cosine": 1.0}}
+    fp32_mb = round(model_size(model)[0], 1)
+    rows: dict[str, dict] = {"PyTorch FP32 eager": {"tool": "PyTorch", "side": "peer", "held_mb": fp32_mb,
+                                                    "cosine": 1.0}}
+    groups = Groups(forward_fn(model, family, inputs), runs)
+    total0, steal0 = cpu_times()
+    load0 = os.getloadavg()[0]
     for name in sorted(PEERS, key=lambda n: n != "autolite fast-dense"):  # its search first: nothing cached yet
         tool, side, how = PEERS[name]
         if only and name not in only:
             continue
         package = missing_package(tool)
-        if package:
-            skipped_tools.setdefault(tool, f"{tool} not installed (pip install 'autolite[peers]'): skipped")
-            rows[name] = {"tool": tool, "side": side, "skipped": f"{package} not installed"}
-            continue
-        short = memory_short(rows["PyTorch FP32 eager"]["held_mb"])
-        if short:
-            log.warning("%s %s", name, short)
-            rows[name] = {"tool": tool, "side": side, "skipped": short}
+        short = None if package else groups.room_for_one_more(fp32_mb, rows)
+        if package or short:
+            if package:
+                skipped_tools.setdefault(tool, f"{tool} not installed (pip install 'autolite[peers]'): skipped")
+            log.warning("%s skipped: %s", name, short or f"{package} not installed")
+            rows[name] = {"tool": tool, "side": side, "skipped": short or f"{package} not installed"}
             continue
         start = time.perf_counter()
         built, extra = build_contender(name, how, model, tok, family, ctx, (batch, seq))
         if isinstance(built, str):
             rows[name] = {"tool": tool, "side": side, "skipped": built}
             continue
-        fns[name] = forward_fn(built, family, inputs)
-        warm_up(fns[name])  # compile now, before the next contender resets dynamo; until its call time settles
+        groups.add(name, forward_fn(built, family, inputs))
+        warm_up(groups.fns[name])  # compile now, before the next contender resets dynamo; until its time settles
         rows[name] = {"tool": tool, "side": side, "build_s": round(time.perf_counter() - start, 1), **extra,
                       "held_mb": round(model_size(built)[0], 1),
                       "cosine": cosine(built, model, tok, family, seq)}
+        built = None  # the group holds it (through its forward) until the group is timed
         log.info("built %s in %.1f s", name, rows[name]["build_s"])
-    rows = {name: rows[name] for name in ["PyTorch FP32 eager", *PEERS] if name in rows}  # display order
-    total0, steal0 = cpu_times()
-    load0 = os.getloadavg()[0]
-    samples = interleaved(fns, runs=runs, warmup=1)
+    groups.close(rows)
     total1, steal1 = cpu_times()
-    eager = _median(samples["PyTorch FP32 eager"])
-    for name, values in samples.items():
-        rows[name].update(median_ms=round(_median(values), 2), speedup=round(eager / _median(values), 3),
-                          samples_ms=[round(v, 2) for v in values])
+    eager = _median(groups.eager_samples or [float("nan")])
+    rows["PyTorch FP32 eager"].update(median_ms=round(eager, 2), speedup=1.0, group=None,
+                                      samples_ms=[round(v, 2) for v in groups.eager_samples])
+    rows = {name: rows[name] for name in ["PyTorch FP32 eager", *PEERS] if name in rows}  # display order
     label = f"{spec} (encoder stack)" if family.name.endswith("-encoder") else spec
     return {"model": label, "batch": batch, "seq": seq, "runs": runs, "threads": torch.get_num_threads(),
-            "rows": rows, "floor": _floor(model, batch * seq, eager),
+            "groups": groups.count, "rows": rows, "floor": _floor(model, batch * seq, eager),
             "load": {"loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
                      "cpu_steal_share": round((steal1 - steal0) / max(total1 - total0, 1.0), 4)},
             "machine": probe().to_dict(), "command": " ".join(["python", "benchmarks/peers.py", *sys.argv[1:]]),
