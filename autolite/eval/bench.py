@@ -3,7 +3,8 @@
 Each timed call is one forward of a ``batch x seq`` batch of real corpus tokens. After warm-up
 (which also triggers compilation), the two models alternate A B A B ... so that drift in machine
 state (frequency, caches, other load) hits both equally; ``speedup = baseline median / candidate
-median``.
+median``. Before each timed call the harness pauses :data:`SETTLE_S` (:func:`settle`), so the previous
+engine's idle threads have stopped spinning when the next one starts.
 """
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ from autolite.errors import DataError
 from autolite.eval.energy import EnergyMeter, summarize
 from autolite.eval.forward import ensure_pad_token, model_device, model_inputs
 from autolite.weights import stored_weights
+
+
+SETTLE_S = 0.03  # pause before a timed call that follows another engine's (see settle)
+
+
+def settle(seconds: float = SETTLE_S) -> None:
+    """Let the previous call's thread pool park before the next timed call. PyTorch's OpenMP workers (and ONNX
+    Runtime's) spin-wait for several ms after their work, on the cores the next engine needs: an OpenVINO
+    forward timed right after a PyTorch one ran ~20% slower (BERT-base b1, 2 cores), and after a 20-50 ms pause
+    as fast as alone. A deployment runs one engine, so interleaved timing leaves this gap between engines."""
+    time.sleep(seconds)
 
 
 @dataclasses.dataclass
@@ -108,6 +120,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int,
         series.joules, series.energy_source, series.energy_note = [], meter.source, meter.note
     for _ in range(runs):
         for name, fn in fns.items():
+            settle()
             meter.start()
             start = time.perf_counter()
             fn()

@@ -34,7 +34,7 @@ import torch
 
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError
-from autolite.eval.bench import bench_inputs, forward_fn
+from autolite.eval.bench import bench_inputs, forward_fn, settle
 from autolite.eval.fidelity import evaluate
 from autolite.io import write_json_atomic
 from autolite.loading import cache_root
@@ -184,7 +184,9 @@ class Race:
         k = 1
         while len(samples) < self.runs:
             if k == 1:
+                settle()
                 self.baseline_ms.append(time_once("baseline", self.baseline_fn))
+                settle()  # the baseline's (PyTorch's) threads park before the candidate's engine starts
             samples += [time_once(name, fn) for _ in range(min(k, self.runs - len(samples)))]
             if self.leader and min(samples) > self.leader[1]:
                 break

@@ -190,12 +190,12 @@ def stream_rows(batch: int, streams: int) -> int:
     return -(-batch // streams)
 
 
-def compile_ir(xml: Path, config: OpenVino, static: bool = False) -> Any:
-    """Compile for CPU with torch's thread count, latency mode and one stream (throughput mode for
-    ``config.streams`` > 1); ``static``: for ``config.shape`` (a stream's share of its rows)."""
+def compile_ir(xml: Path, config: OpenVino, static: bool = False, threads: int | None = None) -> Any:
+    """Compile for CPU with ``threads`` (default: torch's thread count), latency mode and one stream (throughput
+    mode for ``config.streams`` > 1); ``static``: for ``config.shape`` (a stream's share of its rows)."""
     import openvino as ov
 
-    properties = {"INFERENCE_NUM_THREADS": int(torch.get_num_threads()),
+    properties = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
                   "PERFORMANCE_HINT": "LATENCY" if config.streams == 1 else "THROUGHPUT",
                   "NUM_STREAMS": config.streams}
     if config.precision == "fp32":
@@ -214,13 +214,15 @@ def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
     key = ir_key(model, config)
     xml, how = build_ir(model, family, config, key)
     before = rss_mb()
-    compiled = compile_ir(xml, config, static=config.static)
+    threads = torch.get_num_threads()  # now: a server later runs its own torch ops on one thread
+    compiled = compile_ir(xml, config, static=config.static, threads=threads)
     held = max(rss_mb() - before, xml.with_suffix(".bin").stat().st_size / 2**20 * 0.5)  # RSS noise floor
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     shape = list(config.shape) if config.static else None
     latency = dataclasses.replace(config, streams=1)  # the dynamic compile: latency mode, all threads, any shape
-    route_forward(model, OpenVinoRunner(compiled, how, shape, lambda: compile_ir(xml, latency), config.streams))
+    route_forward(model, OpenVinoRunner(compiled, how, shape, lambda: compile_ir(xml, latency, threads=threads),
+                                        config.streams))
     if shape:
         how += (f"; compiled for the static shape {shape[0]} x {shape[1]} (inputs filling >= "
                 f"{STATIC_MIN_FILL:.0%} of it padded up to it, others run a dynamic compile)")

@@ -190,3 +190,31 @@ def test_serve_in_thread_fails_clearly_when_health_never_answers():
     with pytest.raises(BackendUnavailableError, match="did not answer /health within 1 s"):
         with serve_in_thread(app, log_level="error", timeout_s=1):
             pass
+
+
+def test_an_external_engine_s_server_runs_torch_s_own_ops_on_one_thread(srv):
+    """PyTorch's idle OpenMP workers spin on the cores the engine needs: the worker keeps torch to one thread."""
+    from autolite.runtime.external import Runner, route_forward
+
+    class FakeOpenVino(Runner):
+        kind = "OpenVINO"
+
+        def __init__(self, hidden: int) -> None:
+            super().__init__(["input_ids", "attention_mask"], ["last_hidden_state"], "fake")
+            self.hidden, self.torch_threads = hidden, []
+
+        def run(self, input_ids, attention_mask):
+            self.torch_threads.append(torch.get_num_threads())
+            return {"last_hidden_state": torch.ones(*input_ids.shape, self.hidden)}  # (B, T, H)
+
+    engine = srv.engine()
+    runner = FakeOpenVino(engine.model.config.hidden_size)
+    route_forward(engine.model, runner)
+
+    async def body():
+        async with srv.client(engine, threads=2) as client:
+            return await client.post("/v1/embeddings", json={"input": TEXTS})
+
+    response = srv.run(body())
+    assert response.status_code == 200 and len(response.json()["data"]) == 3
+    assert runner.torch_threads and set(runner.torch_threads) == {1}
