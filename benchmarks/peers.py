@@ -271,8 +271,10 @@ def main() -> None:
     pairs = [(spec, shape) for spec in args.models for shape in args.shapes]
     if not args.render and len(pairs) > 1:  # one process per model and shape: nothing lingers between them
         for spec, shape in pairs:
-            cmd = [sys.executable, __file__, "--models", spec, "--shapes", shape, "--results", str(args.results),
-                   "--doc", str(args.doc), *(["--runs", str(args.runs)] if args.runs else []),
+            cmd = [sys.executable, __file__, "--models", spec, "--shapes", shape,
+                   *(["--results", str(args.results)] if args.results != RESULTS else []),
+                   *(["--doc", str(args.doc)] if args.doc != DOC else []),
+                   *(["--runs", str(args.runs)] if args.runs else []),
                    *(["--threads", str(args.threads)] if args.threads else []),
                    *(["--only", *args.only] if args.only else [])]
             if subprocess.run(cmd, check=False).returncode:
