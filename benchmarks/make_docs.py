@@ -106,7 +106,12 @@ def render_peers(paths: list[Path]) -> str:
              "OpenVINO: what the engine holds; the torch weights are memory-mapped from disk). Peers not installed",
              "are skipped with a note. Install them with `pip install 'autolite[peers]'`. A model whose",
              "contenders do not all fit in memory at once is timed in groups, each with its own FP32 eager (said",
-             "under its table); rows are compared by their speedup over FP32 eager.", ""]
+             "under its table); rows are compared by their speedup over FP32 eager. Each timed call follows a",
+             "30 ms pause, so the previous engine's idle threads (PyTorch's OpenMP workers spin-wait for ms) do",
+             "not slow the next one. The OpenVINO peers run the model as read from ONNX, with dynamic shapes;",
+             "fast-dense may compile it for the exact batch x seq (`openvino-int8-static`), which on a small",
+             "model at batch 1 saves OpenVINO's per-call dynamic-shape work: an OpenVINO user who fixes the",
+             "shape gets the same.", ""]
     for path in paths:
         lines += run_table(json.loads(path.read_text()))
     return "\n".join(lines)
