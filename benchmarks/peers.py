@@ -15,8 +15,8 @@ Peers: PyTorch FP32 eager, ``torch.compile`` (Inductor, freezing) in FP32 and BF
 runs it natively), ONNX Runtime FP32 and dynamic INT8 (transformer optimizer fusions; ``quantize_dynamic``),
 OpenVINO (its default precision, and INT8 by NNCF post-training quantization on the calibration texts). The
 ONNX Runtime and OpenVINO peers go through the same tool calls a user makes (autolite's backend passes make
-exactly these calls). Ours: the ``default`` and ``int8-dynamic`` presets and ``fast-dense`` (its search measured fresh, at the
-same shape, its time recorded). Each row: median ms, speedup over FP32 eager, ratio to the best peer, cosine
+exactly these calls). Ours: the ``default`` and ``int8-dynamic`` presets and ``fast-dense`` (its search
+measured fresh, at the same shape, its time recorded). Each row: median ms, speedup over FP32 eager, ratio to the best peer, cosine
 of mean-pooled embeddings vs FP32 on held-out corpus texts, memory the model holds. A peer whose package is
 not installed is skipped with a note (once). Writes benchmarks/results/peers/<model>-b<B>x<S>.json and
 docs/PEERS.md (rendered from every JSON there).
