@@ -6,18 +6,18 @@
 
 Per (model, shape), in a process of its own: every contender is built and warmed until its call time settles, then
 all are timed round-robin with PyTorch FP32 eager (A B C ... A B C ..., medians after warm-up), so load on the
-machine hits them alike. Where the next contender's build would not fit in the memory left (a large model: RoBERTa-
-large on 24 GiB), the contenders built so far are timed and freed first, so they run in groups, each round-robin
-with its own FP32 eager; every speedup is over the eager of its group. A seq2seq model (T5-small) is timed as its
-encoder stack alone (``T5EncoderModel`` with its encoder weights). Each timed call follows a short pause
-(``autolite.eval.bench.settle``): the previous engine's idle threads stop spinning. Peers: PyTorch FP32 eager,
+machine hits them alike. Where the next contender's build would not fit in the memory left (a large model:
+RoBERTa-large on 24 GiB), the contenders built so far are timed and freed first, so they run in groups, each
+round-robin with its own FP32 eager; every speedup is over the eager of its group. A seq2seq model (T5-small) is
+timed as its encoder stack alone (``T5EncoderModel`` with its encoder weights). Each timed call follows a short
+pause (``autolite.eval.bench.settle``): the previous engine's idle threads stop spinning. Peers: PyTorch FP32 eager,
 ``torch.compile`` (Inductor, freezing) in FP32 and BF16 (BF16 only where the CPU runs it natively), ONNX Runtime
 FP32 and dynamic INT8 (transformer optimizer fusions; ``quantize_dynamic``), OpenVINO (its default precision, and
 INT8 by NNCF post-training quantization on the calibration texts). The ONNX Runtime and OpenVINO peers go through
 the same tool calls a user makes (autolite's backend passes make exactly these calls). Ours: the ``default`` and
 ``int8-dynamic`` presets and ``fast-dense`` (its search measured fresh, at the same shape, its time recorded). Each
-row: median ms, speedup over FP32 eager, ratio to the best peer, cosine of mean-pooled embeddings vs FP32 on held-
-out corpus texts, memory the model holds. A peer whose package is not installed is skipped with a note (once).
+row: median ms, speedup over FP32 eager, ratio to the best peer, cosine of mean-pooled embeddings vs FP32 on
+held-out corpus texts, memory the model holds. A peer whose package is not installed is skipped with a note (once).
 Writes benchmarks/results/peers/<model>-b<B>x<S>.json and docs/PEERS.md (rendered from every JSON there).
 """
 from __future__ import annotations
