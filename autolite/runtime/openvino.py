@@ -14,6 +14,7 @@ weights and ``autolite.load`` rebuilds the same IR from them (the calibration to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -208,11 +209,25 @@ def compile_ir(xml: Path, config: OpenVino, static: bool = False, threads: int |
     return core.compile_model(model, "CPU", properties)
 
 
+@functools.cache
+def load_cpu_plugin() -> None:
+    """Compile a one-op model once per process: OpenVINO loads its CPU plugin and thread pools on the first
+    compile, which would otherwise count as memory held by the first model built."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 4], np.float32)
+    ov.Core().compile_model(ov.Model([ops.add(x, x)], [x]), "CPU").create_infer_request().infer(
+        {0: np.ones((1, 4), np.float32)})
+
+
 def attach(model: torch.nn.Module, family: Any, config: OpenVino) -> str:
     """Build (or reuse) the IR, route ``model.forward`` to the compiled model, map the torch weights from disk."""
     check_available(model, family, config.precision == "int8")
     key = ir_key(model, config)
     xml, how = build_ir(model, family, config, key)
+    load_cpu_plugin()
     before = rss_mb()
     threads = torch.get_num_threads()  # now: a server later runs its own torch ops on one thread
     compiled = compile_ir(xml, config, static=config.static, threads=threads)
