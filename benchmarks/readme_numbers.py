@@ -3,9 +3,9 @@
     python benchmarks/readme_numbers.py           # rewrites the block between the README's numbers markers
 
 Sources: benchmarks/results/optimize/fortunes.json (optimize_bench.py), benchmarks/results/dynamic/*.json
-(dynamic_bench.py), benchmarks/results/e2e-*.json (run_all.py), benchmarks/results/peers/*.json (peers.py), benchmarks/results/decode/decode.json
-(decode_bench.py), benchmarks/results/serve/serve_batching.json (serve_batching.py). Each table names its machine
-and load.
+(dynamic_bench.py), benchmarks/results/e2e-*.json (run_all.py), benchmarks/results/peers/*.json (peers.py),
+benchmarks/results/decode/decode.json (decode_bench.py), benchmarks/results/serve/serve_batching.json
+(serve_batching.py). Each table names its machine and load.
 """
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import decode_bench  # benchmarks/decode_bench.py: the decode JSON with its separately measured sections
+import make_docs  # benchmarks/make_docs.py: which peer is the best one (the same rule as docs/PEERS.md)
 import run_all  # benchmarks/run_all.py, beside this script: the end-to-end cases' JSON
 import tables  # benchmarks/tables.py: how a case names its engine and load
-import decode_bench  # benchmarks/decode_bench.py: the decode JSON with its separately measured sections
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -123,17 +124,16 @@ def peer_rows() -> list[str]:
     for path in sorted((RESULTS / "peers").glob("*.json")):
         data = _read(path)
         rows = data.get("rows") or {}
-        peers = [(n, r) for n, r in rows.items() if r.get("side") == "peer" and "median_ms" in r]
-        ours = rows.get("autolite fast-dense", {})
-        if not peers or "median_ms" not in ours:
+        peer, ours = make_docs.best_peer(rows), rows.get("autolite fast-dense", {})
+        if peer is None or "speedup" not in ours:
             continue
-        name, best = min(peers, key=lambda item: item[1]["median_ms"])
+        name, best = peer
         load = data.get("load", {}).get("loadavg_1min_after", "?")
         missing = [n for n, r in rows.items() if r.get("side") == "peer" and "skipped" in r]
         if missing:
             name += f" (not run: {', '.join(missing)})"
         lines.append(f"| {data['model']} | {data['batch']} x {data['seq']} | {name} {best['speedup']:.2f}x | "
-                     f"{ours['speedup']:.2f}x | {best['median_ms'] / ours['median_ms']:.2f}x | {load} |")
+                     f"{ours['speedup']:.2f}x | {ours['speedup'] / best['speedup']:.2f}x | {load} |")
         count += 1
     return lines + [""] if count else []
 
