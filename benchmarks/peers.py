@@ -176,9 +176,11 @@ class Groups:
 
     def room_for_one_more(self, fp32_mb: float, rows: dict[str, dict]) -> str | None:
         """None when the next build fits; else closes the open group and says why, if it still does not fit."""
-        if memory_short(fp32_mb) and self.fns:
+        short = memory_short(fp32_mb)
+        if short and self.fns:
             self.close(rows)
-        return memory_short(fp32_mb)
+            short = memory_short(fp32_mb)  # with the open group freed
+        return short
 
 
 def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, skipped_tools: dict) -> dict:
