@@ -106,8 +106,9 @@ def e2e_rows() -> list[str]:
     lines = ["End to end on the seed models: half the layers, half the heads and 3/4 of the FFN pruned, then "
              "`fast-dense`, vs FP32 eager of the unpruned model (`python benchmarks/run_all.py --only e2e-`, "
              "recipes `recipes/*-e2e.yaml`). Random weights with the real shapes: the cosine is fidelity to the "
-             "unpruned model, **not accuracy**; on a trained task see the optimize and dynamic tables above.", "",
-             "| model | batch x seq | engine picked | speed-up vs FP32 eager | cosine vs unpruned FP32 | machine, load |",
+             "unpruned model, **not accuracy**; on a trained task see the optimize and dynamic tables above.",
+             "", "| model | batch x seq | engine picked | speed-up vs FP32 eager | cosine vs unpruned FP32 | "
+             "machine, load |",
              "|---|---|---|---:|---:|---|"]
     for data in rows:
         lines.append(f"| {data['model']} | {data['batch']} x {data['seq']} | {tables.engine_choice(data['notes'])} | "
@@ -192,8 +193,8 @@ def export_rows() -> list[str]:
     mlx = _read(RESULTS / "export_quality_mlx.json")
     lines = []
     if gguf:
-        lines += [f"Exports of SmolLM2-135M (its only offline weights are the bundled Q4_1 GGUF, dequantized: llama.cpp's "
-                  f"own Q4_1 lands back on that grid), held-out perplexity run in llama.cpp ({gguf['held_out']} "
+        lines += [f"Exports of SmolLM2-135M (its only offline weights are the bundled Q4_1 GGUF, dequantized: "
+                  f"llama.cpp's own Q4_1 lands back on that grid), held-out perplexity run in llama.cpp ({gguf['held_out']} "
                   f"`python {gguf['command']}`):", "", "| GGUF | llama.cpp's own quantization | autolite exported "
                   "(GPTQ INT4; INT8 per channel) | autolite round-to-nearest INT4 exported |", "|---|---:|---:|---:|"]
         by = {(r["format"], r["name"].split()[1] if r["source"] == "autolite export" else "llama.cpp"): r
@@ -234,9 +235,8 @@ def serving_rows() -> list[str]:
 
 
 def render() -> str:
-    return "\n".join([BEGIN, *optimize_rows(), *adaptive_rows(), *dynamic_rows(), *e2e_rows(), *peer_rows(), *decode_rows(),
-                      *export_rows(), *serving_rows(),
-                      END])
+    return "\n".join([BEGIN, *optimize_rows(), *adaptive_rows(), *dynamic_rows(), *e2e_rows(), *peer_rows(),
+                      *decode_rows(), *export_rows(), *serving_rows(), END])
 
 
 def main() -> None:
