@@ -195,8 +195,9 @@ def export_rows() -> list[str]:
     if gguf:
         lines += [f"Exports of SmolLM2-135M (its only offline weights are the bundled Q4_1 GGUF, dequantized: "
                   f"llama.cpp's own Q4_1 lands back on that grid), held-out perplexity run in llama.cpp "
-                  f"({gguf['held_out']} `python {gguf['command']}`):", "", "| GGUF | llama.cpp's own quantization | autolite exported "
-                  "(GPTQ INT4; INT8 per channel) | autolite round-to-nearest INT4 exported |", "|---|---:|---:|---:|"]
+                  f"({gguf['held_out']} `python {gguf['command']}`):", "",
+                  "| GGUF | llama.cpp's own quantization | autolite exported (GPTQ INT4; INT8 per channel) | "
+                  "autolite round-to-nearest INT4 exported |", "|---|---:|---:|---:|"]
         by = {(r["format"], r["name"].split()[1] if r["source"] == "autolite export" else "llama.cpp"): r
               for r in gguf["rows"]}
         for fmt in ("q4_0", "q4_1", "q8_0"):
