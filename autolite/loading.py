@@ -14,6 +14,7 @@ import transformers
 
 from autolite.arch import ArchSpec, family_for
 from autolite.arch.random_presets import build_random
+from autolite.cache import cache_root, mark_used, stored
 from autolite.errors import AutoliteError, ModelLoadError
 from autolite.io import atomic_dir, check_safetensors
 from autolite.restore import load_compressed
@@ -133,19 +134,13 @@ def bundled_tokenizer() -> Any:
     return transformers.AutoTokenizer.from_pretrained(str(minilm_dir()))
 
 
-def cache_root() -> Path:
-    """Where converted models are cached (``$AUTOLITE_CACHE`` or ``~/.cache/autolite``)."""
-    return Path(os.environ.get("AUTOLITE_CACHE", Path.home() / ".cache" / "autolite"))
-
-
 def gguf_to_hf_dir(gguf: Path) -> Path:
     """Dequantize a GGUF file to an FP32 HF safetensors directory once, cached by file identity."""
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {gguf} does not exist")
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    target = cache_root() / "gguf" / f"{gguf.stem}-{gguf_content_key(gguf)}"
     if (target / "config.json").is_file():
+        mark_used(target)
         return target
     log.info("converting %s to safetensors (once; cached in %s)", gguf.name, target)
     try:
@@ -157,7 +152,20 @@ def gguf_to_hf_dir(gguf: Path) -> Path:
     with atomic_dir(target, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+    stored(target)
     return target
+
+
+def gguf_content_key(gguf: Path, edge: int = 1 << 20) -> str:
+    """A key for a GGUF file's content: its size and its first and last MiB (its header names every tensor and
+    its offset), so the same file installed in two environments converts once."""
+    size = gguf.stat().st_size
+    digest = hashlib.blake2b(str(size).encode(), digest_size=8)
+    with gguf.open("rb") as file:
+        digest.update(file.read(edge))
+        file.seek(max(0, size - edge))
+        digest.update(file.read(edge))
+    return digest.hexdigest()
 
 
 def _drop_gguf_quantizer(model: torch.nn.Module) -> None:

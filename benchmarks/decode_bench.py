@@ -60,7 +60,7 @@ def _machine() -> dict[str, Any]:
 
 def build_models(spec: str, args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, Any, Any]]:
     """label -> (model, tokenizer, family); compressed models cached under $AUTOLITE_CACHE/decode_bench."""
-    from autolite.loading import cache_root
+    from autolite.cache import cache_root, mark_used
 
     base, tok, family = autolite.load(spec)
     models = {"fp32": (base, tok, family)}
@@ -80,6 +80,7 @@ def build_models(spec: str, args: argparse.Namespace) -> dict[str, tuple[torch.n
             log.info("compressing %s (%s), cached at %s", spec, label, path)
             small = autolite.compress(base, recipe, tokenizer=tok, family=family)
             autolite.save_model(small, tok, path, overwrite=True)
+        mark_used(path)
         models[label] = autolite.load(str(path))
     return models
 

@@ -43,7 +43,7 @@ import autolite
 from autolite.data import corpus
 from autolite.export.mlx import compare_with_model
 from autolite.io import write_json_atomic
-from autolite.loading import cache_root
+from autolite.cache import cache_root, mark_used
 from autolite.quant import WeightOnly
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,7 @@ def quantized(model, tok, label: str, config: Any) -> tuple[torch.nn.Module, dic
         made = {"quantize_s": round(time.perf_counter() - start, 1), "calibration": f"{calib.source}, "
                 f"{len(calib.texts)} sentences (disjoint from the held-out split)", "config": config.to_dict()}
         autolite.save_model(small, tok, path, overwrite=True, extra_files={"quantize.json": json.dumps(made)})
+    mark_used(path)
     return autolite.load(str(path))[0], made
 
 

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
     import autolite
     from autolite.runtime.hardware import probe
 
-    from autolite.loading import cache_root
+    from autolite.cache import cache_root
 
     work = ROOT / "runs" / "optimize-fortunes"
     shutil.rmtree(work, ignore_errors=True)  # a fresh search, not a resumed one

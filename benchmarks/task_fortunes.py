@@ -37,7 +37,8 @@ from autolite.data import TextData
 from autolite.errors import DataError
 from autolite.eval.fidelity import evaluate
 from autolite.io import atomic_dir
-from autolite.loading import cache_root, load_dir, minilm_dir
+from autolite.cache import cache_root
+from autolite.loading import load_dir, minilm_dir
 
 log = logging.getLogger("task_fortunes")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")

@@ -15,8 +15,8 @@ from rich.markup import escape
 
 from autolite.cli.common import console, err_console  # noqa: F401 - the verbs' consoles, re-exported
 from autolite import __version__
-from autolite.cli import (bench, compress, distill, evaluate, export, generate, info, loadtest, optimize, prune, qat,
-                          sensitivity, serve)
+from autolite.cli import (bench, cache, compress, distill, evaluate, export, generate, info, loadtest, optimize, prune,
+                          qat, sensitivity, serve)
 from autolite.errors import AutoliteError
 from autolite.paths import OutputExistsError
 
@@ -52,7 +52,7 @@ def _register_verbs() -> None:
         return
     _state["registered"] = True
     for module in (info, compress, evaluate, bench, serve, loadtest, distill, prune, export, sensitivity, qat, optimize,
-                   generate):
+                   generate, cache):
         module.register(app)
 
 

@@ -37,7 +37,7 @@ from autolite.errors import BackendUnavailableError
 from autolite.eval.bench import bench_inputs, forward_fn, settle
 from autolite.eval.fidelity import evaluate
 from autolite.io import write_json_atomic
-from autolite.loading import cache_root
+from autolite.cache import cache_root
 from autolite.passes import PassContext, compress, import_builtin_passes
 from autolite.runtime.hardware import probe
 from autolite.runtime.roofline import dense_floor, measure_peaks

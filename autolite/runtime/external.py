@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from autolite.errors import BackendUnavailableError
 from autolite.eval.bench import release_free_heap
 from autolite.io import atomic_file
-from autolite.loading import cache_root
+from autolite.cache import cache_root, mark_used, stored
 
 HELD_ATTR = "_autolite_held_mb"  # read by autolite.eval.bench (no import: eval sits below runtime)
 MAPPED_ATTR = "_autolite_mapped"  # storage pointers of memory-mapped weights, not counted as held
@@ -113,9 +113,12 @@ def offload_weights(model: torch.nn.Module, key: str) -> int:
     (written once); returns how many tensors were mapped. The mapping is private: nothing writes the file."""
     path = cache_root() / "weights" / f"{key}.safetensors"
     tensors = _named_tensors(model)
-    if not path.is_file():
+    if path.is_file():
+        mark_used(path)
+    else:
         with atomic_file(path) as tmp:
             save_file({name: t.detach().contiguous() for name, _, _, t in tensors}, str(tmp))
+        stored(path)
     size = path.stat().st_size
     data = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
     header_len = int.from_bytes(bytes(data[:8].tolist()), "little")

@@ -27,7 +27,7 @@ import torch
 from autolite.arch import family_of
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError, RecipeError
-from autolite.loading import cache_root
+from autolite.cache import cache_root, mark_used, stored
 from autolite.passes import PassContext, register_pass
 from autolite.runtime import ort
 from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb
@@ -98,6 +98,7 @@ def build_ir(model: torch.nn.Module, family: Any, config: OpenVino, key: str) ->
 
     xml = cache_root() / "openvino" / f"{key}.xml"
     if xml.is_file() and xml.with_suffix(".bin").is_file():
+        mark_used(xml, xml.with_suffix(".bin"))
         return xml, f"cached IR {xml.name}"
     onnx_path, how = ort.build_graph(model, family, ort.OnnxRuntime(precision="fp32", optimize=False))
     ov_model = ov.Core().read_model(str(onnx_path))
@@ -111,6 +112,7 @@ def build_ir(model: torch.nn.Module, family: Any, config: OpenVino, key: str) ->
         ov.save_model(ov_model, str(work), compress_to_fp16=False)
         os.replace(work.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(work, xml)  # the .xml last: it marks a complete entry
+    stored(xml, xml.with_suffix(".bin"))
     return xml, "; ".join(steps)
 
 

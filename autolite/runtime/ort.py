@@ -36,7 +36,7 @@ from autolite.arch import family_of
 from autolite.config import PassConfig
 from autolite.data import load_texts
 from autolite.errors import BackendUnavailableError, RecipeError, UnsupportedExportError
-from autolite.loading import cache_root
+from autolite.cache import cache_root, mark_used, stored
 from autolite.passes import PassContext, register_pass
 from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb, runner_of
 from autolite.runtime.onnx_graph import eager_attention, optimize_graph, quantize_graph, trace_graph
@@ -120,6 +120,7 @@ def build_graph(model: torch.nn.Module, family: Any, config: OnnxRuntime,
     """The ONNX file for ``model`` under ``config`` (cached); returns (path, how it was obtained)."""
     path = cache_root() / "onnxruntime" / f"{key or graph_key(model, config)}.onnx"
     if path.is_file():
+        mark_used(path)
         return path, f"cached graph {path.name}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
@@ -133,6 +134,7 @@ def build_graph(model: torch.nn.Module, family: Any, config: OnnxRuntime,
         if config.precision == "int8-static":
             how.append(quantize_static_graph(work, config, calibration_feeds(config.calib_ids)))
         os.replace(work, path)
+    stored(path)
     return path, "; ".join(how)
 
 

@@ -111,3 +111,21 @@ def test_bench_roofline_reports_layer_kinds(tmp_path, run_cli):
     roofline = json.loads(out_file.read_text())["roofline"]
     assert roofline["peaks"]["gemm_gflops"] > 0 and roofline["peaks"]["bandwidth_gbs"] > 0
     assert len(roofline["rows"]) >= 2 and "roofline" in out
+
+
+def test_cache_shows_trims_and_clears_the_build_cache(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("AUTOLITE_CACHE", str(tmp_path))
+    for name, size in (("a.onnx", 3000), ("b.onnx", 2000)):
+        (tmp_path / "onnxruntime").mkdir(exist_ok=True)
+        (tmp_path / "onnxruntime" / name).write_bytes(b"x" * size)
+    code, out, err = run_cli("cache")
+    assert code == 0, err
+    assert "onnxruntime" in out and "2" in out
+    monkeypatch.setenv("AUTOLITE_CACHE_MAX_GB", "0.000004")
+    code, out, err = run_cli("cache", "--trim")
+    assert code == 0 and "evicted 1 entries" in out, err
+    code, out, err = run_cli("cache", "--clear")
+    assert code == 0 and not (tmp_path / "onnxruntime").exists(), err
+    monkeypatch.setenv("AUTOLITE_CACHE_MAX_GB", "much")
+    code, out, err = run_cli("cache")
+    assert_one_line_error(code, err, "AUTOLITE_CACHE_MAX_GB='much' is not a size in GB")
