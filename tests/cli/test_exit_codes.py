@@ -13,7 +13,7 @@ TABLE = [
     (("compress", "--help"), 0, "--recipe"),
     ((), 2, "Usage: autolite"),
     (("optimise",), 2, "did you mean optimize?"),
-    (("frobnicate",), 2, "valid verbs: bench, compress"),
+    (("frobnicate",), 2, "valid verbs: bench, cache, compress"),
     (("compress", "--recipie", "x"), 2, "did you mean --recipe?"),
     (("export",), 2, "Missing option '--out'"),
     (("compress", "random:tiny-bert", "--batch", "abc", "-o", OUT), 2, "Invalid value for '--batch'"),
