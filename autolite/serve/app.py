@@ -17,8 +17,8 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 
 from autolite.errors import AutoliteError
-from autolite.runtime.threads import (WorkerPlan, calibrate_threads, pin_current_thread, plan_workers,
-                                      thread_candidates)
+from autolite.runtime.threads import (WorkerPlan, calibrate_threads, in_passing_thread, pin_current_thread,
+                                      plan_workers, thread_candidates)
 from autolite.serve import schemas as S
 from autolite.serve.batcher import Batcher, ShuttingDownError
 from autolite.serve.decode_batcher import DecodeBatcher, decode_batcher_for
@@ -85,8 +85,11 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
                           max_queue=config.max_queue, timeout_s=config.timeout_s,
                           executors=[_executor(plan, config.pin) for plan in plans], metrics=metrics)
         await batcher.start()
-        await _warm_up(engine, batcher, plans, config, state)
         decode = await _start_decode_batcher(engine, config, metrics) if config.continuous_batching else None
+        if decode is None:
+            await _warm_up(engine, batcher, plans, config, state)
+        else:  # generation runs in the decode thread alone: a warmed-up worker's idle OpenMP team would slow it
+            state["workers"] = [decode.describe()]
         state.update(status="ok", batcher=batcher, decode=decode)
         log.info("serving %s: %s", engine.name, " | ".join(state["workers"]))
         try:
@@ -113,8 +116,8 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
 
 async def _start_decode_batcher(engine: Engine, config: ServeConfig, metrics: ServeMetrics) -> DecodeBatcher | None:
     """The continuous batcher for a decoder the decode loop runs (compiled and warmed up), else None."""
-    decode = await asyncio.to_thread(
-        decode_batcher_for, engine, slots=config.decode_slots, compile=config.decode_compile,
+    decode = await asyncio.to_thread(  # its KV cache is allocated in a thread that ends (see in_passing_thread)
+        in_passing_thread, decode_batcher_for, engine, slots=config.decode_slots, compile=config.decode_compile,
         max_new_tokens=config.max_new_tokens, max_queue=config.max_queue, timeout_s=config.timeout_s, metrics=metrics)
     if decode is not None:
         await decode.start()

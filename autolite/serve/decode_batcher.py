@@ -130,6 +130,7 @@ class DecodeBatcher:
         self.max_rows_seen = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.threads: int | None = None  # the decode thread's intra-op threads, once started
         self._draining = self._stopped = False
 
     @property
@@ -137,8 +138,27 @@ class DecodeBatcher:
         return len(self.waiting)
 
     async def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="autolite-decode", daemon=True)
+        """Start the decode thread and return once it has compiled and warmed the step up (:meth:`warm`), or raise
+        what the warm-up raised. The thread that serves compiles too: one thread, one OpenMP team (see
+        :func:`autolite.runtime.threads.in_passing_thread`)."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        self._thread = threading.Thread(target=self._serve, args=(loop, ready), name="autolite-decode", daemon=True)
         self._thread.start()
+        await ready
+
+    def describe(self) -> str:
+        return f"decode thread: {self.cache.shape.slots} rows, {self.threads or '?'} intra-op threads"
+
+    def _serve(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        try:
+            self.warm()
+        except BaseException as exc:  # noqa: BLE001 - raised by start() in the event loop
+            loop.call_soon_threadsafe(_resolve, ready, None, exc)
+            return
+        self.threads = torch.get_num_threads()
+        loop.call_soon_threadsafe(_resolve, ready, None, None)
+        self._loop()
 
     async def stop(self) -> None:
         """Drain: refuse new requests, finish the queued and running ones, then end the worker."""
@@ -327,13 +347,12 @@ def _resolve(future: asyncio.Future, result: Any, exc: BaseException | None) -> 
 
 def decode_batcher_for(engine: Any, *, slots: int, compile: bool, max_new_tokens: int, max_queue: int,
                        timeout_s: float, metrics: ServeMetrics) -> DecodeBatcher | None:
-    """A warmed-up continuous batcher for ``engine``'s decoder, or None when the decode loop cannot run it
-    (encoders, seq2seq, other decoder families: they keep the static batcher)."""
+    """A continuous batcher for ``engine``'s decoder (its ``start`` compiles and warms it up), or None when the
+    decode loop cannot run it (encoders, seq2seq, other decoder families: they keep the static batcher)."""
     family = engine.family
     if family.kind != "decoder" or family.name not in Decoder.FAMILIES:
         return None
     decoder = Decoder(engine.model, family, compile=compile)
     batcher = DecodeBatcher(decoder, engine.tokenizer, slots=slots, max_len=engine.max_tokens + max_new_tokens,
                             max_queue=max_queue, timeout_s=timeout_s, metrics=metrics)
-    batcher.warm()
     return batcher

@@ -20,6 +20,7 @@ import autolite
 from autolite.errors import AutoliteError, BackendUnavailableError
 from autolite.passes import PassContext, applied_recipe, compress_, load_recipe
 from autolite.runtime.hardware import choose_backend, probe
+from autolite.runtime.threads import in_passing_thread
 from autolite.serve.app import ServeConfig, create_app
 from autolite.serve.engine import Engine
 
@@ -32,7 +33,12 @@ TUNE_SHAPE = (32, 128)
 
 def load_engine(spec: str, config: ServeConfig, device: str = "auto") -> Engine:
     """Load ``spec`` (anything :func:`autolite.load` takes) onto ``device`` (auto = the probe's choice) and apply
-    the serving recipe (``config.recipe``; see :func:`serving_recipe`)."""
+    the serving recipe (``config.recipe``; see :func:`serving_recipe`). The work runs in a thread that ends, so
+    it leaves no idle OpenMP team beside the serving threads' (see :func:`in_passing_thread`)."""
+    return in_passing_thread(_load_engine, spec, config, device)
+
+
+def _load_engine(spec: str, config: ServeConfig, device: str) -> Engine:
     if device not in ("auto", "cpu", "cuda"):
         raise AutoliteError(f"device must be auto, cpu or cuda, not '{device}'")
     if config.recipe not in (AUTO_RECIPE, NO_RECIPE):

@@ -190,3 +190,30 @@ def test_rows_joining_and_leaving_do_not_recompile_the_step(llama):
         for row in range(rows):
             batcher.cache.reset(row)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_the_decode_thread_warms_up_itself_and_start_raises_what_its_warm_up_raised(llama):
+    import threading
+
+    model, tok, family = llama
+    batcher, warmed_in = _batcher(model, tok, family), []
+    step = batcher.decoder.step
+
+    def recording_step(cache, tokens):
+        warmed_in.append(threading.current_thread().name)
+        return step(cache, tokens)
+
+    batcher.decoder.step = recording_step
+
+    async def go():
+        await batcher.start()
+        await batcher.stop()
+
+    asyncio.run(go())
+    assert warmed_in and set(warmed_in) == {"autolite-decode"}  # one thread compiles, warms and serves
+    assert "decode thread: 4 rows" in batcher.describe() and batcher.threads >= 1
+
+    broken = _batcher(model, tok, family)
+    broken.decoder.step = lambda cache, tokens: (_ for _ in ()).throw(RuntimeError("no kernel for this step"))
+    with pytest.raises(RuntimeError, match="no kernel"):
+        asyncio.run(broken.start())

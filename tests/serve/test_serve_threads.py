@@ -78,3 +78,28 @@ def test_calibration_keeps_the_fastest_thread_count():
     assert torch.get_num_threads() == before  # only the worker thread changed
     plan = plan_workers(1, MachineInfo(), cpus=list(range(8)))[0]
     assert thread_candidates(plan) == [1, 4, 8]
+
+
+def test_work_in_a_passing_thread_returns_its_result_or_raises_its_error_and_leaves_no_thread():
+    import threading
+
+    from autolite.runtime.threads import in_passing_thread
+
+    before = threading.active_count()
+    name = in_passing_thread(lambda x, y=0: (threading.current_thread().name, x + y), 2, y=3)
+    assert name[1] == 5 and name[0] != threading.current_thread().name
+    with pytest.raises(ValueError, match="bad spec"):
+        in_passing_thread(lambda: (_ for _ in ()).throw(ValueError("bad spec")))
+    assert threading.active_count() == before
+
+
+def test_the_server_loads_its_model_in_a_thread_that_ends(monkeypatch):
+    import threading
+
+    from autolite.serve import server
+    from autolite.serve.app import ServeConfig
+
+    seen = []
+    monkeypatch.setattr(server, "_load_engine", lambda *a: seen.append(threading.current_thread()) or "engine")
+    assert server.load_engine("random:tiny-bert", ServeConfig()) == "engine"
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
