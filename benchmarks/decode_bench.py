@@ -24,7 +24,6 @@ import logging
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from autolite.eval.bench import peak_memory_mb
 from autolite.eval.compare import eos_ignored
 from autolite.runtime.act_sparsity import ActivationSparsity, sparse_everywhere
 from autolite.runtime.decode import Decoder, generate
+from autolite.runtime.threads import in_passing_thread
 
 log = logging.getLogger("decode_bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,18 +195,16 @@ def batching(models: dict[str, tuple], args: argparse.Namespace) -> dict[str, An
     tok.eos_token_id = None
     counts = (1, args.streams)
 
-    def new() -> DecodeBatcher:
-        return DecodeBatcher(decoder, tok, slots=args.streams, max_len=256, prefix_entries=0)
+    def new() -> DecodeBatcher:  # its KV cache is zeroed in a passing thread: no OpenMP team stays behind
+        return in_passing_thread(DecodeBatcher, decoder, tok, slots=args.streams, max_len=256, prefix_entries=0)
 
-    warm = new()
-    warm.warm()
-    asyncio.run(_streams(warm, prompts, 4))  # every row count's step compiled before timing
+    asyncio.run(_streams(new(), prompts, 4))  # every row count's step compiled (its start warms up) before timing
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
     for _ in range(args.runs):
         for n in counts:
             batcher = new()
             runs[n].append(asyncio.run(_streams(batcher, prompts[:n], args.batch_tokens)))
-            runs[n][-1]["bare_step_ms"] = 1000 * _in_thread(_bare_step, decoder, batcher.cache, prompts[:n], 16)
+            runs[n][-1]["bare_step_ms"] = 1000 * in_passing_thread(_bare_step, decoder, batcher.cache, prompts[:n], 16)
             log.info("%d streams: %s", n, runs[n][-1])
     out: dict[str, Any] = {}
     for n in counts:
@@ -235,13 +233,12 @@ def _bare_step(decoder: Decoder, cache: Any, prompts: list[list[int]], steps: in
     return statistics.median(times)
 
 
-def _in_thread(fn: Callable[..., float], *args: Any) -> float:
-    """``fn(*args)`` in a new thread, as the batcher's worker runs its steps (a thread has its own OpenMP team)."""
-    out: list[float] = []
-    thread = threading.Thread(target=lambda: out.append(fn(*args)))
-    thread.start()
-    thread.join()
-    return out[0]
+def _on_threads(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with ``threads`` intra-op threads in the calling thread. Every phase runs in a thread that
+    ends (``in_passing_thread``), as the server does: a thread that lives on keeps its OpenMP team, and two
+    teams on 2 cores slow every later decode step (libgomp's throttled spin)."""
+    torch.set_num_threads(threads)
+    return fn(*args)
 
 
 async def _streams(batcher: Any, prompts: list[list[int]], n: int) -> dict[str, Any]:
@@ -512,10 +509,10 @@ def main() -> None:
                               "command": " ".join(sys.argv), "w4_method": args.w4_method,
                               "notes": NOTES + [f"- w4g64 here: INT4 group 64 asymmetric, {args.w4_method}, INT8 "
                                                 "embedding/head (the w4g64 preset is the same with gptq)."]}
-    models = build_models(args.model, args)
+    models = in_passing_thread(_on_threads, args.threads, build_models, args.model, args)
     measures = {"speed": decode_speed, "perplexity": perplexities, "batching": batching}
     for section in ([args.only] if args.only else [s for s in SECTIONS if s not in args.skip]):
-        result[section] = measures[section](models, args)
+        result[section] = in_passing_thread(_on_threads, args.threads, measures[section], models, args)
         result["machine"]["load_avg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
         _save(result, out)
     if not args.only:

@@ -1,10 +1,10 @@
 """Render the docs' speed tables from the benchmark JSON, so no speed number is typed by hand.
 
-    python benchmarks/make_docs.py      # docs/PEERS.md and docs/_readme_speed.md from benchmarks/results/peers/,
+    python benchmarks/make_docs.py      # docs/PEERS.md from benchmarks/results/peers/,
                                         # docs/BENCHMARKS.md from benchmarks/results/ (run_all.render)
 
-``render_peers`` is also what benchmarks/peers.py calls after a run. docs/_readme_speed.md is a short snippet
-(one row per model and shape: FP32 eager, the best peer, fast-dense) for the README to include.
+``render_peers`` is also what benchmarks/peers.py calls after a run; the README's peer rows come from the same
+JSON through benchmarks/readme_numbers.py.
 """
 from __future__ import annotations
 
@@ -117,31 +117,10 @@ def render_peers(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def render_readme_speed(paths: list[Path]) -> str:
-    """A short README snippet: per model and shape, FP32 eager, the best peer and fast-dense."""
-    lines = ["| model | batch x seq | FP32 eager (ms) | best peer | fast-dense | fast-dense vs best peer | machine | "
-             "load average |", "|---|---|---:|---|---:|---:|---|---:|"]
-    for path in paths:
-        data = json.loads(path.read_text())
-        if "skipped" in data:
-            continue
-        rows, best = data["rows"], best_peer(data["rows"])
-        fast = rows.get("autolite fast-dense", {})
-        if best is None or "median_ms" not in fast:
-            continue
-        eager = rows["PyTorch FP32 eager"]["median_ms"]
-        lines.append(f"| {data['model']} | {data['batch']} x {data['seq']} | {eager:.1f} | {best[0]} "
-                     f"{best[1]['speedup']:.2f}x | {fast['speedup']:.2f}x | "
-                     f"{fast['speedup'] / best[1]['speedup']:.2f}x | {_machine(data)} | "
-                     f"{data.get('load', {}).get('loadavg_1min_after', '?')} |")
-    return "\n".join(lines + ["", "Generated from benchmarks/results/peers/ by `python benchmarks/make_docs.py`.", ""])
-
-
 def main() -> None:
     paths = sorted(RESULTS.glob("*.json"))
     (ROOT / "docs" / "PEERS.md").write_text(render_peers(paths))
-    (ROOT / "docs" / "_readme_speed.md").write_text(render_readme_speed(paths))
-    print("wrote docs/PEERS.md and docs/_readme_speed.md")
+    print("wrote docs/PEERS.md")
     run_all.render()
 
 
