@@ -190,7 +190,7 @@ def batching(models: dict[str, tuple], args: argparse.Namespace) -> dict[str, An
     from autolite.serve.decode_batcher import DecodeBatcher
 
     model, tok, family = models["w4g64"]
-    decoder = Decoder(model, family, compile=not args.eager)
+    decoder = in_passing_thread(Decoder, model, family, compile=not args.eager)  # packs its head: parallel ops
     prompts = [tok(f"{PROMPT} {i}", add_special_tokens=False)["input_ids"] for i in range(args.streams)]
     tok.eos_token_id = None
     counts = (1, args.streams)
