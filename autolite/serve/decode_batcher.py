@@ -111,7 +111,11 @@ def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 class DecodeBatcher:
     """Continuous batching over one decoder; see the module docstring. ``submit`` matches
-    :meth:`autolite.serve.batcher.Batcher.submit` for the ``("generate", params)`` key."""
+    :meth:`autolite.serve.batcher.Batcher.submit` for the ``("generate", params)`` key.
+
+    Its thread should be the only lasting one that has run torch's parallel ops: build the model, the
+    :class:`Decoder` and this batcher in threads that end (:func:`autolite.runtime.threads.in_passing_thread`),
+    as ``autolite serve`` does; a second lasting OpenMP team halves the step's speed on 2 cores."""
 
     def __init__(self, decoder: Decoder, tokenizer: Any, *, slots: int = 8, max_len: int = 1024,
                  max_queue: int = 1024, timeout_s: float = 30.0, prefix_entries: int = 4,
