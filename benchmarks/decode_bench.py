@@ -452,9 +452,13 @@ def merged(out: Path) -> dict[str, Any]:
     result = json.loads(out.read_text())
     for section in SECTIONS:
         part = out.with_name(f"{out.stem}-{section}.json")
-        newer = section == "batching" and part.is_file() and part.stat().st_mtime > out.stat().st_mtime
-        if (section not in result or newer) and part.is_file():  # batching: a later --only run replaces it
-            data = json.loads(part.read_text())
+        if not part.is_file():
+            continue
+        data = json.loads(part.read_text())
+        # batching: an --only run of the main run's day or later replaces it (by the dates recorded in the JSON,
+        # not file times: a fresh clone's files all have the checkout's time)
+        newer = section == "batching" and data.get("date", "") >= result.get("date", "")
+        if section not in result or newer:
             result[section], result[f"{section}_command"] = data[section], data.get("command", "")
             result[f"{section}_machine"] = data.get("machine", {})
     skipping = _skipping_parts(out)
