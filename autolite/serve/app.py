@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import numpy as np
-import torch
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 
@@ -76,7 +75,10 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     metrics = ServeMetrics()
     metrics.watch_routes(engine.model)  # a routed model's rows per path (no-op otherwise)
-    plans = plan_workers(config.workers, threads=config.threads)
+    # an external engine's threads were set when it was compiled; torch's own ops around it (padding, pooling) run
+    # on one thread: its idle OpenMP workers would spin-wait for ms on the cores the engine's next forward needs
+    # (measured ~20% slower OpenVINO calls)
+    plans = plan_workers(config.workers, threads=1 if engine.external else config.threads)
     state: dict[str, Any] = {"status": "starting", "batcher": None, "workers": [p.describe() for p in plans]}
 
     @contextlib.asynccontextmanager
@@ -146,10 +148,7 @@ async def _warm_up(engine: Engine, batcher: Batcher, plans: list[WorkerPlan], co
         engine.run(task, ids)
 
     def warm(plan: WorkerPlan) -> str:
-        if engine.external:  # its threads were set when it was compiled: torch's thread count does not apply
-            # torch's own ops here (padding, pooling) run on one thread: its idle OpenMP workers would spin-wait
-            # for ms on the cores the engine's next forward needs (measured ~20% slower OpenVINO calls)
-            torch.set_num_threads(1)
+        if engine.external:  # the plan gave torch's own ops one thread (see create_app)
             forward()
             return f"{engine.external}'s own threads (set when built); torch's own ops on 1 thread"
         if config.threads is not None:
