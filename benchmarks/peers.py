@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -161,11 +162,11 @@ class Groups:
         if not self.fns:
             return
         samples = interleaved({"PyTorch FP32 eager": self.eager, **self.fns}, runs=self.runs, warmup=1)
-        eager = _median(samples["PyTorch FP32 eager"])
+        eager = statistics.median_high(samples["PyTorch FP32 eager"])
         self.eager_samples += samples["PyTorch FP32 eager"]
         for name in self.fns:
             values = samples[name]
-            rows[name].update(median_ms=round(_median(values), 2), speedup=round(eager / _median(values), 3),
+            rows[name].update(median_ms=round(statistics.median_high(values), 2), speedup=round(eager / statistics.median_high(values), 3),
                               samples_ms=[round(v, 2) for v in values], group=self.count,
                               group_eager_ms=round(eager, 2))
         log.info("timed group %d: %s", self.count, ", ".join(self.fns))
@@ -224,7 +225,7 @@ def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, 
         log.info("built %s in %.1f s", name, rows[name]["build_s"])
     groups.close(rows)
     total1, steal1 = cpu_times()
-    eager = _median(groups.eager_samples or [float("nan")])
+    eager = statistics.median_high(groups.eager_samples or [float("nan")])
     rows["PyTorch FP32 eager"].update(median_ms=round(eager, 2), speedup=1.0, group=None,
                                       samples_ms=[round(v, 2) for v in groups.eager_samples])
     rows = {name: rows[name] for name in ["PyTorch FP32 eager", *PEERS] if name in rows}  # display order
@@ -235,10 +236,6 @@ def run_one(spec: str, batch: int, seq: int, runs: int, only: list[str] | None, 
                      "cpu_steal_share": round((steal1 - steal0) / max(total1 - total0, 1.0), 4)},
             "machine": probe().to_dict(), "command": " ".join(["python", "benchmarks/peers.py", *sys.argv[1:]]),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _floor(model: torch.nn.Module, tokens: int, eager_ms: float) -> dict[str, Any]:
