@@ -40,10 +40,10 @@ from typing import Any
 import torch
 
 import autolite
+from autolite.cache import cache_root, mark_used
 from autolite.data import corpus
 from autolite.export.mlx import compare_with_model
 from autolite.io import write_json_atomic
-from autolite.cache import cache_root, mark_used
 from autolite.quant import WeightOnly
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 import transformers
 
+from autolite.cache import cache_root
 from autolite.data import TextData
 from autolite.errors import DataError
 from autolite.eval.fidelity import evaluate
 from autolite.io import atomic_dir
-from autolite.cache import cache_root
 from autolite.loading import load_dir, minilm_dir
 
 log = logging.getLogger("task_fortunes")

@@ -32,12 +32,12 @@ from typing import Any, Callable
 
 import torch
 
+from autolite.cache import cache_root
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError
 from autolite.eval.bench import bench_inputs, forward_fn, settle
 from autolite.eval.fidelity import evaluate
 from autolite.io import write_json_atomic
-from autolite.cache import cache_root
 from autolite.passes import PassContext, compress, import_builtin_passes
 from autolite.runtime.hardware import probe
 from autolite.runtime.roofline import dense_floor, measure_peaks

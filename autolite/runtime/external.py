@@ -19,10 +19,10 @@ import psutil
 import torch
 from safetensors.torch import save_file
 
+from autolite.cache import cache_root, mark_used, stored
 from autolite.errors import BackendUnavailableError
 from autolite.eval.bench import release_free_heap
 from autolite.io import atomic_file
-from autolite.cache import cache_root, mark_used, stored
 
 HELD_ATTR = "_autolite_held_mb"  # read by autolite.eval.bench (no import: eval sits below runtime)
 MAPPED_ATTR = "_autolite_mapped"  # storage pointers of memory-mapped weights, not counted as held

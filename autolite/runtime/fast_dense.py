@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from autolite.cache import cache_root
 from autolite.config import PassConfig
 from autolite.errors import RecipeError
 from autolite.io import write_json_atomic
-from autolite.cache import cache_root
 from autolite.passes import PassContext, apply_pass, handler_for, load_recipe, register_pass
 from autolite.runtime import dense_search, hardware
 from autolite.runtime.dense_search import fresh_compile_cache, machine_key, read_json

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from autolite.arch import family_of
+from autolite.cache import cache_root, mark_used, stored
 from autolite.config import PassConfig
 from autolite.errors import BackendUnavailableError, RecipeError
-from autolite.cache import cache_root, mark_used, stored
 from autolite.passes import PassContext, register_pass
 from autolite.runtime import ort
 from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 from autolite.arch import family_of
+from autolite.cache import cache_root, mark_used, stored
 from autolite.config import PassConfig
 from autolite.data import load_texts
 from autolite.errors import BackendUnavailableError, RecipeError, UnsupportedExportError
-from autolite.cache import cache_root, mark_used, stored
 from autolite.passes import PassContext, register_pass
 from autolite.runtime.external import HELD_ATTR, Runner, offload_weights, route_forward, rss_mb, runner_of
 from autolite.runtime.onnx_graph import eager_attention, optimize_graph, quantize_graph, trace_graph

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 import autolite
+from autolite.cache import cache_root
 from autolite.config import PassConfig
 from autolite.eval.bench import bench_inputs, forward_fn, interleaved, model_size
 from autolite.io import write_json_atomic
-from autolite.cache import cache_root
 from autolite.passes import PassContext, compress, import_builtin_passes
 from autolite.runtime.dense_search import machine_key, read_json
 from autolite.runtime.fast_dense import candidate_passes, fresh_compile_cache
