@@ -13,7 +13,8 @@ those, and race each against the leader so a loser stops after a run or two.
    (:func:`warm_up`: OpenVINO's first calls at a new shape are several times slower than its steady state, and
    one warm-up call had it timed at a third of its speed), then each round doubles the candidate's runs (1, 2,
    4, ... up to ``runs``) and the candidate stops as soon as its fastest run is slower than the leader's median.
-   The FP32 baseline (the slowest model, only needed for the reported speedups) runs once next to each candidate.
+   The FP32 baseline (the slowest model, only needed for the reported speedups) runs once next to each
+   candidate while that is cheap; past three samples costing 5% of the budget it is not timed again.
 4. **Fidelity** is checked before a candidate is timed (a candidate out of bounds is never timed), and the
    whole search respects ``budget_s``: once spent, the remaining candidates are skipped with that reason, and
    so is one whose last try on this machine (its build, fidelity and timing seconds, cached) would overrun it.
@@ -50,6 +51,8 @@ WARMUP_MAX_CALLS = 8  # a candidate's untimed calls before its race, at most
 WARMUP_SETTLED_CALLS = 2  # ... ending once this many calls in a row are
 WARMUP_SETTLED = 1.15  # ... within this factor of the fastest warm-up call after the first
 WARMUP_MAX_S = 6.0  # ... or once the calls after the first took this long (batch 32 on a large model)
+BASELINE_MIN_SAMPLES = 3  # the baseline's timed calls, at least (then only while cheap: Race.wants_baseline)
+BASELINE_SHARE = 0.05  # ... of the search budget, its samples together
 MIN_FLOOR_MS = 1.0  # runs with smaller floors (tiny models) teach no efficiency shares
 
 
@@ -167,23 +170,31 @@ class Efficiency:
 
 
 class Race:
-    """Times candidates against the baseline and a leader: the baseline runs once next to each candidate's
-    first round (what its speedup is measured against; it is the slowest model here), the rounds double."""
+    """Times candidates against the baseline and a leader: the baseline runs next to a candidate's first round
+    (what its speedup is measured against; it is the slowest model here) while :meth:`wants_baseline`, the rounds
+    double."""
 
-    def __init__(self, baseline_fn: Callable[[], Any], runs: int) -> None:
-        self.baseline_fn, self.runs = baseline_fn, runs
+    def __init__(self, baseline_fn: Callable[[], Any], runs: int, budget_s: float = math.inf) -> None:
+        self.baseline_fn, self.runs, self.budget_s = baseline_fn, runs, budget_s
         self.baseline_ms: list[float] = []
         self.leader: tuple[str, float] | None = None  # (name, median ms)
 
     def baseline_median(self) -> float:
         return statistics.median(self.baseline_ms)
 
+    def wants_baseline(self) -> bool:
+        """Whether to time the baseline next to the next candidate: until it has ``BASELINE_MIN_SAMPLES``, then
+        while its samples together cost under ``BASELINE_SHARE`` of the budget (FP32 eager of BERT-base at batch
+        32 takes ~4.7 s a call: one next to each of six candidates was a third of a 90 s search)."""
+        return (len(self.baseline_ms) < BASELINE_MIN_SAMPLES
+                or sum(self.baseline_ms) < BASELINE_SHARE * self.budget_s * 1000.0)
+
     def run(self, name: str, fn: Callable[[], Any]) -> dict[str, Any]:
         """Race ``fn`` (already warmed up): rounds of 1, 2, 4... runs until ``runs`` or it cannot win."""
         samples: list[float] = []
         k = 1
         while len(samples) < self.runs:
-            if k == 1:
+            if k == 1 and self.wants_baseline():
                 settle()
                 self.baseline_ms.append(time_once("baseline", self.baseline_fn))
                 settle()  # the baseline's (PyTorch's) threads park before the candidate's engine starts
@@ -236,7 +247,7 @@ def search(model: torch.nn.Module, candidates: list[tuple[str, list[dict]]], ctx
     """
     start = time.perf_counter()
     inputs = bench_inputs(ctx.tokenizer, ctx.family, batch, seq)
-    race = Race(forward_fn(model, ctx.family, inputs), runs)
+    race = Race(forward_fn(model, ctx.family, inputs), runs, budget_s)
     race.baseline_fn()  # warm-up
     race.baseline_ms.append(time_once("baseline", race.baseline_fn))
     gflop = linear_gflop(model, batch * seq)

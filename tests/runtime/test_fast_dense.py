@@ -169,6 +169,23 @@ def test_a_shape_a_backend_cannot_take_is_skipped_with_the_reason():
     assert race.leader is None
 
 
+def test_a_costly_baseline_is_timed_three_times_then_no_more(monkeypatch):
+    """FP32 eager at a large batch costs seconds a call: past three samples it is sampled only while cheap."""
+    times = {"baseline": 4700.0, "a": 1000.0, "b": 900.0, "c": 800.0, "d": 700.0}
+    monkeypatch.setattr(dense_search, "time_once", lambda name, fn: times[name])
+    monkeypatch.setattr(dense_search, "settle", lambda: None)
+    race = dense_search.Race(lambda: None, runs=1, budget_s=90.0)
+    race.baseline_ms.append(4700.0)  # the search's first sample
+    for name in "abcd":
+        race.run(name, lambda: None)
+    assert len(race.baseline_ms) == 3 and race.leader == ("d", 700.0)
+    cheap = dense_search.Race(lambda: None, runs=1, budget_s=90.0)
+    times["baseline"] = 100.0
+    for name in "abcd":
+        cheap.run(name, lambda: None)
+    assert len(cheap.baseline_ms) == 4  # 0.4 s of a 90 s budget: next to every candidate
+
+
 def test_what_a_candidate_reached_before_on_this_machine_orders_the_next_search(load_model, texts, fake_clock):
     model, tok, family = load_model("tiny-bert")
     names = ["int8-dynamic", "ort-int8"]  # equal (INT8) floors: list order on a fresh machine
