@@ -361,12 +361,11 @@ def _save(result: dict[str, Any], path: Path) -> None:
 
 
 NOTES = [
-    "- Why the batcher's one stream is slower than the plain loop: the batcher steps in a worker thread (the event "
-    "loop holds the main thread), and the same compiled INT4 step measured about 2x slower there (15-17 ms vs 8 ms "
-    "at one row, 23:50 on the quiet machine; no recompiles). With `OMP_WAIT_POLICY=PASSIVE` the main thread is as "
-    "slow, so the likely cause is that a second OpenMP thread team (the worker's, beside the main thread's) makes "
-    "libgomp throttle the spin-wait between the step's many small parallel regions on 2 cores. Not fixed yet (one "
-    "team: the step loop on the thread that ran the model first, or its own process).",
+    "- The batcher steps in a thread of its own (the event loop holds the main thread), at the bare step's speed "
+    "since the model, the decoder and the batchers are built in threads that end (`in_passing_thread`): every "
+    "thread that has run torch's parallel regions keeps an OpenMP team, and two lasting teams on 2 cores make "
+    "libgomp throttle its spin-wait between the step's many small regions (the 1-row step measured 15-20 ms "
+    "instead of 8.3-8.8 ms; the previous table, 49 tok/s for one stream, carried that).",
     "- Our decode step: a functional forward over the model's own modules with a static KV cache, compiled once "
     "(`torch.compile(fullgraph=True)`) unless the run says eager; INT4 rows run `aten._weight_int4pack_mm_for_cpu`, INT8 rows "
     "`aten._weight_int8pack_mm` inside the graph; the INT8 head/embedding of w4g64/w8 is INT8 per row (llama.cpp's "
@@ -384,7 +383,7 @@ NOTES = [
     "position (what decode computes); prefill stays dense.",
     "- Perplexity: `autolite.evaluate` on the held-out corpus split, never used for calibration.",
     "- Continuous batching: the batcher adds little to the step (1 stream through it runs at about the bare 1-row "
-    "step's rate); the 8-row step itself costs about 3x the 1-row step because the INT4 "
+    "step's rate); the 8-row step itself costs about 2.8x the 1-row step because the INT4 "
     "(`_weight_int4pack_mm_for_cpu`) and INT8 (`_weight_int8pack_mm`) CPU kernels take rows in blocks of 4 (PyTorch "
     "source: BLOCK_M = 4), so 8 rows dequantize every weight twice, and these kernels are most of the step.",
     "- llama.cpp: llama-cpp-python on the bundled SmolLM2 Q4_1 GGUF, one `llama_decode` per token, same threads; "
