@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import random
 import re
 import sys
@@ -181,6 +180,14 @@ def frozen_features(model: torch.nn.Module, tokenizer, train: TextData, batch_si
     return cached
 
 
+def _recorded(root: Path) -> dict:
+    """The record the last build wrote (empty if none or unreadable)."""
+    try:
+        return json.loads((root / "fp32.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def build(force: bool = False, epochs: int = 4, lr: float = 2e-4, batch_size: int = 16) -> dict:
     """Build (or reuse) the CSVs and the fine-tuned model; return the FP32 accuracy record."""
     root = task_dir()
@@ -196,11 +203,13 @@ def build(force: bool = False, epochs: int = 4, lr: float = 2e-4, batch_size: in
         with atomic_dir(model_dir, overwrite=True) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-    train_s = time.time() - started
+        train_s = time.time() - started
+    else:  # reused: the fine-tune's time is the one recorded when it ran (not this run's 0 s)
+        train_s = _recorded(root).get("fine_tune_s")
     model, tokenizer, _ = load_dir(model_dir)
     record = {"task": "fortunes", "categories": CATEGORIES, "seed": SEED, "max_length": MAX_LENGTH,
               "sizes": {s: len(d) for s, d in data.items()}, "data_dir": str(root / "data"),
-              "model_dir": str(model_dir), "fine_tune_s": round(train_s, 1),
+              "model_dir": str(model_dir), "fine_tune_s": None if train_s is None else round(train_s, 1),
               "fine_tune": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": TRAIN_LENGTH,
                             "trained_layers": TRAINED_LAYERS},
               "fp32_val_accuracy": accuracy(model, tokenizer, data["val"]),
