@@ -166,7 +166,8 @@ class Groups:
         self.eager_samples += samples["PyTorch FP32 eager"]
         for name in self.fns:
             values = samples[name]
-            rows[name].update(median_ms=round(statistics.median_high(values), 2), speedup=round(eager / statistics.median_high(values), 3),
+            median = statistics.median_high(values)
+            rows[name].update(median_ms=round(median, 2), speedup=round(eager / median, 3),
                               samples_ms=[round(v, 2) for v in values], group=self.count,
                               group_eager_ms=round(eager, 2))
         log.info("timed group %d: %s", self.count, ", ".join(self.fns))
