@@ -506,7 +506,6 @@ def main() -> None:
         write_doc(merged(main_out))
         return
     out = main_out.with_name(f"{main_out.stem}-{args.only}.json") if args.only else main_out
-    torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"model": args.model, "date": datetime.date.today().isoformat(), "machine": _machine(),
                               "json": str(main_out.relative_to(ROOT)) if main_out.is_relative_to(ROOT) else str(main_out),
                               "command": " ".join(sys.argv), "w4_method": args.w4_method,
