@@ -135,7 +135,7 @@ def bundled_tokenizer() -> Any:
 
 
 def gguf_to_hf_dir(gguf: Path) -> Path:
-    """Dequantize a GGUF file to an FP32 HF safetensors directory once, cached by file identity."""
+    """Dequantize a GGUF file to an FP32 HF safetensors directory once, cached by its content (gguf_content_key)."""
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {gguf} does not exist")
     target = cache_root() / "gguf" / f"{gguf.stem}-{gguf_content_key(gguf)}"
